@@ -1,0 +1,3 @@
+from axon.cli import main
+
+main()

@@ -1,0 +1,207 @@
+"""Read and maintain the dev cache: list, info, verify, remove, stats, gc."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from axon.atomic import fsync_dir, remove_tree
+from axon.errors import AxonError, NotInstalledError
+from axon.install import cleanup_stale_staging
+from axon.integrity import VerifyReport, verify_version_dir
+from axon.layout import StoreLayout, VersionEntry
+from axon.manifest import Manifest, load_manifest
+from axon.spec import ModelSpec
+
+__all__ = ["CachedModel", "GcReport", "gc", "get_installed", "list_installed", "remove", "stats", "verify"]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedModel:
+    spec: ModelSpec
+    path: Path
+    manifest: Manifest
+
+    def summary(self) -> dict[str, Any]:
+        m = self.manifest
+        src = m.source
+        return {
+            "spec": str(self.spec),
+            "path": str(self.path),
+            "size": m.total_size,
+            "files": len(m.files),
+            "digest": m.digest,
+            "source": src.get("type"),
+            "revision": src.get("commit") or src.get("revision") or src.get("etag") or src.get("path"),
+            "created": m.created,
+        }
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+def list_installed(root: Path) -> list[CachedModel]:
+    out = []
+    for entry in StoreLayout(root).iter_versions():
+        if not entry.has_manifest:
+            continue
+        try:
+            manifest = load_manifest(entry.path / "manifest.yaml")
+        except AxonError:
+            continue
+        out.append(CachedModel(entry.spec, entry.path, manifest))
+    return out
+
+
+def get_installed(root: Path, spec: ModelSpec) -> CachedModel:
+    layout = StoreLayout(root)
+    path = layout.version_dir(spec)
+    if not (path / "manifest.yaml").is_file():
+        raise NotInstalledError(str(spec))
+    return CachedModel(spec, path, load_manifest(path / "manifest.yaml"))
+
+
+def verify(root: Path, spec: ModelSpec, *, progress: Callable[[int], object] | None = None) -> VerifyReport:
+    model = get_installed(root, spec)
+    return verify_version_dir(model.path, model.manifest, progress=progress)
+
+
+def _prune_empty_parents(path: Path, stop: Path) -> None:
+    parent = path.parent
+    while parent != stop and parent.is_relative_to(stop):
+        try:
+            parent.rmdir()
+        except OSError:
+            return
+        parent = parent.parent
+
+
+def remove(root: Path, spec: ModelSpec) -> Path:
+    """Delete an installed version: renamed into trash first (atomic), then deleted."""
+    layout = StoreLayout(root)
+    path = layout.version_dir(spec)
+    if not path.is_dir():
+        raise NotInstalledError(str(spec))
+    with layout.lock(spec):
+        layout.trash.mkdir(parents=True, exist_ok=True)
+        doomed = layout.trash / f"{'--'.join(spec.parts)}.{os.getpid()}"
+        os.rename(path, doomed)
+        fsync_dir(path.parent)
+        remove_tree(doomed)
+        _prune_empty_parents(path, layout.root)
+    return path
+
+
+@dataclass(slots=True)
+class GcReport:
+    removed: list[str] = field(default_factory=list)
+    bytes_freed: int = 0
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"removed": self.removed, "bytes_freed": self.bytes_freed, "dry_run": self.dry_run}
+
+
+def _part_in_use(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def gc(root: Path, *, dry_run: bool = False, keep_partial: bool = False) -> GcReport:
+    """Remove incomplete version directories, stale staging dirs, trash and partial downloads."""
+    layout = StoreLayout(root)
+    report = GcReport(dry_run=dry_run)
+    for entry in layout.iter_versions():
+        if _valid(entry):
+            continue
+        report.bytes_freed += _dir_size(entry.path)
+        report.removed.append(str(entry.path))
+        if not dry_run:
+            with layout.lock(entry.spec):
+                remove_tree(entry.path)
+                _prune_empty_parents(entry.path, layout.root)
+    if layout.staging.is_dir():
+        if dry_run:
+            for d in layout.staging.iterdir():
+                report.removed.append(str(d))
+                report.bytes_freed += _dir_size(d)
+        else:
+            sizes = {d: _dir_size(d) for d in layout.staging.iterdir()}
+            for d in cleanup_stale_staging(layout):
+                report.removed.append(str(d))
+                report.bytes_freed += sizes.get(d, 0)
+    if layout.trash.is_dir():
+        for d in layout.trash.iterdir():
+            report.removed.append(str(d))
+            report.bytes_freed += _dir_size(d)
+            if not dry_run:
+                remove_tree(d)
+    if layout.downloads.is_dir() and not keep_partial:
+        for p in sorted(layout.downloads.glob("*.part")):
+            if _part_in_use(p):
+                continue
+            report.removed.append(str(p))
+            report.bytes_freed += p.stat().st_blocks * 512
+            if not dry_run:
+                p.unlink(missing_ok=True)
+                p.with_suffix(".json").unlink(missing_ok=True)
+    return report
+
+
+def _valid(entry: VersionEntry) -> bool:
+    if not entry.has_manifest:
+        return False
+    try:
+        load_manifest(entry.path / "manifest.yaml")
+    except AxonError:
+        return False
+    return True
+
+
+def stats(root: Path) -> dict[str, Any]:
+    layout = StoreLayout(root)
+    models = list_installed(root)
+    partial = sum(p.stat().st_blocks * 512 for p in layout.downloads.glob("*.part")) if layout.downloads.is_dir() else 0
+    incomplete = [str(e.path) for e in layout.iter_versions() if not _valid(e)]
+    return {
+        "cache_dir": str(root),
+        "models": len({m.spec.model_id for m in models}),
+        "versions": len(models),
+        "files": sum(len(m.manifest.files) for m in models),
+        "size": sum(m.manifest.total_size for m in models),
+        "disk_usage": _dir_size(root) if root.exists() else 0,
+        "partial_downloads_bytes": partial,
+        "incomplete_versions": incomplete,
+        "free_bytes": _free(root),
+    }
+
+
+def _free(root: Path) -> int | None:
+    p = root
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize

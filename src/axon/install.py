@@ -1,0 +1,144 @@
+"""Install (and update) models into the dev cache.
+
+Every install downloads into a staging directory inside the cache root, hashing while it writes;
+the manifest is written last, the tree is fsynced, and only then is it renamed into place. A
+version directory without a valid manifest is never considered installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from axon.atomic import fsync_dir, fsync_tree, remove_tree
+from axon.errors import AxonError, DiskFullError
+from axon.fastio import rename_exchange
+from axon.layout import StoreLayout
+from axon.manifest import Manifest, load_manifest, write_manifest
+from axon.package import build_manifest
+from axon.reporting import NullReporter, Reporter
+from axon.settings import Settings
+from axon.sources import select_source
+from axon.spec import ModelSpec
+
+__all__ = ["InstallResult", "cleanup_stale_staging", "install"]
+
+
+@dataclass(frozen=True, slots=True)
+class InstallResult:
+    spec: ModelSpec
+    path: Path
+    manifest: Manifest
+    status: str  # installed | replaced | unchanged | already-installed
+
+
+def _staging_prefix(spec: ModelSpec) -> str:
+    return f"{'--'.join(spec.parts)}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_stale_staging(layout: StoreLayout) -> list[Path]:
+    """Remove staging directories whose creating process is gone (killed mid-install)."""
+    removed = []
+    if not layout.staging.is_dir():
+        return removed
+    for entry in layout.staging.iterdir():
+        parts = entry.name.rsplit(".", 2)
+        pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+        if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
+            continue
+        remove_tree(entry)
+        removed.append(entry)
+    return removed
+
+
+def installed_manifest(layout: StoreLayout, spec: ModelSpec) -> Manifest | None:
+    path = layout.manifest_path(spec)
+    if not path.is_file():
+        return None
+    try:
+        return load_manifest(path)
+    except AxonError:
+        return None
+
+
+def install(
+    spec: ModelSpec,
+    settings: Settings,
+    *,
+    from_: str | None = None,
+    revision: str | None = None,
+    sha256: str | None = None,
+    entrypoint: str | None = None,
+    force: bool = False,
+    only_if_changed: bool = False,
+    reporter: Reporter | None = None,
+) -> InstallResult:
+    """Fetch *spec* into the dev cache.
+
+    With *force*, an installed version is replaced atomically (the old tree is swapped out with
+    ``renameat2(RENAME_EXCHANGE)`` and then deleted). With *only_if_changed* (``axon update``),
+    identical content leaves the installed version untouched.
+
+    Raises:
+        UsageError, SourceError, IntegrityError, InvalidModelError, DiskFullError, BusyError.
+    """
+    reporter = reporter or NullReporter()
+    layout = StoreLayout(settings.cache_dir)
+    target = layout.version_dir(spec)
+    existing = installed_manifest(layout, spec)
+    if existing is not None and not force and not only_if_changed:
+        return InstallResult(spec, target, existing, "already-installed")
+    layout.ensure_internal()
+    source = select_source(spec, settings, layout.downloads, from_=from_, revision=revision, sha256=sha256,
+                           entrypoint=entrypoint)
+    with layout.lock(spec):
+        cleanup_stale_staging(layout)
+        existing = installed_manifest(layout, spec)
+        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(spec), dir=layout.staging))
+        try:
+            reporter.stage(f"fetching {spec} from {source.describe()}")
+            fetched = source.fetch(staging, reporter)
+            reporter.stage("reading the ONNX graph")
+            manifest = build_manifest(spec, staging, fetched, entrypoint=entrypoint)
+            if existing is not None and existing.digest == manifest.digest and only_if_changed:
+                return InstallResult(spec, target, existing, "unchanged")
+            try:
+                write_manifest(staging, manifest)
+                fsync_tree(staging)
+            except OSError as exc:
+                raise DiskFullError(f"Writing the manifest failed: {exc.strerror}.") from exc
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                rename_exchange(staging, target)  # atomic: readers see old or new, never neither
+                status = "replaced"
+            else:
+                os.rename(staging, target)
+                status = "installed"
+            fsync_dir(target.parent)
+            return InstallResult(spec, target, manifest, status)
+        finally:
+            with contextlib.suppress(OSError):
+                remove_tree(staging)
+
+
+def check_free_space(where: Path, needed: int) -> None:
+    free = shutil.disk_usage(where).free
+    if needed > free:
+        raise DiskFullError(
+            f"Not enough disk space under {str(where)!r}: need {needed} bytes, {free} free.",
+            hint="Free some space (axon cache gc) or point AXON_CACHE_DIR at a bigger disk.",
+        )

@@ -1,0 +1,114 @@
+"""Where things live under a store root (dev cache or production repository).
+
+``<root>/<ns>/<name…>/<version>/manifest.yaml`` plus the model files; everything axon keeps for
+itself (staging, locks, partial downloads, history, audit log) lives under ``<root>/.axon/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from axon.errors import BusyError
+from axon.spec import ModelSpec
+
+__all__ = ["MANIFEST_NAME", "StoreLayout", "VersionEntry"]
+
+MANIFEST_NAME = "manifest.yaml"
+INTERNAL_DIR = ".axon"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionEntry:
+    spec: ModelSpec
+    path: Path
+    has_manifest: bool
+
+
+class StoreLayout:
+    """Paths of one store; creates nothing until asked."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    @property
+    def internal(self) -> Path:
+        return self.root / INTERNAL_DIR
+
+    @property
+    def staging(self) -> Path:
+        return self.internal / "staging"
+
+    @property
+    def downloads(self) -> Path:
+        return self.internal / "downloads"
+
+    @property
+    def trash(self) -> Path:
+        return self.internal / "trash"
+
+    @property
+    def locks(self) -> Path:
+        return self.internal / "locks"
+
+    def version_dir(self, spec: ModelSpec) -> Path:
+        return self.root.joinpath(*spec.parts)
+
+    def manifest_path(self, spec: ModelSpec) -> Path:
+        return self.version_dir(spec) / MANIFEST_NAME
+
+    def model_dir(self, spec: ModelSpec) -> Path:
+        return self.version_dir(spec).parent
+
+    def ensure_internal(self) -> None:
+        for d in (self.staging, self.downloads, self.trash, self.locks):
+            d.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self, spec: ModelSpec, *, wait: bool = False) -> Iterator[None]:
+        """Exclusive per-version lock (flock, released by the kernel if the process dies)."""
+        self.locks.mkdir(parents=True, exist_ok=True)
+        name = "--".join(spec.parts) + ".lock"
+        fd = os.open(self.locks / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise BusyError(f"Model {str(spec)!r} is busy: another axon process is working on it.",
+                                hint="Wait for it to finish, then run the command again.") from None
+            yield
+        finally:
+            os.close(fd)
+
+    def iter_versions(self) -> Iterator[VersionEntry]:
+        """Every version directory, complete or not, in sorted order.
+
+        ``<ns>/<name>/<version>`` is a version when it holds a manifest or only files; otherwise
+        ``<ns>/<org>/<repo>/<version>``.
+        """
+        if not self.root.is_dir():
+            return
+        for ns in _subdirs(self.root):
+            for name in _subdirs(ns):
+                for third in _subdirs(name):
+                    if (third / MANIFEST_NAME).exists() or not any(_subdirs(third)):
+                        yield self._entry(ns.name, name.name, third)
+                    else:
+                        for fourth in _subdirs(third):
+                            yield self._entry(ns.name, f"{name.name}/{third.name}", fourth)
+
+    def _entry(self, ns: str, name: str, path: Path) -> VersionEntry:
+        spec = ModelSpec(ns, name, path.name)
+        return VersionEntry(spec, path, (path / MANIFEST_NAME).is_file())
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink()
+                      and not p.name.startswith("."))
+    except OSError:
+        return []

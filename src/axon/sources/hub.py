@@ -1,0 +1,246 @@
+"""Install from the Hugging Face Hub through the real ``huggingface_hub`` client.
+
+huggingface_hub checks only sizes; we verify every LFS file's sha256 (and every small file's
+git blob id) against the Hub's metadata while the bytes stream in, and refuse a mismatch.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from axon.errors import InvalidModelError, PermissionDeniedError, SourceError
+from axon.reporting import Reporter
+from axon.sources.base import FetchResult, HashingWriter, PartialDownload, check_digest, disk_full
+
+__all__ = ["AUX_FILES", "ONNX_CANDIDATES", "HubSource"]
+
+ONNX_CANDIDATES = ("model.onnx", "onnx/model.onnx")
+AUX_FILES = (
+    "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+    "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json",
+    "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json",
+    "generation_config.json", "preprocessor_config.json",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _RemoteFile:
+    path: str
+    size: int | None
+    sha256: str | None  # LFS files
+    blob_id: str | None  # git blob sha1 of small files
+
+
+class HubSource:
+    kind = "hf"
+
+    def __init__(self, repo_id: str, revision: str, downloads_dir: Path, *, endpoint: str | None,
+                 token: str | None, entrypoint: str | None = None) -> None:
+        self.repo_id = repo_id
+        self.revision = revision
+        self.downloads_dir = downloads_dir
+        self.endpoint = endpoint
+        self.token = token
+        self.entrypoint = entrypoint
+
+    def describe(self) -> str:
+        return f"{self.repo_id}@{self.revision}"
+
+    # --- errors ---------------------------------------------------------------------------
+
+    def _translate(self, exc: Exception) -> Exception:
+        from huggingface_hub import errors as hf_errors
+
+        where = self.endpoint or "https://huggingface.co"
+        if isinstance(exc, hf_errors.GatedRepoError):
+            return PermissionDeniedError(
+                f"Hub repo {self.repo_id!r} is gated: access needs an accepted licence and a token.",
+                hint="Accept the terms on the model page, then export HF_TOKEN=<your token> and run again.")
+        if isinstance(exc, hf_errors.RepositoryNotFoundError):
+            return SourceError(
+                f"Hub repo {self.repo_id!r} was not found at {where} (or it is private).",
+                hint="Check the name; for a private repo export HF_TOKEN=<your token>.")
+        if isinstance(exc, hf_errors.RevisionNotFoundError):
+            return SourceError(f"Revision {self.revision!r} of Hub repo {self.repo_id!r} does not exist.",
+                               hint="Use a branch, tag or commit that exists (e.g. @main).")
+        if isinstance(exc, hf_errors.EntryNotFoundError):
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            return SourceError(f"A file of Hub repo {self.repo_id!r} vanished during the download: {first_line}")
+        if isinstance(exc, hf_errors.HfHubHTTPError):
+            status = exc.response.status_code if exc.response is not None else "?"
+            if status == 401:
+                return PermissionDeniedError(f"The Hub refused access to {self.repo_id!r} (HTTP 401).",
+                                             hint="Export HF_TOKEN=<a token with read access> and run again.")
+            return SourceError(f"The Hub answered HTTP {status} for {self.repo_id!r}.",
+                               hint="Try again later; partial downloads resume.")
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return disk_full(exc, self.downloads_dir)
+        return SourceError(
+            f"Cannot reach the Hub at {where}: {type(exc).__name__}: {exc}".splitlines()[0],
+            hint="Check the network (or HF_ENDPOINT) and run the same command again; partial downloads resume.")
+
+    # --- listing ---------------------------------------------------------------------------
+
+    def _plan(self, siblings: list[Any]) -> tuple[str, list[_RemoteFile]]:
+        files = {
+            s.rfilename: _RemoteFile(s.rfilename, s.size if s.lfs is None else s.lfs.size,
+                                     s.lfs.sha256 if s.lfs else None, s.blob_id)
+            for s in siblings
+        }
+        onnx_files = sorted(p for p in files if p.endswith(".onnx"))
+        if self.entrypoint:
+            if self.entrypoint not in files:
+                raise InvalidModelError(f"Hub repo {self.repo_id!r} has no file {self.entrypoint!r}.",
+                                        hint=f"ONNX files there: {', '.join(onnx_files) or 'none'}")
+            entry = self.entrypoint
+        else:
+            entry = next((c for c in ONNX_CANDIDATES if c in files), "")
+            if not entry:
+                if onnx_files:
+                    raise InvalidModelError(
+                        f"Hub repo {self.repo_id!r} has no model.onnx or onnx/model.onnx, but other ONNX files.",
+                        hint=f"Pick one with --entrypoint (one of: {', '.join(onnx_files[:8])})")
+                raise InvalidModelError(
+                    f"Hub repo {self.repo_id!r} has no ONNX export (no model.onnx or onnx/model.onnx).",
+                    hint=f"Export it with: optimum-cli export onnx --model {self.repo_id} ./out, "
+                    "then: axon install NS/NAME --from ./out")
+        chosen = [files[entry]] + [files[a] for a in AUX_FILES if a in files]
+        # External weights next to the entrypoint (e.g. model.onnx_data) are added after parsing it.
+        return entry, chosen
+
+    def fetch(self, staging: Path, reporter: Reporter) -> FetchResult:
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=self.endpoint, token=self.token)
+        reporter.stage(f"resolving {self.repo_id}@{self.revision}")
+        try:
+            info = api.model_info(self.repo_id, revision=self.revision, files_metadata=True)
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        commit = info.sha
+        if not commit:
+            raise SourceError(f"The Hub did not report a commit for {self.repo_id}@{self.revision}.")
+        entry, planned = self._plan(list(info.siblings or []))
+        by_path = {s.rfilename: s for s in info.siblings or []}
+        result = FetchResult(
+            source={"type": "hf", "repo": self.repo_id, "revision": self.revision, "commit": commit},
+            entrypoint=entry,
+            license=_card_license(info),
+        )
+        for rf in planned:
+            self._download(api, rf, commit, staging, result, reporter)
+        from axon.onnx_signature import read_signature
+
+        sig = read_signature(staging / entry)
+        base = PurePosixPath(entry).parent
+        for loc in sig.external_data:
+            rel = str(base / loc) if str(base) != "." else loc
+            if rel in result.digests:
+                continue
+            s = by_path.get(rel)
+            if s is None:
+                raise InvalidModelError(f"{entry!r} in {self.repo_id!r} needs external data {rel!r}, "
+                                        "which the repo does not have.")
+            rf = _RemoteFile(rel, s.size if s.lfs is None else s.lfs.size, s.lfs.sha256 if s.lfs else None, s.blob_id)
+            self._download(api, rf, commit, staging, result, reporter)
+        return result
+
+    # --- one file ------------------------------------------------------------------------
+
+    def _download(self, api: Any, rf: _RemoteFile, commit: str, staging: Path, result: FetchResult,
+                  reporter: Reporter) -> None:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers
+
+        url = hf_hub_url(self.repo_id, rf.path, revision=commit, endpoint=self.endpoint)
+        headers = build_hf_headers(token=self.token)
+        try:
+            meta = get_hf_file_metadata(url, token=self.token, endpoint=self.endpoint, retry_on_errors=True)
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        if meta.commit_hash and meta.commit_hash != commit:
+            raise SourceError(f"The Hub served {rf.path!r} from commit {meta.commit_hash}, not {commit}.",
+                              hint="The repo changed during the download; run the command again.")
+        size = rf.size if rf.size is not None else meta.size
+        expected_sha256 = rf.sha256
+        if expected_sha256 and meta.etag and len(meta.etag) == 64 and meta.etag != expected_sha256:
+            raise SourceError(f"The Hub's metadata for {rf.path!r} disagrees with itself "
+                              f"(tree sha256 {expected_sha256}, ETag {meta.etag}).")
+        key = f"hf--{self.repo_id.replace('/', '--')}--{commit[:16]}--{(rf.sha256 or rf.blob_id or rf.path)[:24]}"
+        key = key.replace("/", "_")
+        partial = PartialDownload(self.downloads_dir, key)
+        validator = {"url": url, "sha256": rf.sha256, "blob_id": rf.blob_id, "size": size}
+        with partial.open(validator) as (f, have):
+            writer = HashingWriter(f, git_blob_size=size if rf.sha256 is None and rf.blob_id else None)
+            if have:
+                writer.absorb_existing()
+            if size is not None and have > size:
+                writer.seek(0)
+                have = 0
+            reporter.start(rf.path, size)
+            reporter.advance(have)
+            progress = _ReporterTqdm.bind(reporter)
+            try:
+                http_get(url, writer, resume_size=have, headers=headers, expected_size=size,  # type: ignore[arg-type]
+                         displayed_filename=rf.path, tqdm_class=progress)
+            except Exception as exc:
+                raise self._translate(exc) from exc
+            finally:
+                reporter.finish()
+            writer.flush()
+            import os
+
+            os.fsync(writer.fileno())
+            digest = writer.digest()
+        try:
+            if size is not None and digest.size != size:
+                check_digest(rf.path, "size", str(size), str(digest.size), self.describe())
+            if rf.sha256:
+                check_digest(rf.path, "sha256", rf.sha256, digest.sha256, self.describe())
+            elif rf.blob_id and writer.sha1 is not None:
+                check_digest(rf.path, "git blob id", rf.blob_id, writer.sha1.hexdigest(), self.describe())
+        except Exception:
+            partial.discard()
+            raise
+        partial.finish_into(staging / rf.path)
+        result.digests[rf.path] = digest
+
+
+def _card_license(info: Any) -> str | None:
+    card = getattr(info, "card_data", None) or getattr(info, "cardData", None)
+    lic = None
+    if card is not None:
+        lic = card.get("license") if hasattr(card, "get") else getattr(card, "license", None)
+    return str(lic) if lic else None
+
+
+class _ReporterTqdm:
+    """Minimal tqdm stand-in so huggingface_hub's progress lands in our reporter, not on stdout."""
+
+    reporter: Reporter
+
+    @classmethod
+    def bind(cls, reporter: Reporter) -> type[_ReporterTqdm]:
+        return type("_BoundReporterTqdm", (cls,), {"reporter": reporter})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.n = kwargs.get("initial", 0) or 0
+        self.total = kwargs.get("total")
+
+    def update(self, n: int | None = 1) -> None:
+        if n:
+            self.reporter.advance(n)
+            self.n += n
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _ReporterTqdm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass

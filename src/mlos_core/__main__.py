@@ -1,0 +1,3 @@
+from mlos_core.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""Shared fixtures: each test gets its own AXON_HOME, cache and production roots."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from axon.settings import Settings
+from tests.support.file_server import FileServer
+from tests.support.hub_server import FakeHub
+from tests.support.servers import serve_in_thread
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    env = {
+        "HOME": str(tmp_path / "home"),
+        "AXON_HOME": str(tmp_path / "home" / ".axon"),
+        "AXON_CACHE_DIR": str(tmp_path / "cache"),
+        "AXON_PUBLISH_DIR": str(tmp_path / "production"),
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
+    for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "MLOS_CORE_ENDPOINT", "AXON_DEBUG"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def settings(isolated_env: dict[str, str]) -> Settings:
+    return Settings.from_env(dict(os.environ))
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeHub, str]]:
+    fake = FakeHub()
+    with serve_in_thread(fake.app()) as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        yield fake, url
+
+
+@pytest.fixture
+def file_server() -> Iterator[tuple[FileServer, str]]:
+    fs = FileServer()
+    with serve_in_thread(fs.app()) as url:
+        yield fs, url
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def axon_cli() -> object:
+    """Run the real ``axon`` entry point in a subprocess with the test's environment."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> CliResult:
+        proc = subprocess.run([sys.executable, "-m", "axon", *args], capture_output=True, text=True,
+                              env={**os.environ, **(env or {})}, timeout=timeout, check=False)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run

@@ -1,0 +1,166 @@
+"""A local HTTP server speaking the Hugging Face Hub endpoints that huggingface_hub calls.
+
+Endpoints: ``/api/models/{repo}/revision/{rev}`` (with ``?blobs=true`` metadata),
+``/api/models/{repo}/tree/{rev}[/{path}]``, and ``HEAD``/``GET /{repo}/resolve/{rev}/{file}`` with
+``X-Repo-Commit``, ``ETag``/``X-Linked-Etag``, ``X-Linked-Size``, Range -> 206, and 4xx answers
+carrying ``X-Error-Code`` as the real Hub does. Tests can make it serve corrupted bytes, drop a
+connection mid-file, or gate a repo behind a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+LFS_SUFFIXES = (".onnx", ".onnx_data", ".bin", ".safetensors", ".data")
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def is_lfs(path: str, data: bytes) -> bool:
+    return path.endswith(LFS_SUFFIXES) or len(data) > 10 * 1024
+
+
+@dataclass
+class FakeRepo:
+    commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    refs: dict[str, str] = field(default_factory=dict)
+    gated_token: str | None = None  # when set, file downloads need "Bearer <token>"
+
+
+@dataclass
+class FakeHub:
+    repos: dict[str, FakeRepo] = field(default_factory=dict)
+    corrupt: set[tuple[str, str]] = field(default_factory=set)  # (repo, path): flip a byte when serving
+    drop_after: dict[tuple[str, str], int] = field(default_factory=dict)  # drop the connection once after N bytes
+    requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
+
+    def add_commit(self, repo_id: str, files: dict[str, bytes], *, ref: str = "main") -> str:
+        repo = self.repos.setdefault(repo_id, FakeRepo())
+        h = hashlib.sha1(repo_id.encode(), usedforsecurity=False)
+        for path in sorted(files):
+            h.update(path.encode() + b"\0" + hashlib.sha256(files[path]).digest())
+        h.update(str(len(repo.commits)).encode())
+        sha = h.hexdigest()
+        repo.commits[sha] = dict(files)
+        repo.refs[ref] = sha
+        return sha
+
+    # --- helpers ---------------------------------------------------------------------
+
+    @staticmethod
+    def _error(status: int, code: str, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers={"X-Error-Code": code})
+
+    def _resolve(self, repo_id: str, rev: str) -> tuple[FakeRepo | None, str | None, Response | None]:
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return None, None, self._error(401, "RepoNotFound", "Repository not found")
+        sha = repo.refs.get(rev) or (rev if rev in repo.commits else None)
+        if sha is None:
+            return repo, None, self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+        return repo, sha, None
+
+    @staticmethod
+    def _sibling(path: str, data: bytes, blobs: bool) -> dict[str, object]:
+        entry: dict[str, object] = {"rfilename": path}
+        if blobs:
+            entry["size"] = len(data)
+            entry["blobId"] = git_blob_sha1(data)
+            if is_lfs(path, data):
+                entry["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+        return entry
+
+    # --- endpoints ---------------------------------------------------------------------
+
+    async def model_info(self, request: Request) -> Response:
+        repo_id, rev = request.path_params["repo"], request.path_params["rev"]
+        self.requests.append(("GET", request.url.path, None))
+        repo, sha, err = self._resolve(repo_id, rev)
+        if err is not None or repo is None or sha is None:
+            return err or self._error(500, "Internal", "unreachable")
+        blobs = request.query_params.get("blobs", "").lower() == "true"
+        files = repo.commits[sha]
+        return JSONResponse({
+            "_id": hashlib.md5(repo_id.encode(), usedforsecurity=False).hexdigest()[:24],
+            "id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
+            "gated": "manual" if repo.gated_token else False, "disabled": False, "downloads": 0, "likes": 0,
+            "tags": ["onnx"], "library_name": "onnx", "lastModified": "2026-01-01T00:00:00.000Z",
+            "createdAt": "2026-01-01T00:00:00.000Z", "cardData": {"license": "apache-2.0"},
+            "siblings": [self._sibling(p, files[p], blobs) for p in sorted(files)],
+        })
+
+    async def tree(self, request: Request) -> Response:
+        repo_id, rev = request.path_params["repo"], request.path_params["rev"]
+        prefix = request.path_params.get("path", "").strip("/")
+        repo, sha, err = self._resolve(repo_id, rev)
+        if err is not None or repo is None or sha is None:
+            return err or self._error(500, "Internal", "unreachable")
+        out = []
+        for path, data in sorted(repo.commits[sha].items()):
+            if prefix and not path.startswith(prefix + "/"):
+                continue
+            entry: dict[str, object] = {"type": "file", "oid": git_blob_sha1(data), "size": len(data), "path": path}
+            if is_lfs(path, data):
+                entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+            out.append(entry)
+        return JSONResponse(out)
+
+    async def resolve(self, request: Request) -> Response:
+        repo_id, rev, path = request.path_params["repo"], request.path_params["rev"], request.path_params["file"]
+        rng = request.headers.get("range")
+        self.requests.append((request.method, request.url.path, rng))
+        repo, sha, err = self._resolve(repo_id, rev)
+        if err is not None or repo is None or sha is None:
+            return err or self._error(500, "Internal", "unreachable")
+        if repo.gated_token and request.headers.get("authorization") != f"Bearer {repo.gated_token}":
+            return self._error(401, "GatedRepo", "Access to this model is restricted")
+        files = repo.commits[sha]
+        if path not in files:
+            return self._error(404, "EntryNotFound", f"{path} does not exist on {rev}")
+        data = files[path]
+        headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
+        if is_lfs(path, data):
+            sha256 = hashlib.sha256(data).hexdigest()
+            headers.update({"ETag": f'"{sha256}"', "X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(data))})
+        else:
+            headers["ETag"] = f'"{git_blob_sha1(data)}"'
+        if (repo_id, path) in self.corrupt:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        if request.method == "HEAD":
+            return Response(b"", headers={**headers, "Content-Length": str(len(data))})
+        start = 0
+        status = 200
+        if rng and rng.startswith("bytes="):
+            start = int(rng[6:].split("-")[0])
+            if start >= len(data):
+                return Response(b"", status_code=416, headers={"Content-Range": f"bytes */{len(data)}"})
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        body = data[start:]
+        drop = self.drop_after.pop((repo_id, path), None)
+        if drop is not None and drop < len(body):
+            return StreamingResponse(_broken_stream(body, drop), status_code=status,
+                                     headers={**headers, "Content-Length": str(len(body))})
+        return Response(body, status_code=status, headers=headers)
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/api/models/{repo:path}/revision/{rev}", self.model_info),
+            Route("/api/models/{repo:path}/tree/{rev}/{path:path}", self.tree),
+            Route("/api/models/{repo:path}/tree/{rev}", self.tree),
+            Route("/{repo:path}/resolve/{rev}/{file:path}", self.resolve, methods=["GET", "HEAD"]),
+        ])
+
+
+async def _broken_stream(body: bytes, n: int) -> AsyncIterator[bytes]:
+    yield body[:n]
+    raise ConnectionResetError("simulated network failure")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from axon.atomic import fsync_dir, fsync_tree, remove_tree
-from axon.errors import AxonError, DiskFullError
+from axon.errors import AxonError
 from axon.fastio import rename_exchange
 from axon.layout import StoreLayout
 from axon.manifest import Manifest, load_manifest, write_manifest
@@ -108,6 +107,10 @@ def install(
     with layout.lock(spec):
         cleanup_stale_staging(layout)
         existing = installed_manifest(layout, spec)
+        if only_if_changed and existing is not None and existing.source.get("type") == "hf":
+            resolve_commit = getattr(source, "resolve_commit", None)
+            if resolve_commit is not None and resolve_commit() == existing.source.get("commit"):
+                return InstallResult(spec, target, existing, "unchanged")
         staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(spec), dir=layout.staging))
         try:
             reporter.stage(f"fetching {spec} from {source.describe()}")
@@ -116,11 +119,8 @@ def install(
             manifest = build_manifest(spec, staging, fetched, entrypoint=entrypoint)
             if existing is not None and existing.digest == manifest.digest and only_if_changed:
                 return InstallResult(spec, target, existing, "unchanged")
-            try:
-                write_manifest(staging, manifest)
-                fsync_tree(staging)
-            except OSError as exc:
-                raise DiskFullError(f"Writing the manifest failed: {exc.strerror}.") from exc
+            write_manifest(staging, manifest)  # last file written: its presence means complete
+            fsync_tree(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
                 rename_exchange(staging, target)  # atomic: readers see old or new, never neither
@@ -134,11 +134,3 @@ def install(
             with contextlib.suppress(OSError):
                 remove_tree(staging)
 
-
-def check_free_space(where: Path, needed: int) -> None:
-    free = shutil.disk_usage(where).free
-    if needed > free:
-        raise DiskFullError(
-            f"Not enough disk space under {str(where)!r}: need {needed} bytes, {free} free.",
-            hint="Free some space (axon cache gc) or point AXON_CACHE_DIR at a bigger disk.",
-        )

@@ -158,8 +158,10 @@ def test_update_follows_the_branch(hub: tuple[FakeHub, str]) -> None:
     fake, _ = hub
     fake.add_commit("org/m", _files(1))
     first = install(parse_spec("hf/org/m"), _settings())
+    fake.requests.clear()
     same = install(parse_spec("hf/org/m"), _settings(), revision="main", only_if_changed=True)
     assert same.status == "unchanged"
+    assert [p for _, p, _ in fake.requests if "/resolve/" in p] == []  # nothing downloaded to find out
     new_sha = fake.add_commit("org/m", _files(2))
     updated = install(parse_spec("hf/org/m"), _settings(), revision="main", only_if_changed=True)
     assert updated.status == "replaced" and updated.manifest.source["commit"] == new_sha

@@ -7,11 +7,13 @@ git blob id) against the Hub's metadata while the bytes stream in, and refuse a 
 from __future__ import annotations
 
 import errno
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from axon.errors import InvalidModelError, PermissionDeniedError, SourceError
+from axon.errors import DiskFullError, InvalidModelError, PermissionDeniedError, SourceError
 from axon.reporting import Reporter
 from axon.sources.base import FetchResult, HashingWriter, PartialDownload, check_digest, disk_full
 
@@ -111,19 +113,34 @@ class HubSource:
         # External weights next to the entrypoint (e.g. model.onnx_data) are added after parsing it.
         return entry, chosen
 
-    def fetch(self, staging: Path, reporter: Reporter) -> FetchResult:
+    def _model_info(self) -> Any:
         from huggingface_hub import HfApi
 
         api = HfApi(endpoint=self.endpoint, token=self.token)
-        reporter.stage(f"resolving {self.repo_id}@{self.revision}")
         try:
             info = api.model_info(self.repo_id, revision=self.revision, files_metadata=True)
         except Exception as exc:
             raise self._translate(exc) from exc
-        commit = info.sha
-        if not commit:
+        if not info.sha:
             raise SourceError(f"The Hub did not report a commit for {self.repo_id}@{self.revision}.")
+        return info
+
+    def resolve_commit(self) -> str:
+        """The commit the revision points at now (one API call, nothing downloaded)."""
+        return str(self._model_info().sha)
+
+    def fetch(self, staging: Path, reporter: Reporter) -> FetchResult:
+        reporter.stage(f"resolving {self.repo_id}@{self.revision}")
+        info = self._model_info()
+        commit = info.sha
         entry, planned = self._plan(list(info.siblings or []))
+        known = sum(rf.size or 0 for rf in planned)
+        free = shutil.disk_usage(self.downloads_dir).free
+        if known > free:
+            raise DiskFullError(
+                f"Not enough disk space for {self.repo_id}: {known} bytes needed, {free} free under "
+                f"{str(self.downloads_dir)!r}.",
+                hint="Free some space (axon cache gc) or point AXON_CACHE_DIR at a bigger disk.")
         by_path = {s.rfilename: s for s in info.siblings or []}
         result = FetchResult(
             source={"type": "hf", "repo": self.repo_id, "revision": self.revision, "commit": commit},
@@ -131,7 +148,7 @@ class HubSource:
             license=_card_license(info),
         )
         for rf in planned:
-            self._download(api, rf, commit, staging, result, reporter)
+            self._download(rf, commit, staging, result, reporter)
         from axon.onnx_signature import read_signature
 
         sig = read_signature(staging / entry)
@@ -145,12 +162,12 @@ class HubSource:
                 raise InvalidModelError(f"{entry!r} in {self.repo_id!r} needs external data {rel!r}, "
                                         "which the repo does not have.")
             rf = _RemoteFile(rel, s.size if s.lfs is None else s.lfs.size, s.lfs.sha256 if s.lfs else None, s.blob_id)
-            self._download(api, rf, commit, staging, result, reporter)
+            self._download(rf, commit, staging, result, reporter)
         return result
 
     # --- one file ------------------------------------------------------------------------
 
-    def _download(self, api: Any, rf: _RemoteFile, commit: str, staging: Path, result: FetchResult,
+    def _download(self, rf: _RemoteFile, commit: str, staging: Path, result: FetchResult,
                   reporter: Reporter) -> None:
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
         from huggingface_hub.file_download import http_get
@@ -192,8 +209,6 @@ class HubSource:
             finally:
                 reporter.finish()
             writer.flush()
-            import os
-
             os.fsync(writer.fileno())
             digest = writer.digest()
         try:

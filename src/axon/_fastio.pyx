@@ -2,201 +2,664 @@
 """Native hot paths of axon: streaming hashes, kernel-side copies, containment checks.
 
 Private: ``axon.fastio`` is the only importer. It owns argument checking, types and the
-pure-Python fallback that serves as the test oracle.
+pure-Python reference that serves as the test oracle and the fallback.
 
 Rules kept throughout (see docs/architecture.md):
-* ``nogil`` covers only syscalls on C values; paths become C strings before, Python
-  results are built after.
+* ``nogil`` covers only syscalls on C values; paths become C strings before, Python results
+  are built after.
 * A failed syscall: retry on EINTR, copy errno at once, close fds, raise
-  ``OSError(errno, strerror, path)`` so Python picks the right subclass.
-* Between chunks the GIL is taken back to run signal handlers (Ctrl-C mid-file) and
-  report progress.
+  ``OSError(errno, strerror, path)`` so Python picks the right subclass. Errnos that mean
+  "not supported here" step down to the next copy method instead of raising.
+* Between chunks the GIL is taken back to run signal handlers (Ctrl-C mid-file), check the
+  shared cancel flag (worker threads cannot see signals) and report progress.
 """
 
 import hashlib
 import os
+import stat as _stat
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from queue import SimpleQueue
 
 import xxhash
 
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport EINTR, EINVAL, ENOSYS, EXDEV, errno
-from libc.stdlib cimport free
+from libc.errno cimport errno
+from libc.stdlib cimport free, malloc
 from libc.string cimport strcmp, strlen, strncmp
 from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDONLY, O_TRUNC, O_WRONLY, open as c_open
 from posix.stat cimport fstat, struct_stat
 from posix.types cimport off_t
-from posix.unistd cimport close, read, write
+from posix.unistd cimport close, read
+
+cdef extern from "errno.h":
+    const int ENXIO
+
+METHODS = ("reflink", "copy_file_range", "sendfile", "readwrite")
+
+
+cdef class Cancel:
+    """A flag shared by the threads of one operation; set it to stop them between chunks."""
+
+    cdef public bint cancelled
+
+    def set(self):
+        self.cancelled = True
 
 
 cdef inline object _oserror(int err, object path):
     return OSError(err, os.strerror(err), path)
 
 
-cdef int _open_read(bytes bpath, object path) except -1:
+cdef inline void _check(Cancel cancel) except *:
+    if cancel is not None and cancel.cancelled:
+        raise KeyboardInterrupt("cancelled")
+    PyErr_CheckSignals()
+
+
+cdef int _open(bytes bpath, object path, int flags, int mode) except -1:
     cdef const char *cpath = bpath
     cdef int fd
     cdef int err
     while True:
         with nogil:
-            fd = c_open(cpath, O_RDONLY | O_CLOEXEC)
+            fd = c_open(cpath, flags | O_CLOEXEC, mode)
             err = errno
         if fd >= 0:
             return fd
         if err != EINTR:
             raise _oserror(err, path)
+        PyErr_CheckSignals()
 
 
-cdef int _fstat_size(int fd, object path, off_t *size, int *mode) except -1:
-    cdef struct_stat st
+cdef int _fstat(int fd, object path, struct_stat *st) except -1:
     cdef int rc
     cdef int err
     with nogil:
-        rc = fstat(fd, &st)
+        rc = fstat(fd, st)
         err = errno
     if rc != 0:
         raise _oserror(err, path)
-    size[0] = st.st_size
-    mode[0] = st.st_mode & 0o7777
     return 0
 
 
-def hash_file(object path, object progress=None, Py_ssize_t chunk_size=HASH_CHUNK_BYTES):
-    """Return ``(size, sha256_hex, xxh3_128_hex)`` of *path* in one streaming read pass."""
-    cdef bytes bpath = os.fsencode(path)
-    cdef int fd = _open_read(bpath, path)
-    cdef bytearray buffer = bytearray(chunk_size)
-    cdef unsigned char[::1] view = buffer
-    cdef unsigned char *buf = &view[0]
+cdef ssize_t _read_full(int fd, unsigned char *buf, size_t size, object path) except -1:
+    """Read until *size* bytes or EOF; returns bytes read."""
+    cdef size_t done = 0
     cdef ssize_t n
     cdef int err
-    cdef long long total = 0
-    mv = memoryview(buffer)
-    sha = hashlib.sha256()
-    xxh = xxhash.xxh3_128()
-    try:
+    while done < size:
         with nogil:
-            posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
-        while True:
-            with nogil:
-                n = read(fd, buf, <size_t>chunk_size)
-                err = errno
-            if n < 0:
-                if err == EINTR:
-                    PyErr_CheckSignals()
-                    continue
-                raise _oserror(err, path)
-            if n == 0:
-                break
-            chunk = mv[:n]
-            sha.update(chunk)
-            xxh.update(chunk)
-            total += n
-            if progress is not None:
-                progress(n)
-            PyErr_CheckSignals()
-    finally:
-        close(fd)
-    return total, sha.hexdigest(), xxh.hexdigest()
-
-
-cdef inline bint _unsupported(int err) noexcept nogil:
-    return err == EXDEV or err == ENOSYS or err == EOPNOTSUPP or err == ENOTSUP or err == EINVAL
-
-
-cdef long long _copy_rw(int src, int dst, object src_path, object dst_path,
-                        object progress) except -1:
-    """Plain read/write loop from the current offsets; handles short writes."""
-    cdef bytearray buffer = bytearray(RW_CHUNK_BYTES)
-    cdef unsigned char[::1] view = buffer
-    cdef unsigned char *buf = &view[0]
-    cdef ssize_t n, w, done
-    cdef int err
-    cdef long long total = 0
-    while True:
-        with nogil:
-            n = read(src, buf, RW_CHUNK_BYTES)
+            n = read(fd, buf + done, size - done)
             err = errno
         if n < 0:
             if err == EINTR:
                 PyErr_CheckSignals()
                 continue
-            raise _oserror(err, src_path)
+            raise _oserror(err, path)
         if n == 0:
-            return total
-        done = 0
-        while done < n:
-            with nogil:
-                w = write(dst, buf + done, <size_t>(n - done))
-                err = errno
-            if w < 0:
-                if err == EINTR:
-                    PyErr_CheckSignals()
-                    continue
-                raise _oserror(err, dst_path)
-            done += w
+            break
+        done += n
+    return done
+
+
+# --- hashing ------------------------------------------------------------------------------
+
+
+cdef tuple _hash_serial(int fd, object path, Py_ssize_t chunk_size, object progress, Cancel cancel):
+    cdef bytearray buffer = bytearray(chunk_size)
+    cdef unsigned char[::1] view = buffer
+    cdef ssize_t n
+    cdef long long total = 0
+    mv = memoryview(buffer)
+    sha = hashlib.sha256()
+    xxh = xxhash.xxh3_128()
+    while True:
+        n = _read_full(fd, &view[0], chunk_size, path)
+        if n == 0:
+            break
+        chunk = mv[:n]
+        sha.update(chunk)
+        xxh.update(chunk)
         total += n
         if progress is not None:
             progress(n)
-        PyErr_CheckSignals()
+        _check(cancel)
+    return total, sha.hexdigest(), xxh.hexdigest()
 
 
-def copy_file(object src, object dst, object progress=None):
-    """Copy *src* to a new/truncated *dst* with copy_file_range, else read/write.
+cdef tuple _hash_pipelined(int fd, object path, Py_ssize_t chunk_size, object progress, Cancel cancel):
+    """A helper thread reads and computes xxh3 while this thread computes sha256.
 
-    Returns ``(bytes_copied, method)`` where method is ``"copy_file_range"`` or ``"readwrite"``.
-    The destination gets the source's permission bits.
+    sha256 is the slow hash (about 1.6 GB/s with SHA instructions); overlapping the reads and
+    xxh3 with it makes both digests together cost what sha256 alone costs.
+    """
+    buffers = [bytearray(chunk_size) for _ in range(PIPELINE_BUFFERS)]
+    views = [memoryview(b) for b in buffers]
+    free_q = SimpleQueue()
+    ready_q = SimpleQueue()
+    for i in range(PIPELINE_BUFFERS):
+        free_q.put(i)
+    sha = hashlib.sha256()
+    xxh = xxhash.xxh3_128()
+    failure = []
+
+    def reader():
+        cdef unsigned char[::1] raw
+        cdef ssize_t got
+        try:
+            while True:
+                idx = free_q.get()
+                if idx is None:
+                    return
+                raw = buffers[idx]
+                got = _read_full(fd, &raw[0], chunk_size, path)
+                if got == 0:
+                    ready_q.put(None)
+                    return
+                xxh.update(views[idx][:got])
+                ready_q.put((idx, got))
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+            ready_q.put(None)
+
+    thread = threading.Thread(target=reader, name="axon-hash-reader", daemon=True)
+    thread.start()
+    cdef long long total = 0
+    try:
+        while True:
+            item = ready_q.get()
+            if item is None:
+                break
+            idx, got = item
+            sha.update(views[idx][:got])
+            total += got
+            free_q.put(idx)
+            if progress is not None:
+                progress(got)
+            _check(cancel)
+    finally:
+        for _ in range(PIPELINE_BUFFERS + 1):
+            free_q.put(None)
+        thread.join()
+    if failure:
+        raise failure[0]
+    return total, sha.hexdigest(), xxh.hexdigest()
+
+
+def hash_file(object path, object progress=None, Py_ssize_t chunk_size=HASH_CHUNK_BYTES,
+              object pipeline=None, Cancel cancel=None):
+    """Return ``(size, sha256_hex, xxh3_128_hex)`` of *path* in one streaming read pass.
+
+    *pipeline*: None decides by size; True/False forces the two-thread pipeline on or off.
+    """
+    cdef bytes bpath = os.fsencode(path)
+    cdef int fd = _open(bpath, path, O_RDONLY, 0)
+    cdef struct_stat st
+    try:
+        _fstat(fd, path, &st)
+        if _stat.S_ISDIR(st.st_mode):
+            raise _oserror(21, path)  # EISDIR, before read() says so less clearly
+        with nogil:
+            posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
+        if pipeline is None:
+            pipeline = st.st_size >= PIPELINE_MIN_BYTES
+        if pipeline:
+            return _hash_pipelined(fd, path, chunk_size, progress, cancel)
+        if st.st_size < chunk_size:
+            chunk_size = max(4096, st.st_size + 1)
+        return _hash_serial(fd, path, chunk_size, progress, cancel)
+    finally:
+        close(fd)
+
+
+def hash_files(list paths, int workers=0, object progress=None):
+    """Hash many files over *workers* threads (largest first); results follow *paths*' order."""
+    if not paths:
+        return []
+    ncpu = os.cpu_count() or 1
+    if workers <= 0:
+        workers = ncpu
+    workers = min(workers, len(paths))
+    cancel = Cancel()
+    lock = threading.Lock()
+    report = None
+    if progress is not None:
+        def report(n):
+            with lock:
+                progress(n)
+    # Pipelining pays only while fewer files are hashed at once than there are cores.
+    pipeline = None if workers < ncpu else False
+    if workers == 1:
+        return [hash_file(p, report, HASH_CHUNK_BYTES, pipeline, cancel) for p in paths]
+    sizes = []
+    for p in paths:
+        try:
+            sizes.append(os.stat(p).st_size)
+        except OSError:
+            sizes.append(0)
+    order = sorted(range(len(paths)), key=lambda i: -sizes[i])
+    results = [None] * len(paths)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="axon-hash") as pool:
+        futures = {pool.submit(hash_file, paths[i], report, HASH_CHUNK_BYTES, pipeline, cancel): i for i in order}
+        _wait_all(futures, cancel)
+        for fut, i in futures.items():
+            results[i] = fut.result()
+    return results
+
+
+cdef _wait_all(dict futures, Cancel cancel):
+    """Wait for every future; on the first failure or Ctrl-C, stop the others and re-raise."""
+    pending = set(futures)
+    try:
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                if fut.exception() is not None:
+                    raise fut.exception()
+    except BaseException:
+        cancel.set()
+        wait(pending)
+        raise
+
+
+# --- copying ------------------------------------------------------------------------------
+
+
+cdef inline bint _unsupported(int err) noexcept nogil:
+    return (err == EXDEV or err == ENOSYS or err == EOPNOTSUPP or err == ENOTSUP or err == EINVAL
+            or err == ENOTTY or err == EBADF or err == EPERM)
+
+
+cdef int _resident_percent(int fd, off_t size) noexcept nogil:
+    """Percent of the file's pages in the page cache (100 when it cannot be told)."""
+    cdef size_t pages = (<size_t>size + 4095) // 4096
+    cdef void *addr
+    cdef unsigned char *vec
+    cdef size_t i, hot = 0
+    if size <= 0:
+        return 100
+    addr = mmap(NULL, <size_t>size, PROT_READ, MAP_SHARED, fd, 0)
+    if addr == MAP_FAILED:
+        return 100
+    vec = <unsigned char *>malloc(pages)
+    if vec == NULL:
+        munmap(addr, <size_t>size)
+        return 100
+    if mincore(addr, <size_t>size, vec) != 0:
+        hot = pages
+    else:
+        for i in range(pages):
+            hot += vec[i] & 1
+    free(vec)
+    munmap(addr, <size_t>size)
+    return <int>(hot * 100 // pages)
+
+
+cdef list _data_segments(int fd, off_t size, bint sparse):
+    """[(start, end)] byte ranges that hold data; holes in between are left as holes."""
+    cdef off_t pos = 0
+    cdef off_t data, hole
+    cdef int err
+    if not sparse:
+        return [(0, size)]
+    segments = []
+    while pos < size:
+        with nogil:
+            data = lseek(fd, pos, SEEK_DATA)
+            err = errno
+        if data < 0:
+            if err == ENXIO:
+                break
+            return [(0, size)]  # SEEK_DATA unsupported: treat as dense
+        with nogil:
+            hole = lseek(fd, data, SEEK_HOLE)
+        if hole < 0:
+            hole = size
+        segments.append((data, min(hole, size)))
+        pos = hole
+    return segments
+
+
+cdef class _Copier:
+    """Copies one open file to another, stepping down the method chain as needed."""
+
+    cdef int fin
+    cdef int fout
+    cdef object src
+    cdef object dst
+    cdef object progress
+    cdef Cancel cancel
+    cdef public str method
+    cdef object sha
+    cdef object xxh
+
+    def __cinit__(self, int fin, int fout, object src, object dst, object progress, Cancel cancel, str method):
+        self.fin = fin
+        self.fout = fout
+        self.src = src
+        self.dst = dst
+        self.progress = progress
+        self.cancel = cancel
+        self.method = method
+        self.sha = None
+        self.xxh = None
+
+    cdef bint try_reflink(self) except -1:
+        cdef int rc
+        cdef int err
+        with nogil:
+            rc = axon_ficlone(self.fout, self.fin)
+            err = errno
+        if rc == 0:
+            return True
+        if _unsupported(err):
+            return False
+        raise _oserror(err, self.dst)
+
+    cdef off_t kernel_chunk(self, off_t off, off_t length) except -2:
+        """Copy up to *length* bytes at *off* in the kernel; -1 means 'method unsupported'."""
+        cdef off_t off_in = off
+        cdef off_t off_out = off
+        cdef ssize_t n
+        cdef int err
+        cdef size_t count = <size_t>(length if length < KERNEL_CHUNK_BYTES else KERNEL_CHUNK_BYTES)
+        while True:
+            if self.method == "copy_file_range":
+                with nogil:
+                    n = copy_file_range(self.fin, &off_in, self.fout, &off_out, count, 0)
+                    err = errno
+            else:
+                with nogil:
+                    n = -1
+                    err = 0
+                    if lseek(self.fout, off, SEEK_SET) < 0:
+                        err = errno
+                    else:
+                        n = sendfile(self.fout, self.fin, &off_in, count)
+                        err = errno
+            if n >= 0:
+                if n == 0:
+                    raise OSError(EINVAL, "source shrank during the copy", self.src)
+                return n
+            if err == EINTR:
+                PyErr_CheckSignals()
+                continue
+            if _unsupported(err):
+                return -1
+            raise _oserror(err, self.dst)
+
+    cdef off_t rw_chunk(self, off_t off, off_t length, unsigned char *buf, object mv) except -1:
+        cdef size_t count = <size_t>(length if length < RW_CHUNK_BYTES else RW_CHUNK_BYTES)
+        cdef ssize_t n, w
+        cdef size_t done = 0
+        cdef int err
+        while True:
+            with nogil:
+                n = pread(self.fin, buf, count, off)
+                err = errno
+            if n >= 0:
+                break
+            if err != EINTR:
+                raise _oserror(err, self.src)
+            PyErr_CheckSignals()
+        if n == 0:
+            raise OSError(EINVAL, "source shrank during the copy", self.src)
+        if self.sha is not None:
+            chunk = mv[:n]
+            self.sha.update(chunk)
+            self.xxh.update(chunk)
+        while done < <size_t>n:
+            with nogil:
+                w = pwrite(self.fout, buf + done, <size_t>n - done, off + <off_t>done)
+                err = errno
+            if w < 0:
+                if err != EINTR:
+                    raise _oserror(err, self.dst)
+                PyErr_CheckSignals()
+                continue
+            done += w
+        return n
+
+    def copy(self, list segments, bint inline_hash):
+        """Copy every segment; hash inline when the data passes through user space."""
+        cdef bytearray buffer = None
+        cdef unsigned char[::1] view
+        cdef unsigned char *buf = NULL
+        cdef off_t off, end, n
+        mv = None
+        for start, stop in segments:
+            off = start
+            end = stop
+            while off < end:
+                if self.method in ("copy_file_range", "sendfile"):
+                    n = self.kernel_chunk(off, end - off)
+                    if n < 0:
+                        self.method = "sendfile" if self.method == "copy_file_range" else "readwrite"
+                        continue
+                else:
+                    if buffer is None:
+                        buffer = bytearray(RW_CHUNK_BYTES)
+                        view = buffer
+                        buf = &view[0]
+                        mv = memoryview(buffer)
+                        if inline_hash and off == 0:
+                            self.sha = hashlib.sha256()
+                            self.xxh = xxhash.xxh3_128()
+                    n = self.rw_chunk(off, end - off, buf, mv)
+                off += n
+                if self.progress is not None:
+                    self.progress(n)
+                _check(self.cancel)
+
+    def digest(self):
+        if self.sha is None:
+            return None
+        return self.sha.hexdigest(), self.xxh.hexdigest()
+
+
+cdef int _fsync(int fd, object path) except -1:
+    cdef int rc
+    cdef int err
+    while True:
+        with nogil:
+            rc = fsync(fd)
+            err = errno
+        if rc == 0:
+            return 0
+        if err != EINTR:
+            raise _oserror(err, path)
+
+
+def copy_file_ex(object src, object dst, bint verify=False, bint durable=False, bint drop_cache=False,
+                 object progress=None, Cancel cancel=None, bint exclusive=True, str method="reflink"):
+    """Copy one regular file; returns ``(size, method, sha256, xxh3_128)`` (digests None unless verify).
+
+    *method* is where the chain FICLONE -> copy_file_range -> sendfile -> pread/pwrite starts.
+    The destination is created (``O_EXCL`` unless *exclusive* is false), written, optionally
+    hashed (inline when the bytes pass through user space, else by one read of the
+    destination), fsynced, given the source's mode, and removed again on any failure.
     """
     cdef bytes bsrc = os.fsencode(src)
     cdef bytes bdst = os.fsencode(dst)
-    cdef const char *cdst = bdst
-    cdef int fin = _open_read(bsrc, src)
+    cdef int fin = _open(bsrc, src, O_RDONLY, 0)
     cdef int fout = -1
-    cdef off_t size = 0
-    cdef int mode = 0
-    cdef ssize_t n
-    cdef int err
-    cdef long long total = 0
-    cdef bint kernel = True
+    cdef int rfd = -1
+    cdef struct_stat st
+    cdef bint cold = False
+    cdef bint sparse
+    cdef off_t size
+    cdef int mode
+    if method not in METHODS:
+        close(fin)
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     try:
-        _fstat_size(fin, src, &size, &mode)
-        while True:
+        _fstat(fin, src, &st)
+        if not _stat.S_ISREG(st.st_mode):
+            raise OSError(EINVAL, "not a regular file", src)
+        size = st.st_size
+        mode = st.st_mode & 0o7777
+        sparse = st.st_blocks * 512 < size
+        if drop_cache and size >= PIPELINE_MIN_BYTES:
             with nogil:
-                fout = c_open(cdst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
-                err = errno
-            if fout >= 0:
-                break
-            if err != EINTR:
-                raise _oserror(err, dst)
-        os.fchmod(fout, mode)
-        while True:
-            with nogil:
-                n = copy_file_range(fin, NULL, fout, NULL, CFR_CHUNK_BYTES, 0)
-                err = errno
-            if n < 0:
-                if err == EINTR:
-                    PyErr_CheckSignals()
-                    continue
-                if _unsupported(err):
-                    kernel = False
-                    break
-                raise _oserror(err, dst)
-            if n == 0:
-                break
-            total += n
-            if progress is not None:
-                progress(n)
-            PyErr_CheckSignals()
-        if not kernel:
-            # copy_file_range advanced both offsets by what it did copy; carry on from there.
-            total += _copy_rw(fin, fout, src, dst, progress)
-        if total != size:
-            # The source changed size while we copied it: the copy is not a snapshot of anything.
-            raise OSError(EINVAL, f"source changed size during copy ({size} -> {total} bytes)", src)
+                cold = _resident_percent(fin, size) < COLD_PAGE_PERCENT
+        fout = _open(bdst, dst, O_WRONLY | O_CREAT | (O_EXCL if exclusive else O_TRUNC), 0o600)
+        try:
+            copier = _Copier(fin, fout, src, dst, progress, cancel, "copy_file_range" if method == "reflink" else method)
+            if size == 0:
+                copier.method = "empty"
+            elif method == "reflink" and copier.try_reflink():
+                copier.method = "reflink"
+                if progress is not None:
+                    progress(size)
+            else:
+                with nogil:
+                    posix_fadvise(fin, 0, 0, POSIX_FADV_SEQUENTIAL)
+                copier.copy(_data_segments(fin, size, sparse), verify and not sparse)
+                if sparse:
+                    with nogil:
+                        ftruncate(fout, size)
+            digests = copier.digest() if verify else None
+            if verify and digests is None:
+                # The kernel moved the bytes: hash what landed, one read (from the page cache
+                # unless it was a reflink), before fsync so hashing overlaps the writeback.
+                _, sha, xxh = hash_file(dst, None, HASH_CHUNK_BYTES, None, cancel)
+                digests = (sha, xxh)
+            if durable:
+                _fsync(fout, dst)
+                if drop_cache:
+                    with nogil:
+                        posix_fadvise(fout, 0, 0, POSIX_FADV_DONTNEED)
+            if cold:
+                with nogil:
+                    posix_fadvise(fin, 0, 0, POSIX_FADV_DONTNEED)
+            os.fchmod(fout, mode)
+        except BaseException:
+            close(fout)
+            fout = -1
+            try:
+                os.unlink(dst)
+            except OSError:
+                pass
+            raise
     finally:
         close(fin)
         if fout >= 0:
             close(fout)
-    return total, ("copy_file_range" if kernel else "readwrite")
+    if digests is None:
+        return size, copier.method, None, None
+    return size, copier.method, digests[0], digests[1]
+
+
+def copy_file(object src, object dst, object progress=None):
+    """Copy *src* to a new or truncated *dst* (same mode); returns ``(bytes, method)``."""
+    size, method, _, _ = copy_file_ex(src, dst, False, False, False, progress, None, False, "copy_file_range")
+    return size, method
+
+
+def _scan_tree(str src):
+    """(dirs, files, links) under *src*, relative; anything else is an error."""
+    dirs, files, links = [], [], []
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(os.path.join(src, rel) if rel else src) as it:
+            for entry in it:
+                r = os.path.join(rel, entry.name) if rel else entry.name
+                st = entry.stat(follow_symlinks=False)
+                if _stat.S_ISLNK(st.st_mode):
+                    links.append((r, os.readlink(entry.path)))
+                elif _stat.S_ISDIR(st.st_mode):
+                    dirs.append((r, st.st_mode & 0o7777))
+                    stack.append(r)
+                elif _stat.S_ISREG(st.st_mode):
+                    files.append((r, st.st_size))
+                else:
+                    raise OSError(EINVAL, "not a regular file, directory or symlink", entry.path)
+    return sorted(dirs), files, sorted(links)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def copy_tree(object src, object dst, int workers=0, bint verify=False, bint durable=False,
+              object drop_cache=None, object progress=None, str method="reflink"):
+    """Copy a directory tree; returns ``[(relpath, size, method, sha256, xxh3_128)]`` sorted by path.
+
+    Files go to *workers* threads, largest first (each file is one unit of work). Symlinks are
+    recreated as symlinks; FIFOs, sockets and devices are refused. With *durable*, every file
+    and directory is fsynced before returning. On any failure (or Ctrl-C) the other workers
+    stop between chunks and everything created under *dst* is removed.
+    """
+    src = os.fspath(src)
+    dst = os.fspath(dst)
+    if drop_cache is None:
+        drop_cache = durable
+    dirs, files, links = _scan_tree(src)
+    created_root = not os.path.exists(dst)
+    src_mode = os.stat(src).st_mode & 0o7777
+    os.makedirs(dst, mode=0o700, exist_ok=True)
+    cancel = Cancel()
+    lock = threading.Lock()
+    report = None
+    if progress is not None:
+        def report(n):
+            with lock:
+                progress(n)
+    results = []
+    try:
+        for rel, _mode in dirs:
+            os.mkdir(os.path.join(dst, rel), 0o700)
+        files.sort(key=lambda f: -f[1])
+        ncpu = os.cpu_count() or 1
+        nworkers = min(workers if workers > 0 else ncpu, max(1, len(files)))
+
+        def one(rel):
+            size, used, sha, xxh = copy_file_ex(os.path.join(src, rel), os.path.join(dst, rel), verify, durable,
+                                                drop_cache, report, cancel, True, method)
+            return rel, size, used, sha, xxh
+
+        with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="axon-copy") as pool:
+            futures = {pool.submit(one, rel): rel for rel, _ in files}
+            _wait_all(futures, cancel)
+            results = [f.result() for f in futures]
+        for rel, target in links:
+            os.symlink(target, os.path.join(dst, rel))
+        for rel, mode in reversed(dirs):
+            os.chmod(os.path.join(dst, rel), mode)
+        if durable:
+            for rel, _mode in reversed(dirs):
+                _fsync_dir(os.path.join(dst, rel))
+            _fsync_dir(dst)
+            _fsync_dir(os.path.dirname(os.path.abspath(dst)) or "/")
+        if created_root:
+            os.chmod(dst, src_mode)
+    except BaseException:
+        cancel.set()
+        if created_root:
+            _remove_tree(dst)
+        raise
+    results.sort()
+    return results
+
+
+def _remove_tree(path):
+    import shutil
+
+    for dirpath, _dirnames, _filenames in os.walk(path):
+        try:
+            os.chmod(dirpath, 0o700)
+        except OSError:
+            pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --- containment --------------------------------------------------------------------------
 
 
 def is_within(object root, object path):
@@ -225,6 +688,92 @@ def is_within(object root, object path):
         free(rroot)
         free(rpath)
     return inside
+
+
+cdef int _open_beneath_walk(int rootfd, list parts, int flags, int mode, object relpath) except -1:
+    """Fallback without openat2: one openat per component, refusing every symlink (O_NOFOLLOW)."""
+    cdef int cur = rootfd
+    cdef int nxt
+    cdef int err
+    cdef bytes comp
+    cdef const char *ccomp
+    cdef int last = len(parts) - 1
+    cdef int i
+    try:
+        for i in range(len(parts)):
+            comp = os.fsencode(parts[i])
+            ccomp = comp
+            while True:
+                with nogil:
+                    if i < last:
+                        nxt = openat(cur, ccomp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                    else:
+                        nxt = openat(cur, ccomp, flags | O_NOFOLLOW | O_CLOEXEC, mode)
+                    err = errno
+                if nxt >= 0 or err != EINTR:
+                    break
+            if cur != rootfd:
+                close(cur)
+            cur = rootfd
+            if nxt < 0:
+                raise _oserror(err, relpath)
+            cur = nxt
+        return cur
+    except BaseException:
+        if cur != rootfd:
+            close(cur)
+        raise
+
+
+def open_beneath(object root, object relpath, int flags=O_RDONLY, int mode=0o644, bint use_openat2=True):
+    """Open *relpath* under *root* (a path or a directory fd) without ever leaving it.
+
+    Uses ``openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)``: symlinks that stay inside are
+    followed, anything resolving outside fails with EXDEV, even if swapped in after a check.
+    Without openat2 (ENOSYS, or *use_openat2* false) every component is opened with
+    ``O_NOFOLLOW``, so symlinks fail with ELOOP. Returns a new fd the caller must close.
+    """
+    cdef int rootfd
+    cdef bint own_root = False
+    cdef long fd
+    cdef int err
+    cdef bytes brel
+    cdef const char *crel
+    rel = os.fsdecode(relpath)
+    if rel.startswith("/") or rel == "":
+        raise OSError(EXDEV, "path is absolute or empty, not below the root", relpath)
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise OSError(EXDEV, "path has a '..' segment", relpath)
+    if not parts:
+        raise OSError(EXDEV, "path names the root itself", relpath)
+    if isinstance(root, int):
+        rootfd = root
+    else:
+        rootfd = _open(os.fsencode(root), root, O_PATH | O_DIRECTORY, 0)
+        own_root = True
+    try:
+        if use_openat2:
+            brel = os.fsencode("/".join(parts))
+            crel = brel
+            while True:
+                with nogil:
+                    fd = axon_openat2(rootfd, crel, flags | O_CLOEXEC, mode,
+                                      AXON_RESOLVE_BENEATH | AXON_RESOLVE_NO_MAGICLINKS)
+                    err = errno
+                if fd >= 0:
+                    return <int>fd
+                if err == EINTR or err == EAGAIN:
+                    continue
+                if err in (ENOSYS, EPERM, E2BIG):  # no openat2 here (old kernel, seccomp)
+                    break
+                if err == EXDEV:
+                    raise OSError(EXDEV, "path resolves outside the root", relpath)
+                raise _oserror(err, relpath)
+        return _open_beneath_walk(rootfd, parts, flags, mode, relpath)
+    finally:
+        if own_root:
+            close(rootfd)
 
 
 def rename_exchange(object a, object b):

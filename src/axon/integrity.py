@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from axon.errors import IntegrityError
-from axon.fastio import FileDigest, hash_file
+from axon.fastio import FileDigest, hash_files
 from axon.layout import MANIFEST_NAME
 from axon.manifest import FileEntry, Manifest
 
@@ -83,14 +82,7 @@ def hash_paths(
     paths: Iterable[Path], *, workers: int | None = None, progress: Callable[[int], object] | None = None
 ) -> list[FileDigest]:
     """Hash files in parallel (hashing and reads release the GIL); order follows *paths*."""
-    paths = list(paths)
-    if not paths:
-        return []
-    workers = max(1, min(workers or os.cpu_count() or 1, len(paths)))
-    if workers == 1:
-        return [hash_file(p, progress=progress) for p in paths]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="axon-hash") as pool:
-        return list(pool.map(lambda p: hash_file(p, progress=progress), paths))
+    return hash_files(list(paths), workers=workers or 0, progress=progress)
 
 
 def verify_version_dir(

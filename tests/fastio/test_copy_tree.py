@@ -1,0 +1,285 @@
+"""copy_tree: native and pure-Python reference agree; every fallback step is exercised."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from axon import fastio
+from tests.support.mounts import tmpfs, xfs_reflink
+
+CHUNK = fastio.HASH_CHUNK_BYTES
+native_only = pytest.mark.skipif(not fastio.native_available(), reason="axon._fastio is not built")
+
+
+def _impls() -> list[object]:
+    return [pytest.param("pure", id="pure"), pytest.param("native", id="native", marks=native_only)]
+
+
+@pytest.fixture(params=_impls())
+def impl(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def copy_tree_with(impl: str, src: Path, dst: Path, **kw: object) -> list[fastio.CopyResult]:
+    if impl == "pure":
+        return fastio.copy_tree_py(src, dst, **kw)  # type: ignore[arg-type]
+    return fastio.copy_tree(src, dst, **kw)  # type: ignore[arg-type]
+
+
+def _data(size: int, seed: int = 0) -> bytes:
+    block = hashlib.sha256(str(seed).encode()).digest() * 8
+    return (block * (size // len(block) + 1))[:size]
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    files = {
+        "empty": b"",
+        "one": b"x",
+        "chunk-1": _data(CHUNK - 1, 1),
+        "chunk": _data(CHUNK, 2),
+        "chunk+1": _data(CHUNK + 1, 3),
+        "big/weights.bin": _data(5 * CHUNK + 123, 4),
+    }
+    files.update({f"small/{i:03d}.json": _data(i * 7 + 1, i) for i in range(150)})
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    os.chmod(root / "one", 0o640)
+    os.chmod(root / "small", 0o750)
+    (root / "link-to-one").symlink_to("one")
+    return files
+
+
+def _snapshot(root: Path) -> dict[str, tuple[str, int, bytes | str]]:
+    out: dict[str, tuple[str, int, bytes | str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            st = p.lstat()
+            rel = str(p.relative_to(root))
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", 0, os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", st.st_mode & 0o7777, "")
+            else:
+                out[rel] = ("file", st.st_mode & 0o7777, p.read_bytes())
+    return out
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_copy_tree_exact(impl: str, tmp_path: Path, verify: bool) -> None:
+    files = make_tree(tmp_path / "src")
+    results = copy_tree_with(impl, tmp_path / "src", tmp_path / "dst", verify=verify, durable=True)
+    assert _snapshot(tmp_path / "dst") == _snapshot(tmp_path / "src")
+    assert [r.path for r in results] == sorted(files)
+    for r in results:
+        assert r.size == len(files[r.path])
+        if verify:
+            assert r.sha256 == hashlib.sha256(files[r.path]).hexdigest()
+            assert r.xxh3_128 == xxhash.xxh3_128(files[r.path]).hexdigest()
+        else:
+            assert r.sha256 is None
+
+
+def test_native_matches_reference(tmp_path: Path) -> None:
+    if not fastio.native_available():
+        pytest.skip("axon._fastio is not built")
+    make_tree(tmp_path / "src")
+    native = fastio.copy_tree(tmp_path / "src", tmp_path / "a", verify=True, workers=3)
+    pure = fastio.copy_tree_py(tmp_path / "src", tmp_path / "b", verify=True)
+    assert [(r.path, r.size, r.sha256, r.xxh3_128) for r in native] == [
+        (r.path, r.size, r.sha256, r.xxh3_128) for r in pure]
+    assert _snapshot(tmp_path / "a") == _snapshot(tmp_path / "b")
+
+
+def test_progress_counts_every_byte(impl: str, tmp_path: Path) -> None:
+    files = make_tree(tmp_path / "src")
+    seen: list[int] = []
+    copy_tree_with(impl, tmp_path / "src", tmp_path / "dst", progress=seen.append)
+    assert sum(seen) == sum(len(d) for d in files.values())
+
+
+def test_sparse_file_over_2gib_keeps_holes(impl: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    size = (2 << 30) + 4096 * 3 + 5
+    with open(src / "sparse.bin", "wb") as f:
+        f.write(b"head")
+        f.seek(1 << 30)
+        f.write(b"middle")
+        f.seek(size - 4)
+        f.write(b"tail")
+    (r,) = copy_tree_with(impl, src, tmp_path / "dst")
+    out = tmp_path / "dst" / "sparse.bin"
+    assert r.size == size == out.stat().st_size
+    with open(out, "rb") as f:
+        assert f.read(4) == b"head"
+        f.seek(1 << 30)
+        assert f.read(6) == b"middle"
+        f.seek(size - 4)
+        assert f.read() == b"tail"
+    assert out.stat().st_blocks * 512 < 64 << 20  # holes preserved: not 2 GiB of zeros
+
+
+@pytest.mark.parametrize("kind", ["fifo", "unreadable"])
+def test_refuses_what_it_cannot_copy(impl: str, tmp_path: Path, kind: str) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    if kind == "fifo":
+        os.mkfifo(src / "pipe")
+        expected: type[OSError] = OSError
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root reads mode-000 files; the unreadable case runs as a normal user in "
+                        "test_unreadable_as_unprivileged_user")
+        (src / "secret").write_bytes(b"s")
+        os.chmod(src / "secret", 0)
+        expected = PermissionError
+    with pytest.raises(expected):
+        copy_tree_with(impl, src, tmp_path / "dst")
+    assert not (tmp_path / "dst").exists()  # everything created was removed
+
+
+def test_unreadable_as_unprivileged_user(tmp_path: Path) -> None:
+    """Root reads everything; drop CAP_DAC_OVERRIDE/READ_SEARCH so a mode-000 file is unreadable."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and util-linux setpriv to drop the DAC capabilities")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok").write_bytes(b"fine")
+    (src / "secret").write_bytes(b"s")
+    os.chmod(src / "secret", 0)
+    code = ("import sys\nfrom axon import fastio\nimpl = sys.argv[1]\n"
+            "f = fastio.copy_tree if impl == 'native' else fastio.copy_tree_py\n"
+            "try:\n    f(sys.argv[2], sys.argv[3])\nexcept PermissionError as e:\n"
+            "    print('EACCES', e.filename)\n")
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+            "-dac_override,-dac_read_search"]
+    for impl in ("pure", "native") if fastio.native_available() else ("pure",):
+        dst = tmp_path / f"dst-{impl}"
+        out = subprocess.run([*drop, sys.executable, "-c", code, impl, str(src), str(dst)], capture_output=True,
+                             text=True, check=False)
+        assert out.stdout.startswith("EACCES") and "secret" in out.stdout, out.stderr
+        assert not dst.exists()
+
+
+@native_only
+@pytest.mark.parametrize("method", fastio.COPY_METHODS)
+def test_each_method_of_the_chain(tmp_path: Path, method: str) -> None:
+    files = make_tree(tmp_path / "src")
+    results = fastio.copy_tree(tmp_path / "src", tmp_path / "dst", verify=True, method=method)
+    assert _snapshot(tmp_path / "dst") == _snapshot(tmp_path / "src")
+    used = {r.method for r in results if r.size}
+    expected = {"reflink": {"copy_file_range", "reflink"}}.get(method, {method})  # ext4 has no reflink
+    assert used <= expected and used
+    for r in results:
+        assert r.sha256 == hashlib.sha256(files[r.path]).hexdigest()
+
+
+@native_only
+def test_exdev_steps_down_across_filesystems(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "shm", "64m") as mnt:
+        files = make_tree(mnt / "src")
+        results = fastio.copy_tree(mnt / "src", tmp_path / "dst", verify=True)
+        assert _snapshot(tmp_path / "dst") == _snapshot(mnt / "src")
+        # copy_file_range says EXDEV between tmpfs and the disk here; sendfile takes over.
+        assert {r.method for r in results if r.size} <= {"copy_file_range", "sendfile"}
+        for r in results:
+            assert r.xxh3_128 == xxhash.xxh3_128(files[r.path]).hexdigest()
+
+
+@native_only
+def test_reflink_on_xfs(tmp_path: Path) -> None:
+    with xfs_reflink(tmp_path / "xfs") as mnt:
+        src = mnt / "src"
+        files = make_tree(src)
+        results = fastio.copy_tree(src, mnt / "dst", verify=True, durable=True)
+        assert {r.method for r in results if r.size} == {"reflink"}
+        assert _snapshot(mnt / "dst") == _snapshot(src)
+        for r in results:
+            assert r.sha256 == hashlib.sha256(files[r.path]).hexdigest()
+
+
+def test_enospc_is_clear_and_leaves_nothing(impl: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(_data(3 << 20))
+    (src / "b.bin").write_bytes(_data(3 << 20, 1))
+    with tmpfs(tmp_path / "tiny", "4m") as mnt:
+        with pytest.raises(OSError) as info:
+            copy_tree_with(impl, src, mnt / "dst")
+        assert info.value.errno == errno.ENOSPC
+        assert info.value.filename and "dst" in str(info.value.filename)
+        assert not (mnt / "dst").exists()
+        assert os.statvfs(mnt).f_bfree * os.statvfs(mnt).f_frsize > 3 << 20  # space given back
+
+
+@native_only
+@pytest.mark.parametrize("method", ["copy_file_range", "sendfile", "readwrite"])
+def test_signals_during_the_copy_eintr(tmp_path: Path, method: str) -> None:
+    """A storm of SIGALRMs interrupts syscalls (EINTR) and short copies; the result stays exact."""
+    data = _data(96 << 20, 7)
+    (tmp_path / "src.bin").write_bytes(data)
+    hits = []
+    old = signal.signal(signal.SIGALRM, lambda *_: hits.append(1))
+    signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+    try:
+        for i in range(3):
+            size, used, sha, _ = fastio._native.copy_file_ex(  # type: ignore[union-attr]
+                tmp_path / "src.bin", tmp_path / f"dst{i}.bin", True, False, False, None, None, True, method)
+            assert (size, used, sha) == (len(data), method, hashlib.sha256(data).hexdigest())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert hits
+
+
+@native_only
+def test_ctrl_c_stops_a_big_copy_within_a_second(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):
+        (src / f"w{i}.bin").write_bytes(_data(256 << 20, i))
+    dst = tmp_path / "dst"
+    started, finished = threading.Event(), threading.Event()
+
+    copied: list[int] = []
+
+    def slow_progress(n: int) -> None:
+        copied.append(n)
+        started.set()
+        time.sleep(0.01)  # ~2.5 s per file: long enough to be interrupted mid-file
+
+    def interrupt() -> None:
+        if started.wait(10):
+            time.sleep(0.3)
+            if not finished.is_set():
+                os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    interrupted = False
+    try:
+        fastio.copy_tree(src, dst, method="readwrite", progress=slow_progress)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        finished.set()
+    assert interrupted, "the copy finished before Ctrl-C arrived"
+    # Stopped mid-file, between chunks: far from the 512 MiB a finished copy would report.
+    assert 0 < sum(copied) < 256 << 20
+    assert not dst.exists()

@@ -22,6 +22,8 @@ cdef extern from "stdlib.h" nogil:
 cdef extern from "fcntl.h" nogil:
     int posix_fadvise(int fd, off_t offset, off_t length, int advice)
     int openat(int dirfd, const char *pathname, int flags, ...)
+    int sync_file_range(int fd, off_t offset, off_t nbytes, unsigned int flags)
+    const unsigned int SYNC_FILE_RANGE_WRITE
     const int POSIX_FADV_SEQUENTIAL
     const int POSIX_FADV_DONTNEED
     const int AT_FDCWD
@@ -99,3 +101,4 @@ cdef enum:
     PIPELINE_BUFFERS = 4                # hash pipeline: buffers in flight between reader and hasher
     PIPELINE_MIN_BYTES = 8 << 20        # smaller files are hashed in the calling thread alone
     COLD_PAGE_PERCENT = 5               # a source with fewer pages cached than this is "cold"
+    DEFER_SYNC_MAX_BYTES = 8 << 20      # smaller files are made durable by one syncfs at the end

@@ -106,26 +106,27 @@ cdef ssize_t _read_full(int fd, unsigned char *buf, size_t size, object path) ex
 # --- hashing ------------------------------------------------------------------------------
 
 
-cdef tuple _hash_serial(int fd, object path, Py_ssize_t chunk_size, object progress, Cancel cancel):
+cdef tuple _hash_serial(int fd, object path, Py_ssize_t chunk_size, object progress, Cancel cancel, bint want_sha):
     cdef bytearray buffer = bytearray(chunk_size)
     cdef unsigned char[::1] view = buffer
     cdef ssize_t n
     cdef long long total = 0
     mv = memoryview(buffer)
-    sha = hashlib.sha256()
+    sha = hashlib.sha256() if want_sha else None
     xxh = xxhash.xxh3_128()
     while True:
         n = _read_full(fd, &view[0], chunk_size, path)
         if n == 0:
             break
         chunk = mv[:n]
-        sha.update(chunk)
+        if want_sha:
+            sha.update(chunk)
         xxh.update(chunk)
         total += n
         if progress is not None:
             progress(n)
         _check(cancel)
-    return total, sha.hexdigest(), xxh.hexdigest()
+    return total, (sha.hexdigest() if want_sha else None), xxh.hexdigest()
 
 
 cdef tuple _hash_pipelined(int fd, object path, Py_ssize_t chunk_size, object progress, Cancel cancel):
@@ -188,10 +189,11 @@ cdef tuple _hash_pipelined(int fd, object path, Py_ssize_t chunk_size, object pr
 
 
 def hash_file(object path, object progress=None, Py_ssize_t chunk_size=HASH_CHUNK_BYTES,
-              object pipeline=None, Cancel cancel=None):
+              object pipeline=None, Cancel cancel=None, bint sha256=True):
     """Return ``(size, sha256_hex, xxh3_128_hex)`` of *path* in one streaming read pass.
 
     *pipeline*: None decides by size; True/False forces the two-thread pipeline on or off.
+    *sha256*: False computes xxh3-128 alone (sha256 is then None).
     """
     cdef bytes bpath = os.fsencode(path)
     cdef int fd = _open(bpath, path, O_RDONLY, 0)
@@ -204,16 +206,16 @@ def hash_file(object path, object progress=None, Py_ssize_t chunk_size=HASH_CHUN
             posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
         if pipeline is None:
             pipeline = st.st_size >= PIPELINE_MIN_BYTES
-        if pipeline:
+        if pipeline and sha256:
             return _hash_pipelined(fd, path, chunk_size, progress, cancel)
-        if st.st_size < chunk_size:
+        if st.st_size < chunk_size and _stat.S_ISREG(st.st_mode):
             chunk_size = max(4096, st.st_size + 1)
-        return _hash_serial(fd, path, chunk_size, progress, cancel)
+        return _hash_serial(fd, path, chunk_size, progress, cancel, sha256)
     finally:
         close(fd)
 
 
-def hash_files(list paths, int workers=0, object progress=None):
+def hash_files(list paths, int workers=0, object progress=None, object pipeline=None, bint sha256=True):
     """Hash many files over *workers* threads (largest first); results follow *paths*' order."""
     if not paths:
         return []
@@ -228,10 +230,10 @@ def hash_files(list paths, int workers=0, object progress=None):
         def report(n):
             with lock:
                 progress(n)
-    # Pipelining pays only while fewer files are hashed at once than there are cores.
-    pipeline = None if workers < ncpu else False
+    if pipeline is None and workers >= ncpu:
+        pipeline = False  # pipelining pays only while fewer files are hashed at once than there are cores
     if workers == 1:
-        return [hash_file(p, report, HASH_CHUNK_BYTES, pipeline, cancel) for p in paths]
+        return [hash_file(p, report, HASH_CHUNK_BYTES, pipeline, cancel, sha256) for p in paths]
     sizes = []
     for p in paths:
         try:
@@ -241,7 +243,8 @@ def hash_files(list paths, int workers=0, object progress=None):
     order = sorted(range(len(paths)), key=lambda i: -sizes[i])
     results = [None] * len(paths)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="axon-hash") as pool:
-        futures = {pool.submit(hash_file, paths[i], report, HASH_CHUNK_BYTES, pipeline, cancel): i for i in order}
+        futures = {pool.submit(hash_file, paths[i], report, HASH_CHUNK_BYTES, pipeline, cancel, sha256): i
+                   for i in order}
         _wait_all(futures, cancel)
         for fut, i in futures.items():
             results[i] = fut.result()
@@ -333,6 +336,7 @@ cdef class _Copier:
     cdef public str method
     cdef object sha
     cdef object xxh
+    cdef public bint start_writeback
 
     def __cinit__(self, int fin, int fout, object src, object dst, object progress, Cancel cancel, str method):
         self.fin = fin
@@ -344,6 +348,7 @@ cdef class _Copier:
         self.method = method
         self.sha = None
         self.xxh = None
+        self.start_writeback = False
 
     cdef bint try_reflink(self) except -1:
         cdef int rc
@@ -447,6 +452,11 @@ cdef class _Copier:
                             self.sha = hashlib.sha256()
                             self.xxh = xxhash.xxh3_128()
                     n = self.rw_chunk(off, end - off, buf, mv)
+                if self.start_writeback:
+                    # Start writing this chunk to disk now rather than when fsync asks: the
+                    # disk works while we copy and hash the rest.
+                    with nogil:
+                        sync_file_range(self.fout, off, n, SYNC_FILE_RANGE_WRITE)
                 off += n
                 if self.progress is not None:
                     self.progress(n)
@@ -472,13 +482,20 @@ cdef int _fsync(int fd, object path) except -1:
 
 
 def copy_file_ex(object src, object dst, bint verify=False, bint durable=False, bint drop_cache=False,
-                 object progress=None, Cancel cancel=None, bint exclusive=True, str method="reflink"):
+                 object progress=None, Cancel cancel=None, bint exclusive=True, str method="reflink",
+                 bint defer_small_sync=False, object hash_pipeline=None, bint hash_after=True,
+                 bint start_writeback=False):
     """Copy one regular file; returns ``(size, method, sha256, xxh3_128)`` (digests None unless verify).
 
     *method* is where the chain FICLONE -> copy_file_range -> sendfile -> pread/pwrite starts.
     The destination is created (``O_EXCL`` unless *exclusive* is false), written, optionally
     hashed (inline when the bytes pass through user space, else by one read of the
     destination), fsynced, given the source's mode, and removed again on any failure.
+    With *defer_small_sync*, files under 8 MiB skip their fsync: the caller runs one syncfs.
+    *hash_pipeline* (None, a bool, or a callable returning one) says whether verifying may use
+    the two-thread hash pipeline; it pays only while fewer copies run than there are cores.
+    With *hash_after* false, only an inline digest is returned (the caller hashes later);
+    *start_writeback* starts each chunk's writeback as soon as it is copied.
     """
     cdef bytes bsrc = os.fsencode(src)
     cdef bytes bdst = os.fsencode(dst)
@@ -506,6 +523,9 @@ def copy_file_ex(object src, object dst, bint verify=False, bint durable=False, 
         fout = _open(bdst, dst, O_WRONLY | O_CREAT | (O_EXCL if exclusive else O_TRUNC), 0o600)
         try:
             copier = _Copier(fin, fout, src, dst, progress, cancel, "copy_file_range" if method == "reflink" else method)
+            if durable and defer_small_sync and size < DEFER_SYNC_MAX_BYTES:
+                durable = False
+            copier.start_writeback = durable or start_writeback
             if size == 0:
                 copier.method = "empty"
             elif method == "reflink" and copier.try_reflink():
@@ -520,10 +540,11 @@ def copy_file_ex(object src, object dst, bint verify=False, bint durable=False, 
                     with nogil:
                         ftruncate(fout, size)
             digests = copier.digest() if verify else None
-            if verify and digests is None:
+            if verify and digests is None and hash_after:
                 # The kernel moved the bytes: hash what landed, one read (from the page cache
                 # unless it was a reflink), before fsync so hashing overlaps the writeback.
-                _, sha, xxh = hash_file(dst, None, HASH_CHUNK_BYTES, None, cancel)
+                pipeline = hash_pipeline() if callable(hash_pipeline) else hash_pipeline
+                _, sha, xxh = hash_file(dst, None, HASH_CHUNK_BYTES, pipeline, cancel, True)
                 digests = (sha, xxh)
             if durable:
                 _fsync(fout, dst)
@@ -557,6 +578,102 @@ def copy_file(object src, object dst, object progress=None):
     return size, method
 
 
+def copy_files(list pairs, int workers=0, bint verify=False, bint durable=False, bint drop_cache=False,
+               object progress=None, str method="reflink", bint final_sync=True):
+    """Copy ``[(src, dst)]`` regular files over *workers* threads, largest first.
+
+    Returns ``[(size, method, sha256, xxh3_128)]`` in the order of *pairs*. Three phases:
+    copy every file (each chunk's writeback started at once when *durable*); hash the copies
+    that were not hashed inline, across all cores (*verify*); fsync the large files and drop
+    their pages, then one ``syncfs`` for the rest (*durable*; skipped when *final_sync* is
+    false: the caller runs it). Hashing the copies while the disk is still writing them back
+    keeps verification mostly off the clock. On any failure (or Ctrl-C) the other workers stop
+    between chunks, every file written is removed, and the first error is raised.
+    """
+    if not pairs:
+        return []
+    cancel = Cancel()
+    lock = threading.Lock()
+    report = None
+    if progress is not None:
+        def report(n):
+            with lock:
+                progress(n)
+    sizes = []
+    for s, _ in pairs:
+        try:
+            sizes.append(os.stat(s).st_size)
+        except OSError:
+            sizes.append(0)
+    order = sorted(range(len(pairs)), key=lambda i: -sizes[i])
+    ncpu = os.cpu_count() or 1
+    nworkers = min(workers if workers > 0 else ncpu, len(pairs))
+    results = [None] * len(pairs)
+    written = [False] * len(pairs)
+
+    def copy_one(i):
+        s, d = pairs[i]
+        row = copy_file_ex(s, d, verify, False, drop_cache, report, cancel, True, method, False, None, False,
+                           durable)
+        written[i] = True
+        return row
+
+    def sync_one(i):
+        cdef int fd
+        if results[i][0] < DEFER_SYNC_MAX_BYTES:
+            return  # covered by the final syncfs
+        d = pairs[i][1]
+        fd = _open(os.fsencode(d), d, O_RDONLY, 0)
+        try:
+            _fsync(fd, d)
+            if drop_cache:
+                with nogil:
+                    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)
+        finally:
+            close(fd)
+
+    try:
+        with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="axon-copy") as pool:
+            futures = {pool.submit(copy_one, i): i for i in order}
+            _wait_all(futures, cancel)
+            for fut, i in futures.items():
+                results[i] = list(fut.result())
+            if verify:
+                todo = [i for i in order if results[i][2] is None]
+                digests = hash_files([pairs[i][1] for i in todo], workers)
+                for i, (_, sha, xxh) in zip(todo, digests):
+                    results[i][2], results[i][3] = sha, xxh
+            if durable:
+                futures = {pool.submit(sync_one, i): i for i in order}
+                _wait_all(futures, cancel)
+        if durable and final_sync:
+            syncfs_path(os.path.dirname(pairs[0][1]) or ".")
+    except BaseException:
+        for i, done in enumerate(written):
+            if done:
+                try:
+                    os.unlink(pairs[i][1])
+                except OSError:
+                    pass
+        raise
+    return [tuple(r) for r in results]
+
+
+def syncfs_path(object path):
+    """syncfs() on the file system holding *path*: every dirty page and metadata there hits disk."""
+    cdef int fd = _open(os.fsencode(path), path, O_RDONLY, 0)
+    cdef int rc
+    cdef int err
+    try:
+        with nogil:
+            rc = syncfs(fd)
+            err = errno
+        if rc != 0:
+            raise _oserror(err, path)
+    finally:
+        close(fd)
+
+
 def _scan_tree(str src):
     """(dirs, files, links) under *src*, relative; anything else is an error."""
     dirs, files, links = [], [], []
@@ -579,14 +696,6 @@ def _scan_tree(str src):
     return sorted(dirs), files, sorted(links)
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def copy_tree(object src, object dst, int workers=0, bint verify=False, bint durable=False,
               object drop_cache=None, object progress=None, str method="reflink"):
     """Copy a directory tree; returns ``[(relpath, size, method, sha256, xxh3_128)]`` sorted by path.
@@ -604,43 +713,24 @@ def copy_tree(object src, object dst, int workers=0, bint verify=False, bint dur
     created_root = not os.path.exists(dst)
     src_mode = os.stat(src).st_mode & 0o7777
     os.makedirs(dst, mode=0o700, exist_ok=True)
-    cancel = Cancel()
-    lock = threading.Lock()
-    report = None
-    if progress is not None:
-        def report(n):
-            with lock:
-                progress(n)
     results = []
     try:
         for rel, _mode in dirs:
             os.mkdir(os.path.join(dst, rel), 0o700)
-        files.sort(key=lambda f: -f[1])
-        ncpu = os.cpu_count() or 1
-        nworkers = min(workers if workers > 0 else ncpu, max(1, len(files)))
-
-        def one(rel):
-            size, used, sha, xxh = copy_file_ex(os.path.join(src, rel), os.path.join(dst, rel), verify, durable,
-                                                drop_cache, report, cancel, True, method)
-            return rel, size, used, sha, xxh
-
-        with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="axon-copy") as pool:
-            futures = {pool.submit(one, rel): rel for rel, _ in files}
-            _wait_all(futures, cancel)
-            results = [f.result() for f in futures]
+        pairs = [(os.path.join(src, rel), os.path.join(dst, rel)) for rel, _ in files]
+        copied = copy_files(pairs, workers, verify, durable, drop_cache, progress, method, False)
+        results = [(rel, *row) for (rel, _), row in zip(files, copied)]
         for rel, target in links:
             os.symlink(target, os.path.join(dst, rel))
         for rel, mode in reversed(dirs):
             os.chmod(os.path.join(dst, rel), mode)
-        if durable:
-            for rel, _mode in reversed(dirs):
-                _fsync_dir(os.path.join(dst, rel))
-            _fsync_dir(dst)
-            _fsync_dir(os.path.dirname(os.path.abspath(dst)) or "/")
         if created_root:
             os.chmod(dst, src_mode)
+        if durable:
+            # One syncfs covers the small files, every directory, the symlinks and dst's own
+            # entry in its parent: cheaper than an fsync each when there are thousands.
+            syncfs_path(dst)
     except BaseException:
-        cancel.set()
         if created_root:
             _remove_tree(dst)
         raise

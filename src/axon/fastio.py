@@ -7,6 +7,7 @@ Set ``AXON_PURE_PYTHON=1`` to force the fallback.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -24,6 +25,7 @@ __all__ = [
     "CopyResult",
     "FileDigest",
     "copy_file",
+    "copy_files",
     "copy_tree",
     "hash_file",
     "hash_files",
@@ -343,6 +345,30 @@ def copy_tree(src: PathArg, dst: PathArg, *, workers: int = 0, verify: bool = Fa
         return copy_tree_py(src, dst, workers=workers, verify=verify, durable=durable, progress=progress)
     rows = _native.copy_tree(os.fspath(src), os.fspath(dst), workers, verify, durable, drop_cache, progress, method)
     return [CopyResult(*row) for row in rows]
+
+
+def copy_files(pairs: list[tuple[PathArg, PathArg]], *, workers: int = 0, verify: bool = False,
+               durable: bool = False, drop_cache: bool | None = None, progress: Progress = None) -> list[CopyResult]:
+    """Copy regular files (new destinations) in parallel, largest first; results follow *pairs*.
+
+    Same per-file method chain, verification and durability as :func:`copy_tree`; on failure
+    the files written so far are removed.
+    """
+    str_pairs = [(os.fspath(s), os.fspath(d)) for s, d in pairs]
+    drop = durable if drop_cache is None else drop_cache
+    if _native is None:
+        out = []
+        try:
+            for s, d in str_pairs:
+                out.append(_copy_one_py(s, d, verify, durable, progress))
+        except BaseException:
+            for r in out:
+                with contextlib.suppress(OSError):
+                    os.unlink(r.path)
+            raise
+        return out
+    rows = _native.copy_files(str_pairs, workers, verify, durable, drop, progress, "reflink")
+    return [CopyResult(d, *row) for (_, d), row in zip(str_pairs, rows, strict=True)]
 
 
 def open_beneath(root: PathArg | int, relpath: PathArg, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:

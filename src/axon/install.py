@@ -59,7 +59,10 @@ def cleanup_stale_staging(layout: StoreLayout) -> list[Path]:
         pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
         if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
             continue
-        remove_tree(entry)
+        try:
+            remove_tree(entry)
+        except OSError:
+            continue  # another user's leftover we may not delete: theirs (or root's) to clean
         removed.append(entry)
     return removed
 

@@ -73,7 +73,9 @@ class StoreLayout:
         """Exclusive per-version lock (flock, released by the kernel if the process dies)."""
         self.locks.mkdir(parents=True, exist_ok=True)
         name = "--".join(spec.parts) + ".lock"
-        fd = os.open(self.locks / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
+        # Read-only is enough for flock, and lets other members of a shared repository lock
+        # a file someone else created.
+        fd = os.open(self.locks / name, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o664)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from axon.errors import InvalidModelError, SourceError, UsageError
-from axon.fastio import copy_file, hash_file
+from axon.fastio import FileDigest, copy_files
 from axon.layout import MANIFEST_NAME
 from axon.reporting import Reporter
 from axon.sources.base import FetchResult, disk_full
@@ -86,12 +86,13 @@ class LocalSource:
         total = sum(src.stat().st_size for src, _ in files)
         reporter.start(f"copy {self.path.name}", total)
         try:
-            for src, rel in files:
-                dst = staging / rel
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                copy_file(src, dst, progress=reporter.advance)
-                # The kernel copied it: hash the destination, which is what gets installed.
-                result.digests[rel] = hash_file(dst)
+            for _, rel in files:
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            # Parallel kernel copies; each digest is of the copy, i.e. of what gets installed.
+            copied = copy_files([(src, staging / rel) for src, rel in files], verify=True,
+                                progress=reporter.advance)
+            for (_, rel), row in zip(files, copied, strict=True):
+                result.digests[rel] = FileDigest(row.size, str(row.sha256), str(row.xxh3_128))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise disk_full(exc, staging) from exc

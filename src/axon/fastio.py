@@ -313,7 +313,8 @@ def hash_file(path: PathArg, *, progress: Progress = None, chunk_size: int = HAS
     return FileDigest(size, sha, xxh)
 
 
-def hash_files(paths: list[PathArg], *, workers: int = 0, progress: Progress = None) -> list[FileDigest]:
+def hash_files(paths: list[PathArg], *, workers: int = 0, progress: Progress = None,
+               sha256: bool = True) -> list[FileDigest]:
     """sha256 + xxh3-128 of each file, one read pass each, spread over *workers* threads.
 
     Reads and hashing release the GIL, so threads run on separate cores; a single large file
@@ -322,7 +323,8 @@ def hash_files(paths: list[PathArg], *, workers: int = 0, progress: Progress = N
     paths = [os.fspath(p) for p in paths]
     if _native is None:
         return hash_files_py(paths, workers, progress)
-    return [FileDigest(*r) for r in _native.hash_files(paths, workers, progress)]
+    return [FileDigest(size, sha or "", xxh) for size, sha, xxh in _native.hash_files(paths, workers, progress, None,
+                                                                                      sha256)]
 
 
 def copy_tree(src: PathArg, dst: PathArg, *, workers: int = 0, verify: bool = False, durable: bool = False,

@@ -27,6 +27,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("axon.cli.config", "config_group"),
     "version": ("axon.cli.version", "version_cmd"),
     "demo": ("axon.cli.demo", "demo_cmd"),
+    "publish": ("axon.cli.publish", "publish_cmd"),
+    "unpublish": ("axon.cli.publish", "unpublish_cmd"),
+    "rollback": ("axon.cli.publish", "rollback_cmd"),
+    "published": ("axon.cli.publish", "published_cmd"),
+    "audit": ("axon.cli.publish", "audit_cmd"),
+    "setup-production": ("axon.cli.publish", "setup_production_cmd"),
 }
 
 

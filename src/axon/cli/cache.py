@@ -75,21 +75,27 @@ def info_cmd(spec: ModelSpec, as_json: bool) -> None:
 
 @click.command("verify")
 @spec_argument
+@click.option("--published", is_flag=True, help="Verify the copy in the production repository instead.")
 @json_option
 @quiet_option
-def verify_cmd(spec: ModelSpec, as_json: bool, quiet: bool) -> None:
+def verify_cmd(spec: ModelSpec, published: bool, as_json: bool, quiet: bool) -> None:
     """Re-hash every file of an installed model against its manifest (exit 3 on any mismatch).
 
     \b
     Examples:
       axon verify acme/ranker@2.1.0
+      axon verify --published acme/ranker@2.1.0
     """
     out = Output(json_mode=as_json, quiet=quiet)
     settings = load_settings()
-    model = cache.get_installed(settings.cache_dir, spec)
-    out.reporter.start(f"verify {spec}", model.manifest.total_size)
+    out.reporter.start(f"verify {spec}", None)
     try:
-        report = cache.verify(settings.cache_dir, spec, progress=out.reporter.advance)
+        if published:
+            from axon.publish import verify_published
+
+            report = verify_published(spec, settings, progress=out.reporter.advance)
+        else:
+            report = cache.verify(settings.cache_dir, spec, progress=out.reporter.advance)
     finally:
         out.reporter.finish()
     payload = {"spec": str(spec), "ok": report.ok, "files_checked": report.files_checked,
@@ -105,6 +111,13 @@ def verify_cmd(spec: ModelSpec, as_json: bool, quiet: bool) -> None:
     else:
         for p in report.problems:
             click.echo(f"MISMATCH {p.describe()}", err=True)
+    if published:
+        from axon.errors import IntegrityError
+
+        first = report.problems[0]
+        raise IntegrityError(f"The published copy of {str(spec)!r} is damaged: {first.describe()}"
+                             + (f" (and {len(report.problems) - 1} more)." if len(report.problems) > 1 else "."),
+                             hint=f"Restore it with: axon publish {spec} --force (from a verified dev cache copy)")
     report.raise_for_problems()
 
 

@@ -59,7 +59,12 @@ class CoreClient:
                 timeout: float = TIMEOUT_S) -> dict[str, Any]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if admin:
-            headers["Authorization"] = f"Bearer {self.token()}"
+            try:
+                token = self.token()
+            except AxonError:
+                self.health()  # an unreachable server is the more useful thing to report
+                raise
+            headers["Authorization"] = f"Bearer {token}"
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.endpoint + path, data=data, method=method, headers=headers)
         try:
@@ -106,6 +111,8 @@ def _typed_error(status: int, err: dict[str, Any], endpoint: str) -> AxonError:
         return PermissionDeniedError(text, hint="Check the admin token (MLOS_CORE_TOKEN or the token file).")
     if status == 403 or code == "outside_repository":
         return PermissionDeniedError(text)
+    if status == 404:
+        return AxonError(text, hint="Publish it first (axon publish SPEC), then register it.")
     if status == 409 or code == "integrity":
         from axon.errors import IntegrityError
 

@@ -1,8 +1,10 @@
-"""``mlos-core`` command line."""
+"""``mlos-core serve``: settings -> uvicorn (uvloop + httptools) running ``create_app``."""
 
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -16,10 +18,75 @@ def cli() -> None:
 
 
 @cli.command("serve")
-def serve() -> None:
-    """Start the inference server (not built yet: tracked in issue #5)."""
-    click.echo("error: `mlos-core serve` is not implemented yet (issue #5).", err=True)
-    sys.exit(1)
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML file with the same keys as these options (options win).")
+@click.option("--repository", type=click.Path(file_okay=False, path_type=Path),
+              help="Production model repository (default /var/lib/mlos/models).")
+@click.option("--host", help="Bind address (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port (default 8080; 0 picks a free one).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Execution provider choice.")
+@click.option("--max-batch-size", type=int, help="Rows per batch (default 32).")
+@click.option("--max-queue-delay-ms", type=float, help="Wait this long for a batch to fill (default 0).")
+@click.option("--max-queue-size", type=int, help="Waiting requests per model before 503 (default 256).")
+@click.option("--instances", type=int, help="Batches run at once per model (default 1).")
+@click.option("--request-timeout", "request_timeout_s", type=float, help="Per-request deadline, s (504 after).")
+@click.option("--max-body-bytes", type=int, help="Largest request body (413 above; default 64 MiB).")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Admin token file (created on first start, mode 0640).")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where registrations persist (default <repository>/.axon/core).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--port-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the bound port here once listening (useful with --port 0).")
+def serve(config_file: Path | None, port_file: Path | None, **options: object) -> None:
+    """Start the inference server.
+
+    \b
+    Examples:
+      mlos-core serve
+      mlos-core serve --repository /srv/mlos/models --port 9000 --max-batch-size 64
+    """
+    import uvicorn
+
+    from mlos_core.app import create_app
+    from mlos_core.settings import ServerSettings
+
+    try:
+        settings = ServerSettings.load(config_file, **options)
+    except (ValueError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if not settings.repository.is_dir():
+        click.echo(f"error: model repository {str(settings.repository)!r} does not exist.\n"
+                   f"hint: create it with: sudo axon setup-production --dir {settings.repository}", err=True)
+        sys.exit(1)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+                            log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
+                            lifespan="on")
+    server = uvicorn.Server(config)
+    if port_file is not None:
+        _write_port_when_started(server, port_file)
+    server.run()
+
+
+def _write_port_when_started(server: object, port_file: Path) -> None:
+    import threading
+    import time
+
+    def wait() -> None:
+        while not getattr(server, "started", False):
+            time.sleep(0.01)
+            if getattr(server, "should_exit", False):
+                return
+        sockets = [s for srv in getattr(server, "servers", []) for s in srv.sockets]
+        if sockets:
+            tmp = port_file.with_suffix(".tmp")
+            tmp.write_text(str(sockets[0].getsockname()[1]))
+            tmp.replace(port_file)
+
+    threading.Thread(target=wait, daemon=True).start()
 
 
 def main() -> None:

@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "published": ("axon.cli.publish", "published_cmd"),
     "audit": ("axon.cli.publish", "audit_cmd"),
     "setup-production": ("axon.cli.publish", "setup_production_cmd"),
+    "register": ("axon.cli.core", "register_cmd"),
+    "unregister": ("axon.cli.core", "unregister_cmd"),
 }
 
 

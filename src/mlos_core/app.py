@@ -1,0 +1,224 @@
+"""``create_app(settings)``: routes, admin auth, body limits, and the lifespan that restores
+registrations at start and drains the batchers at shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import urllib.parse
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from mlos_core import __version__, kserve
+from mlos_core.auth import load_or_create_token, require_admin
+from mlos_core.batching import Pending
+from mlos_core.errors import ApiError, api_error_handler
+from mlos_core.registry import LoadedModel, Registry
+from mlos_core.settings import ServerSettings
+from mlos_core.telemetry import Metrics
+from mlos_core.tensors import array_from_json, check_against_schema, np_dtype
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("mlos_core.app")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ApiError(413, "body_too_large", f"request body of {length} bytes exceeds the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    body = await read_body(request, limit)
+    try:
+        return json.loads(body) if body else {}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "bad_json", f"request body is not valid JSON ({str(exc).splitlines()[0]})") from None
+
+
+def model_id_from_path(raw: str) -> str:
+    return urllib.parse.unquote(raw).strip("/")
+
+
+def to_json_outputs(outputs: dict[str, np.ndarray], wanted: list[str] | None) -> dict[str, Any]:
+    out = {}
+    for name, arr in outputs.items():
+        if wanted is not None and name not in wanted:
+            continue
+        out[name] = {"shape": list(arr.shape), "dtype": arr.dtype.name, "data": arr.tolist()}
+    return out
+
+
+def build_pending(model: LoadedModel, body: Any, deadline: float) -> Pending:
+    """Validate one request against the model; a bad one fails here, never inside a batch."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "the body must be a JSON object")
+    if "input" in body:
+        if model.text is None:
+            raise ApiError(400, "not_a_text_model", f"model {model.model_id!r} takes tensors, not text; send "
+                           "{'inputs': {name: values}}")
+        texts = body["input"]
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ApiError(400, "bad_input", "'input' must be a non-empty string or list of strings")
+        if len(texts) > model.batcher.max_batch_size:
+            raise ApiError(400, "too_many_inputs", f"at most {model.batcher.max_batch_size} texts per request")
+        return Pending(rows=len(texts), key=("text",), texts=texts, deadline=deadline)
+    tensors = body.get("inputs")
+    if not isinstance(tensors, dict) or not tensors:
+        raise ApiError(400, "bad_request", "send {'input': text} or {'inputs': {name: nested list}}")
+    schema = {t.name: t for t in model.manifest.inputs}
+    missing = sorted(set(schema) - set(tensors))
+    extra = sorted(set(tensors) - set(schema))
+    if missing or extra:
+        raise ApiError(400, "bad_inputs", f"inputs must be exactly {sorted(schema)}"
+                       + (f"; missing {missing}" if missing else "") + (f"; unknown {extra}" if extra else ""))
+    arrays = {}
+    for name, data in tensors.items():
+        spec = schema[name]
+        arr = array_from_json(name, data, np_dtype(spec.dtype))
+        arrays[name] = check_against_schema(name, arr, spec.shape, spec.dtype)
+    return pending_from_arrays(model, arrays, deadline)
+
+
+def pending_from_arrays(model: LoadedModel, arrays: dict[str, np.ndarray], deadline: float) -> Pending:
+    rows = {a.shape[0] if a.ndim else 1 for a in arrays.values()}
+    if len(rows) != 1:
+        raise ApiError(400, "bad_shape", "all inputs must have the same batch (first) dimension")
+    n = rows.pop()
+    if n < 1:
+        raise ApiError(400, "bad_shape", "the batch dimension is empty")
+    if n > model.batcher.max_batch_size:
+        raise ApiError(400, "too_many_inputs", f"at most {model.batcher.max_batch_size} rows per request")
+    key = ("tensor", *sorted((k, a.shape[1:], a.dtype.str) for k, a in arrays.items()))
+    return Pending(rows=n, key=key, tensors=arrays, deadline=deadline)
+
+
+def create_app(settings: ServerSettings) -> Starlette:
+    metrics = Metrics()
+    registry = Registry(settings, metrics)
+    token_holder: dict[str, str] = {}
+    started = time.time()
+
+    def admin(request: Request) -> None:
+        require_admin(request, token_holder["token"])
+
+    async def run_inference(model: LoadedModel, pending: Pending) -> Any:
+        t0 = time.perf_counter()
+        try:
+            result = await model.batcher.submit(pending)
+        except ApiError as exc:
+            metrics.request(model.model_id, "rejected" if exc.status in (503, 504) else "failed", exc.code)
+            raise
+        metrics.queue_time(model.model_id, result.queue_us / 1e6)
+        metrics.request(model.model_id, "ok", None, time.perf_counter() - t0)
+        return result
+
+    # --- health ----------------------------------------------------------------------------
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "healthy", "version": __version__, "uptime_s": round(time.time() - started, 1),
+                             "models": len(registry.models), "repository": str(settings.repository)})
+
+    async def ready(request: Request) -> Response:
+        ok = not registry.failed
+        return JSONResponse({"ready": ok, "models": sorted(registry.models), "failed": registry.failed},
+                            status_code=200 if ok else 503)
+
+    async def list_models(request: Request) -> Response:
+        models = [m.describe() for m in registry.models.values()]
+        models += [{"model_id": k, "state": "failed", "error": v} for k, v in registry.failed.items()]
+        return JSONResponse({"models": models})
+
+    async def register(request: Request) -> Response:
+        admin(request)
+        body = await read_json(request, settings.max_body_bytes)
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_request", "the body must be a JSON object")
+        model_id = body.get("model_id")
+        path = body.get("manifest_path") or body.get("path") or body.get("model_path")
+        if (model_id is not None and not isinstance(model_id, str)) or (path is not None and not isinstance(path, str)):
+            raise ApiError(400, "bad_request", "'model_id' and 'manifest_path' must be strings")
+        result = await registry.register(model_id=model_id, manifest_path=path)
+        return JSONResponse(result, status_code=201 if result["status"] == "registered" else 200)
+
+    async def model_route(request: Request) -> Response:
+        raw = request.path_params["rest"]
+        if raw.endswith("/inference"):
+            if request.method != "POST":
+                raise ApiError(405, "method_not_allowed", "use POST for inference")
+            model = registry.get(model_id_from_path(raw[: -len("/inference")]))
+            body = await read_json(request, settings.max_body_bytes)
+            deadline = time.perf_counter() + settings.request_timeout_s
+            try:
+                pending = build_pending(model, body, deadline)
+            except ApiError as exc:
+                metrics.request(model.model_id, "failed", exc.code)
+                raise
+            wanted = body.get("outputs") if isinstance(body.get("outputs"), list) else None
+            result = await run_inference(model, pending)
+            return JSONResponse({"model_id": model.model_id, "outputs": to_json_outputs(result.outputs, wanted),
+                                 "batch_size": result.batch_size, "inference_time_us": result.compute_us,
+                                 "queue_time_us": result.queue_us})
+        model_id = model_id_from_path(raw)
+        if request.method == "DELETE":
+            admin(request)
+            return JSONResponse(await registry.unregister(model_id))
+        if request.method == "GET":
+            return JSONResponse(registry.get(model_id).describe())
+        raise ApiError(405, "method_not_allowed", f"{request.method} is not supported here")
+
+    async def metrics_route(request: Request) -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    metrics.gauges["mlos_queue_depth"] = lambda: {f'{{model="{k}"}}': m.batcher.depth
+                                                  for k, m in registry.models.items()}
+    metrics.gauges["mlos_models_loaded"] = lambda: {"": len(registry.models)}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        token_holder["token"] = load_or_create_token(settings.token_file, settings.repository)  # type: ignore[arg-type]
+        await registry.restore()
+        log.info("MLOS Core %s: repository %s, %d model(s) restored", __version__, settings.repository,
+                 len(registry.models))
+        yield
+        await registry.close()  # SIGTERM: uvicorn stops accepting, in-flight requests finish, then this
+
+    routes = [
+        Route("/health", health), Route("/ready", ready), Route("/models", list_models),
+        Route("/models/register", register, methods=["POST"]),
+        Route("/models/{rest:path}", model_route, methods=["GET", "POST", "DELETE"]),
+        Route("/metrics", metrics_route),
+        *kserve.routes(settings, registry, metrics, admin, run_inference),
+    ]
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+        from mlos_core.errors import error_response
+
+        return error_response(status, code, str(getattr(exc, "detail", "")) or code.replace("_", " "))
+
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error, ApiError: api_error_handler,
+                                        Exception: api_error_handler})
+    app.state.registry = registry
+    app.state.metrics = metrics
+    return app

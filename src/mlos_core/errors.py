@@ -1,0 +1,30 @@
+"""API errors: one class, one handler, one JSON shape ``{"status": "error", "code", "message"}``."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+__all__ = ["ApiError", "api_error_handler", "error_response"]
+
+
+class ApiError(Exception):
+    """An error the client should see: HTTP status, stable machine code, one-line message."""
+
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"status": "error", "code": code, "message": message, "error": message},
+                        status_code=status, headers=headers)
+
+
+async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    return error_response(500, "internal", "internal server error (see the server log)")

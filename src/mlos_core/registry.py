@@ -1,0 +1,177 @@
+"""Registered models: verified, loaded, warmed up, batched; persisted across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from axon.atomic import atomic_write_text
+from axon.manifest import Manifest
+from mlos_core.batching import Batcher, Pending
+from mlos_core.errors import ApiError
+from mlos_core.preprocessing import TextPipeline, postprocess
+from mlos_core.repository import Located, locate, read_verified_model, verify_files
+from mlos_core.runtime import SessionInfo, create_session, warm_up
+from mlos_core.settings import ServerSettings
+from mlos_core.telemetry import Metrics
+
+__all__ = ["LoadedModel", "Registry"]
+
+log = logging.getLogger("mlos_core.registry")
+
+
+@dataclass
+class LoadedModel:
+    located: Located
+    session: SessionInfo
+    text: TextPipeline | None
+    batcher: Batcher
+    loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0
+
+    @property
+    def model_id(self) -> str:
+        return str(self.located.spec)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.located.manifest
+
+    def describe(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "model_id": self.model_id, "state": "ready", "digest": m.digest, "path": str(self.located.version_dir),
+            "provider": self.session.provider, "provider_note": self.session.note or None,
+            "inputs": [t.to_dict() for t in m.inputs], "outputs": [t.to_dict() for t in m.outputs],
+            "text_input": self.text is not None,
+            "postprocessing": (m.postprocessing or {}).get("type"),
+            "queue_depth": self.batcher.depth, "loaded_at": self.loaded_at, "load_seconds": round(self.load_seconds, 3),
+        }
+
+    # Runs on the batcher's worker thread.
+    def run_batch(self, items: list[Pending]) -> list[dict[str, np.ndarray]]:
+        if items[0].texts is not None:
+            texts = [t for item in items for t in (item.texts or [])]
+            assert self.text is not None  # the handler only queues text for text models
+            feeds = self.text.encode(texts)
+        else:
+            names = list(items[0].tensors or {})
+            feeds = {n: np.concatenate([item.tensors[n] for item in items], axis=0)  # type: ignore[index]
+                     for n in names}
+        raw = self.session.session.run(None, feeds)
+        outputs = {t.name: arr for t, arr in zip(self.manifest.outputs, raw, strict=False)}
+        outputs.update(postprocess(self.manifest.postprocessing, outputs, feeds))
+        results = []
+        start = 0
+        for item in items:
+            stop = start + item.rows
+            results.append({k: v[start:stop] for k, v in outputs.items()})
+            start = stop
+        return results
+
+
+class Registry:
+    def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.models: dict[str, LoadedModel] = {}
+        self.failed: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.state_file = settings.state_dir / "registrations.json"
+
+    def get(self, model_id: str) -> LoadedModel:
+        model = self.models.get(model_id)
+        if model is None:
+            raise ApiError(404, "model_not_found", f"model {model_id!r} is not registered "
+                           "(register it: axon register SPEC)")
+        return model
+
+    def _lock(self, model_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(model_id, asyncio.Lock())
+
+    def _build(self, located: Located) -> LoadedModel:
+        """Blocking: verify every file, create and warm the session (runs in a thread)."""
+        t0 = time.perf_counter()
+        root = self.settings.repository
+        verify_files(root, located)
+        model_bytes = read_verified_model(located)
+        info = create_session(model_bytes, self.settings.device, intra_op_threads=self.settings.intra_op_threads)
+        text = None
+        if located.manifest.preprocessing and located.manifest.preprocessing.get("type") == "tokenizer":
+            text = TextPipeline(located.version_dir, located.manifest)
+        warm_up(info, located.manifest)
+        model_id = str(located.spec)
+
+        def observe(event: str, size: int = 0, compute_s: float = 0.0) -> None:
+            if event == "batch":
+                self.metrics.batch(model_id, size, compute_s)
+            elif event == "timeout":
+                self.metrics.request(model_id, "timeout", "deadline_exceeded")
+
+        s = self.settings
+        loaded = LoadedModel(located, info, text, None)  # type: ignore[arg-type]
+        loaded.batcher = Batcher(model_id, loaded.run_batch, max_batch_size=s.max_batch_size,
+                                 max_queue_delay_s=s.max_queue_delay_ms / 1000, max_queue_size=s.max_queue_size,
+                                 instances=s.instances, observe=observe)
+        loaded.load_seconds = time.perf_counter() - t0
+        log.info("loaded %s on %s in %.2fs%s", model_id, info.provider, loaded.load_seconds,
+                 f" ({info.note})" if info.note else "")
+        return loaded
+
+    async def register(self, *, model_id: str | None = None, manifest_path: str | None = None) -> dict[str, Any]:
+        located = locate(self.settings.repository, model_id=model_id, manifest_path=manifest_path)
+        key = str(located.spec)
+        async with self._lock(key):
+            current = self.models.get(key)
+            if current is not None and current.manifest.digest == located.manifest.digest:
+                # Same content: a no-op, but the files are re-checked so damage is still caught.
+                await asyncio.to_thread(verify_files, self.settings.repository, located)
+                return {**current.describe(), "status": "unchanged"}
+            loaded = await asyncio.to_thread(self._build, located)
+            loaded.batcher.start()
+            self.models[key] = loaded  # new requests go to the new copy from here on
+            self.failed.pop(key, None)
+            self._persist()
+            if current is not None:
+                await current.batcher.close()  # in-flight requests on the old copy finish first
+                return {**loaded.describe(), "status": "reloaded"}
+            return {**loaded.describe(), "status": "registered"}
+
+    async def unregister(self, model_id: str) -> dict[str, Any]:
+        async with self._lock(model_id):
+            model = self.models.pop(model_id, None)
+            if model is None:
+                raise ApiError(404, "model_not_found", f"model {model_id!r} is not registered")
+            self._persist()
+            await model.batcher.close()
+        return {"status": "unregistered", "model_id": model_id}
+
+    def _persist(self) -> None:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.state_file, json.dumps({"models": sorted(self.models)}, indent=2) + "\n", mode=0o640)
+
+    async def restore(self) -> None:
+        """Re-register (and so re-verify) what was registered before the restart."""
+        try:
+            saved = json.loads(self.state_file.read_text()).get("models", [])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error("cannot read %s: %s", self.state_file, exc)
+            return
+        for model_id in saved:
+            try:
+                await self.register(model_id=model_id)
+            except ApiError as exc:
+                self.failed[model_id] = exc.message
+                log.error("could not restore %s: %s", model_id, exc.message)
+
+    async def close(self) -> None:
+        for model in list(self.models.values()):
+            await model.batcher.close()

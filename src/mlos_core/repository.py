@@ -1,0 +1,123 @@
+"""Find a model inside the production repository, refusing anything that is not there.
+
+Containment is checked on resolved paths, component by component (``axon.fastio.is_within``:
+``/var/lib/mlos/models-evil`` is not inside ``/var/lib/mlos/models``); files are opened with
+``open_beneath`` (openat2 RESOLVE_BENEATH), so a symlink swapped in after the check still cannot
+lead out; and every file must match its recorded size and xxh3-128 before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import xxhash
+
+from axon.errors import AxonError, InvalidSpecError
+from axon.fastio import hash_files, is_within, open_beneath
+from axon.layout import MANIFEST_NAME
+from axon.manifest import Manifest, load_manifest
+from axon.spec import ModelSpec, parse_spec
+from mlos_core.errors import ApiError
+
+__all__ = ["Located", "locate", "read_verified_model", "verify_files"]
+
+
+@dataclass(frozen=True)
+class Located:
+    spec: ModelSpec
+    version_dir: Path
+    manifest: Manifest
+
+
+def _outside(what: str, root: Path) -> ApiError:
+    return ApiError(403, "outside_repository",
+                    f"{what} is outside the model repository {str(root)!r}; MLOS Core only serves published models "
+                    "(publish it first: axon publish SPEC)")
+
+
+def locate(root: Path, *, model_id: str | None = None, manifest_path: str | None = None) -> Located:
+    if model_id is not None:
+        try:
+            spec = parse_spec(model_id)
+        except InvalidSpecError as exc:
+            raise ApiError(400, "bad_model_id", str(exc)) from None
+        version_dir = root.joinpath(*spec.parts)
+        manifest_file = version_dir / MANIFEST_NAME
+    elif manifest_path is not None:
+        if "\x00" in manifest_path or ".." in PurePosixPath(manifest_path).parts:
+            raise ApiError(400, "bad_path", f"path {manifest_path!r} may not contain '..' segments")
+        p = Path(manifest_path)
+        if not p.is_absolute():
+            p = root / p
+        if p.name != MANIFEST_NAME:
+            p = p / MANIFEST_NAME
+        manifest_file = p
+        version_dir = p.parent
+    else:
+        raise ApiError(400, "missing_model", "give 'model_id' (ns/name@version) or 'manifest_path'")
+    if not os.path.lexists(version_dir) and not is_within(root, root):
+        raise ApiError(500, "no_repository", f"model repository {str(root)!r} does not exist")
+    # Order matters: refuse what is outside before saying whether it exists.
+    probe = manifest_file if os.path.lexists(manifest_file) else version_dir
+    if os.path.lexists(probe) and not is_within(root, probe):
+        raise _outside(f"path {str(manifest_file)!r}", root)
+    real_root = Path(os.path.realpath(root))
+    if not os.path.exists(manifest_file):
+        raw = os.path.realpath(manifest_file)
+        if not (raw == str(real_root) or raw.startswith(str(real_root) + os.sep)):
+            raise _outside(f"path {str(manifest_file)!r}", root)
+        raise ApiError(404, "not_published", f"no published model at {str(version_dir)!r}")
+    if os.path.islink(version_dir) or os.path.islink(manifest_file):
+        raise ApiError(403, "symlink", f"{str(manifest_file)!r} goes through a symlink; refusing it")
+    rel = Path(os.path.realpath(version_dir)).relative_to(real_root).parts
+    if len(rel) not in (3, 4) or rel[0] == ".axon":
+        raise ApiError(400, "bad_path", f"{str(version_dir)!r} is not a version directory (<ns>/<name…>/<version>)")
+    spec = ModelSpec(rel[0], "/".join(rel[1:-1]), rel[-1])
+    try:
+        manifest = load_manifest(manifest_file)
+    except AxonError as exc:
+        raise ApiError(400, "invalid_manifest", str(exc)) from None
+    if (manifest.namespace, manifest.name, manifest.version) != (spec.namespace, spec.name, spec.version):
+        raise ApiError(400, "invalid_manifest",
+                       f"manifest says {manifest.spec_text!r} but lives at {str(spec)!r}")
+    return Located(spec, Path(os.path.realpath(version_dir)), manifest)
+
+
+def verify_files(root: Path, located: Located) -> None:
+    """Every file: inside the repository, a regular file, recorded size and xxh3-128 (409 if not)."""
+    paths = []
+    for entry in located.manifest.files:
+        p = located.version_dir / entry.path
+        try:
+            st = p.lstat()
+        except FileNotFoundError:
+            raise ApiError(409, "integrity", f"file {entry.path!r} of {str(located.spec)!r} is missing") from None
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode) or not is_within(root, p):
+            raise _outside(f"file {entry.path!r} of {str(located.spec)!r}", root)
+        if st.st_size != entry.size:
+            raise ApiError(409, "integrity", f"file {entry.path!r} of {str(located.spec)!r} has {st.st_size} bytes, "
+                           f"the manifest says {entry.size}")
+        paths.append(p)
+    for entry, digest in zip(located.manifest.files, hash_files(paths, sha256=False), strict=True):
+        if digest.xxh3_128 != entry.xxh3_128:
+            raise ApiError(409, "integrity", f"file {entry.path!r} of {str(located.spec)!r} does not match its "
+                           "recorded hash; it was changed after publishing (axon verify --published)")
+
+
+def read_verified_model(located: Located) -> bytes | str:
+    """The entrypoint's bytes, read through open_beneath and re-checked (what we hashed is what loads).
+
+    Models with external data load by path (onnxruntime reads the weights beside it)."""
+    m = located.manifest
+    entry = m.file(m.entrypoint)
+    if entry is None or (m.requirements or {}).get("memory_bytes", 0) > entry.size * 8 or entry.size > (1 << 31) - 1:
+        return str(located.version_dir / m.entrypoint)
+    fd = open_beneath(located.version_dir, m.entrypoint)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read()
+    if len(data) != entry.size or xxhash.xxh3_128(data).hexdigest() != entry.xxh3_128:
+        raise ApiError(409, "integrity", f"{m.entrypoint!r} changed while it was being loaded")
+    return data

@@ -1,0 +1,57 @@
+"""Server settings: defaults < config file (YAML, same keys) < command-line options."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ServerSettings"]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    repository: Path = Path("/var/lib/mlos/models")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    device: str = "auto"  # auto | cpu | cuda
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 0.0
+    max_queue_size: int = 256
+    instances: int = 1
+    intra_op_threads: int = 0
+    request_timeout_s: float = 30.0
+    max_body_bytes: int = 64 << 20
+    token_file: Path | None = None
+    state_dir: Path | None = None  # type: ignore[assignment]
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.state_dir is None:
+            object.__setattr__(self, "state_dir", self.repository / ".axon" / "core")
+        if self.token_file is None:
+            object.__setattr__(self, "token_file", self.state_dir / "token")  # type: ignore[operator]
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> ServerSettings:
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            data = yaml.safe_load(Path(config_file).read_text()) or {}
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(data) - known)
+            if unknown:
+                raise ValueError(f"unknown key(s) in {config_file}: {', '.join(unknown)}")
+            values.update(data)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for key in ("repository", "token_file", "state_dir"):
+            if values.get(key) is not None:
+                values[key] = Path(os.path.expanduser(str(values[key])))
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> ServerSettings:
+        return replace(self, **changes)

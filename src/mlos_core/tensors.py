@@ -1,0 +1,68 @@
+"""Tensors on the wire: JSON lists and KServe v2 (JSON + binary extension) <-> numpy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mlos_core.errors import ApiError
+
+__all__ = ["KSERVE_TO_NP", "NP_TO_KSERVE", "array_from_json", "kserve_datatype", "np_dtype"]
+
+NP_NAMES = {
+    "float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64, "int32": np.int32,
+    "int16": np.int16, "int8": np.int8, "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32,
+    "uint64": np.uint64, "bool": np.bool_,
+}
+KSERVE_TO_NP = {
+    "FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32,
+    "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+    "UINT64": np.uint64, "BOOL": np.bool_,
+}
+NP_TO_KSERVE = {np.dtype(v).name: k for k, v in KSERVE_TO_NP.items()}
+
+
+def np_dtype(name: str) -> Any:
+    try:
+        return NP_NAMES[name]
+    except KeyError:
+        raise ApiError(400, "bad_dtype", f"unsupported dtype {name!r}") from None
+
+
+def kserve_datatype(dtype: str) -> str:
+    return NP_TO_KSERVE.get(np.dtype(dtype).name, "BYTES")
+
+
+def array_from_json(name: str, data: Any, dtype: Any, shape: list[int] | None = None) -> np.ndarray:
+    """Build an array from nested lists (or a flat list plus *shape*); 400 naming the tensor if not."""
+    try:
+        arr = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError):
+        raise ApiError(400, "bad_tensor", f"input {name!r} is not a rectangular array of {np.dtype(dtype).name}") \
+            from None
+    if arr.dtype == object:
+        raise ApiError(400, "bad_tensor", f"input {name!r} is not a rectangular array")
+    if shape is not None:
+        if any((not isinstance(d, int)) or d < 0 for d in shape):
+            raise ApiError(400, "bad_shape", f"input {name!r} has an invalid shape {shape!r}")
+        if int(np.prod(shape)) != arr.size:
+            raise ApiError(400, "bad_shape", f"input {name!r}: {arr.size} values do not fill shape {shape}")
+        arr = arr.reshape(shape)
+    return arr
+
+
+def check_against_schema(name: str, arr: np.ndarray, schema_shape: list[int], dtype: str) -> np.ndarray:
+    """Cast to the model's dtype and check rank and fixed dimensions (batch dimension excepted)."""
+    want = np.dtype(np_dtype(dtype))
+    if arr.dtype != want:
+        if arr.dtype.kind == "f" and want.kind in "iu":
+            raise ApiError(400, "bad_dtype", f"input {name!r} must be {want.name}, got floating-point values")
+        arr = arr.astype(want)
+    if len(schema_shape) and arr.ndim != len(schema_shape):
+        raise ApiError(400, "bad_shape", f"input {name!r} must have {len(schema_shape)} dimensions, got {arr.ndim} "
+                       f"(shape {list(arr.shape)})")
+    for i, (got, expected) in enumerate(zip(arr.shape, schema_shape, strict=False)):
+        if i > 0 and expected > 0 and got != expected:
+            raise ApiError(400, "bad_shape", f"input {name!r} dimension {i} must be {expected}, got {got}")
+    return arr

@@ -1,0 +1,399 @@
+"""MLOS Core as a real server process on 127.0.0.1 with real onnxruntime sessions."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import yaml
+from tokenizers import Tokenizer
+
+from axon.example_model import build_example_package
+from axon.settings import Settings
+from tests.support.core_server import Core, core_server, publish_dir_as, repo_settings
+from tests.support.onnx_models import mlp_model, write_mlp
+
+TEXT = "demo/enc@1"
+MLP = "demo/mlp@1"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
+    tmp = tmp_path_factory.mktemp("core")
+    settings = repo_settings(tmp)
+    publish_dir_as(settings, TEXT, build_example_package(tmp / "enc-src"))
+    write_mlp(tmp / "mlp-src" / "model.onnx", features=4, out=3, seed=5)
+    publish_dir_as(settings, MLP, tmp / "mlp-src")
+    return settings, tmp
+
+
+@pytest.fixture(scope="module")
+def core(published: tuple[Settings, Path]) -> Iterator[Core]:
+    settings, tmp = published
+    with core_server(settings.publish_dir, tmp, "--max-batch-size", "16") as c:
+        for spec in (TEXT, MLP):
+            status, body, _ = c.call("POST", "/models/register", {"model_id": spec})
+            assert status == 201, body
+        yield c
+
+
+def ort_text_embedding(version_dir: Path, text: str) -> np.ndarray:
+    tok = Tokenizer.from_file(str(version_dir / "tokenizer.json"))
+    enc = tok.encode(text)
+    ids = np.asarray([enc.ids], np.int64)
+    mask = np.asarray([enc.attention_mask], np.int64)
+    sess = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    (hidden,) = sess.run(None, {"input_ids": ids, "attention_mask": mask})
+    pooled = hidden.mean(axis=1)
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+def mlp_reference(x: np.ndarray) -> np.ndarray:
+    model = mlp_model(features=4, out=3, seed=5)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x.astype(np.float32)})[0]
+
+
+# --- health, listing, auth ---------------------------------------------------------------------
+
+
+def test_health_models_and_metrics(core: Core) -> None:
+    status, body, _ = core.call("GET", "/health")
+    assert status == 200 and body["status"] == "healthy" and body["version"]
+    status, body, _ = core.call("GET", "/models")
+    states = {m["model_id"]: (m["state"], m["provider"]) for m in body["models"]}
+    assert states[TEXT] == ("ready", "CPUExecutionProvider") and states[MLP][0] == "ready"
+    core.call("POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})
+    status, text, _ = core.call("GET", "/metrics")
+    assert status == 200
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    assert f'mlos_requests_total{{model="{MLP}",outcome="ok"}}' in text
+    assert "mlos_batch_size_bucket" in text and "mlos_queue_depth" in text and "mlos_models_loaded" in text
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+def test_admin_calls_need_the_token(core: Core, token: str | None) -> None:
+    status, body, _ = core.call("POST", "/models/register", {"model_id": MLP}, token=token)
+    assert status == 401 and body["status"] == "error" and "Bearer" in body["message"]
+    status, _, _ = core.call("DELETE", f"/models/{MLP}", token=token)
+    assert status == 401
+    status, body, _ = core.call("POST", "/models/register", {"model_id": MLP})
+    assert status == 200 and body["status"] == "unchanged"
+
+
+# --- inference correctness ----------------------------------------------------------------------
+
+
+def test_text_inference_matches_onnxruntime(core: Core, published: tuple[Settings, Path]) -> None:
+    settings, _ = published
+    vdir = settings.publish_dir / "demo" / "enc" / "1"
+    status, body, _ = core.call("POST", f"/models/{TEXT}/inference", {"input": "Hello, MLOS!"})
+    assert status == 200, body
+    emb = body["outputs"]["embeddings"]
+    assert emb["shape"] == [1, 64] and emb["dtype"] == "float32"
+    np.testing.assert_allclose(np.asarray(emb["data"]), ort_text_embedding(vdir, "Hello, MLOS!"), atol=1e-5)
+    assert body["outputs"]["last_hidden_state"]["shape"][0] == 1
+    assert body["inference_time_us"] > 0 and body["queue_time_us"] >= 0
+    # URL-encoded id, as upstream clients send it.
+    status, body2, _ = core.call("POST", "/models/demo%2Fenc%401/inference", {"input": "Hello, MLOS!",
+                                                                               "outputs": ["embeddings"]})
+    assert status == 200 and list(body2["outputs"]) == ["embeddings"]
+
+
+def test_mixed_lengths_in_one_batch_match_single_runs(core: Core, published: tuple[Settings, Path]) -> None:
+    settings, _ = published
+    vdir = settings.publish_dir / "demo" / "enc" / "1"
+    texts = ["hi", "the quick brown fox jumps over the lazy dog", "hello world", "machine learning model server"]
+    status, body, _ = core.call("POST", f"/models/{TEXT}/inference", {"input": texts, "outputs": ["embeddings"]})
+    assert status == 200
+    got = np.asarray(body["outputs"]["embeddings"]["data"])
+    for i, t in enumerate(texts):
+        np.testing.assert_allclose(got[i : i + 1], ort_text_embedding(vdir, t), atol=1e-5)
+    # And across requests batched together by the server.
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        futures = {pool.submit(core.call, "POST", f"/models/{TEXT}/inference",
+                               {"input": t, "outputs": ["embeddings"]}): t for t in texts * 6}
+        sizes = set()
+        for fut, t in futures.items():
+            status, b, _ = fut.result()
+            assert status == 200
+            sizes.add(b["batch_size"])
+            np.testing.assert_allclose(np.asarray(b["outputs"]["embeddings"]["data"]), ort_text_embedding(vdir, t),
+                                       atol=1e-5)
+
+
+def test_tensor_inference_and_many_concurrent_clients(core: Core) -> None:
+    def one(i: int) -> tuple[int, list[list[float]]]:
+        status, body, _ = core.call("POST", f"/models/{MLP}/inference",
+                                    {"inputs": {"x": [[i, -i, i / 2, 1.0]]}})
+        assert status == 200, body
+        return i, body["outputs"]["y"]["data"]
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(one, range(200)))
+    assert len(results) == 200
+    xs = np.asarray([[i, -i, i / 2, 1.0] for i, _ in results], np.float32)
+    np.testing.assert_allclose(np.asarray([r[0] for _, r in results]), mlp_reference(xs), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "status", "code"),
+    [
+        (f"/models/{MLP}/inference", b"{not json", 400, "bad_json"),
+        (f"/models/{MLP}/inference", b'{"inputs": {"z": [[1]]}}', 400, "bad_inputs"),
+        (f"/models/{MLP}/inference", b'{"inputs": {"x": [[1, 2, 3]]}}', 400, "bad_shape"),
+        (f"/models/{MLP}/inference", b'{"inputs": {"x": [[1, 2], [3]]}}', 400, "bad_tensor"),
+        (f"/models/{MLP}/inference", b'{"input": "text for a tensor model"}', 400, "not_a_text_model"),
+        (f"/models/{TEXT}/inference", b'{"input": 42}', 400, "bad_input"),
+        ("/models/demo/nope@1/inference", b'{"input": "x"}', 404, "model_not_found"),
+        ("/no/such/route", b"", 404, "not_found"),
+    ],
+)
+def test_bad_requests_get_clear_4xx(core: Core, path: str, raw: bytes, status: int, code: str) -> None:
+    got, body, _ = core.call("POST" if raw else "GET", path, raw=raw or None)
+    assert got == status and body["status"] == "error" and body["code"] == code
+    assert "Traceback" not in body["message"]
+
+
+def test_a_bad_request_never_fails_its_neighbours(core: Core) -> None:
+    good = {"inputs": {"x": [[1, 2, 3, 4]]}}
+    bad = {"inputs": {"x": [[1, 2, 3]]}}
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        futs = [pool.submit(core.call, "POST", f"/models/{MLP}/inference", bad if i % 3 == 0 else good)
+                for i in range(48)]
+        codes = [f.result()[0] for f in futs]
+    assert codes == [400 if i % 3 == 0 else 200 for i in range(48)]
+
+
+# --- containment attacks -------------------------------------------------------------------------
+
+
+def test_containment_attacks_are_refused(published: tuple[Settings, Path], tmp_path: Path) -> None:
+    settings, _ = published
+    root = settings.publish_dir
+    good = root / "demo" / "mlp" / "1"
+    repo = tmp_path / "repo"
+    shutil.copytree(root, repo, symlinks=True, ignore=shutil.ignore_patterns("core"))
+    # A sibling sharing the root's prefix, holding a perfectly valid model.
+    evil = Path(str(repo) + "-evil")
+    shutil.copytree(good, evil / "demo" / "mlp" / "1")
+    # A symlink inside the repository pointing out of it.
+    (repo / "demo" / "escape").symlink_to(evil / "demo" / "mlp")
+    # A manifest listing ../../etc/passwd.
+    bad = repo / "demo" / "bad" / "1"
+    shutil.copytree(good, bad)
+    for p in [bad, *bad.iterdir()]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    m = yaml.safe_load((bad / "manifest.yaml").read_text())
+    m["metadata"]["name"] = "bad"
+    m["spec"]["files"].append({"path": "../../etc/passwd", "size": 1, "sha256": "0" * 64, "xxh3_128": "0" * 32})
+    (bad / "manifest.yaml").write_text(yaml.safe_dump(m))
+    # A published file whose content changed after publishing.
+    changed = repo / "demo" / "changed" / "1"
+    shutil.copytree(good, changed)
+    for p in [changed, *changed.iterdir()]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    m = yaml.safe_load((changed / "manifest.yaml").read_text())
+    m["metadata"]["name"] = "changed"
+    (changed / "manifest.yaml").write_text(yaml.safe_dump(m))
+    data = bytearray((changed / "model.onnx").read_bytes())
+    data[-5] ^= 0xFF
+    (changed / "model.onnx").write_bytes(bytes(data))
+    attacks = [
+        ({"manifest_path": str(evil / "demo" / "mlp" / "1" / "manifest.yaml")}, 403),
+        ({"manifest_path": str(repo / "demo" / "escape" / "1")}, 403),
+        ({"path": "demo/mlp/../../../etc"}, 400),
+        ({"model_path": str(repo) + "/demo/mlp/1/../../../../tmp"}, 400),
+        ({"model_id": "demo/bad@1"}, 400),
+        ({"manifest_path": str(settings.cache_dir / "demo" / "mlp" / "1" / "manifest.yaml")}, 403),
+        ({"model_id": "demo/changed@1"}, 409),
+        ({"model_id": "../etc/passwd"}, 400),
+        ({"model_id": "demo/missing@1"}, 404),
+    ]
+    with core_server(repo, tmp_path) as c:
+        for body, expected in attacks:
+            status, answer, _ = c.call("POST", "/models/register", body)
+            assert status == expected, (body, answer)
+            assert answer["status"] == "error" and answer["message"]
+        assert c.call("GET", "/models")[1]["models"] == []
+        status, answer, _ = c.call("POST", "/models/register", {"manifest_path": "demo/mlp/1"})
+        assert status == 201, answer
+
+
+# --- lifecycle -------------------------------------------------------------------------------------
+
+
+def test_reload_restart_and_unregister(tmp_path: Path) -> None:
+    settings = repo_settings(tmp_path)
+    write_mlp(tmp_path / "v1" / "model.onnx", seed=1)
+    write_mlp(tmp_path / "v2" / "model.onnx", seed=2)
+    publish_dir_as(settings, MLP, tmp_path / "v1")
+    x = {"inputs": {"x": [[0.5, 1, 2, 3]]}}
+    with core_server(settings.publish_dir, tmp_path) as c:
+        assert c.call("POST", "/models/register", {"model_id": MLP})[0] == 201
+        first = c.call("POST", f"/models/{MLP}/inference", x)[1]["outputs"]["y"]["data"]
+        assert c.call("POST", "/models/register", {"model_id": MLP})[1]["status"] == "unchanged"
+        publish_dir_as(settings, MLP, tmp_path / "v2", force=True)
+        status, body, _ = c.call("POST", "/models/register", {"model_id": MLP})
+        assert status == 200 and body["status"] == "reloaded"
+        second = c.call("POST", f"/models/{MLP}/inference", x)[1]["outputs"]["y"]["data"]
+        assert second != first
+    with core_server(settings.publish_dir, tmp_path) as c:  # restart: restored and re-verified
+        assert [m["model_id"] for m in c.call("GET", "/models")[1]["models"]] == [MLP]
+        assert c.call("POST", f"/models/{MLP}/inference", x)[1]["outputs"]["y"]["data"] == second
+        assert c.call("DELETE", f"/models/{MLP}")[0] == 200
+        assert c.call("POST", f"/models/{MLP}/inference", x)[0] == 404
+    with core_server(settings.publish_dir, tmp_path) as c:
+        assert c.call("GET", "/models")[1]["models"] == []
+
+
+def test_queue_overflow_gets_503_while_admitted_requests_succeed(published: tuple[Settings, Path],
+                                                                 tmp_path: Path) -> None:
+    settings, _ = published
+    with core_server(settings.publish_dir, tmp_path, "--max-queue-size", "4", "--max-queue-delay-ms", "400",
+                     "--max-batch-size", "64") as c:
+        c.call("POST", "/models/register", {"model_id": MLP})
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            futs = [pool.submit(c.call, "POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})
+                    for _ in range(20)]
+            results = [f.result() for f in futs]
+    codes = sorted(r[0] for r in results)
+    assert codes.count(200) >= 4 and codes.count(503) >= 1 and set(codes) <= {200, 503}
+    rejected = [r for r in results if r[0] == 503]
+    assert all(r[2].get("retry-after") == "1" and r[1]["code"] == "queue_full" for r in rejected)
+
+
+def test_sigterm_drains_in_flight_requests(published: tuple[Settings, Path], tmp_path: Path) -> None:
+    settings, _ = published
+    with core_server(settings.publish_dir, tmp_path, "--max-queue-delay-ms", "700", "--max-batch-size", "64") as c:
+        c.call("POST", "/models/register", {"model_id": MLP})
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            futs = [pool.submit(c.call, "POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})
+                    for _ in range(8)]
+            time.sleep(0.3)  # the requests now wait in the batch window
+            c.proc.send_signal(signal.SIGTERM)
+            codes = [f.result()[0] for f in futs]
+        # uvicorn re-raises the signal once drained: a clean SIGTERM exit, as systemd expects.
+        assert c.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert codes == [200] * 8
+
+
+def test_request_body_limit(published: tuple[Settings, Path], tmp_path: Path) -> None:
+    settings, _ = published
+    with core_server(settings.publish_dir, tmp_path, "--max-body-bytes", "1000") as c:
+        c.call("POST", "/models/register", {"model_id": MLP})
+        big = b'{"inputs": {"x": [' + b"[1,2,3,4]," * 200 + b"[1,2,3,4]]}}"
+        status, body, _ = c.call("POST", f"/models/{MLP}/inference", raw=big)
+        assert status == 413 and body["code"] == "body_too_large"
+
+
+# --- KServe v2 -------------------------------------------------------------------------------------
+
+
+def test_kserve_v2_json_endpoints(core: Core) -> None:
+    assert core.call("GET", "/v2")[1]["name"] == "mlos-core"
+    assert core.call("GET", "/v2/health/live")[0] == 200 and core.call("GET", "/v2/health/ready")[0] == 200
+    status, meta, _ = core.call("GET", "/v2/models/demo/mlp")
+    assert status == 200 and meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+    assert core.call("GET", "/v2/models/demo/mlp/versions/1/ready")[0] == 200
+    status, out, _ = core.call("POST", "/v2/models/demo/mlp/versions/1/infer", {
+        "id": "req-7",
+        "inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6, 7, 8]}]})
+    assert status == 200 and out["id"] == "req-7" and out["model_version"] == "1"
+    (y,) = out["outputs"]
+    ref = mlp_reference(np.arange(1, 9, dtype=np.float32).reshape(2, 4))
+    np.testing.assert_allclose(np.asarray(y["data"]).reshape(y["shape"]), ref, rtol=1e-5)
+    index = core.call("GET", "/v2/repository/index")[1]
+    assert {(r["name"], r["version"], r["state"]) for r in index} >= {("demo/mlp", "1", "READY")}
+    assert core.call("POST", "/v2/repository/models/demo/mlp/unload", {"parameters": {"version": "1"}},
+                     token=None)[0] == 401
+    assert core.call("POST", "/v2/repository/models/demo/mlp/unload", {"parameters": {"version": "1"}})[0] == 200
+    assert core.call("GET", "/v2/models/demo/mlp")[0] == 404
+    assert core.call("POST", "/v2/repository/models/demo/mlp/load", {"parameters": {"version": "1"}})[0] == 200
+    assert core.call("GET", "/v2/models/demo/mlp/versions/1")[0] == 200
+
+
+def test_tritonclient_http_round_trip(core: Core) -> None:
+    tritonclient = pytest.importorskip("tritonclient.http")
+    client = tritonclient.InferenceServerClient(core.url.removeprefix("http://"))
+    try:
+        assert client.is_server_live() and client.is_model_ready("demo/mlp", "1")
+        x = np.asarray([[1, 2, 3, 4], [4, 3, 2, 1]], np.float32)
+        for binary in (True, False):
+            inp = tritonclient.InferInput("x", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=binary)
+            out = tritonclient.InferRequestedOutput("y", binary_data=binary)
+            res = client.infer("demo/mlp", [inp], model_version="1", outputs=[out])
+            np.testing.assert_allclose(res.as_numpy("y"), mlp_reference(x), rtol=1e-5)
+        text = tritonclient.InferInput("text", [2], "BYTES")
+        text.set_data_from_numpy(np.asarray([b"Hello, MLOS!", b"hi"], dtype=object))
+        res = client.infer("demo/enc", [text], model_version="1",
+                           outputs=[tritonclient.InferRequestedOutput("embeddings")])
+        assert res.as_numpy("embeddings").shape == (2, 64)
+    finally:
+        client.close()
+
+
+# --- the axon side -----------------------------------------------------------------------------------
+
+
+def test_axon_register_unregister_and_publish_notify(tmp_path: Path) -> None:
+    settings = repo_settings(tmp_path)
+    write_mlp(tmp_path / "m" / "model.onnx")
+    publish_dir_as(settings, MLP, tmp_path / "m")
+    env = {**os.environ, "AXON_HOME": str(settings.home), "AXON_CACHE_DIR": str(settings.cache_dir),
+           "AXON_PUBLISH_DIR": str(settings.publish_dir)}
+
+    def axon(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "axon", *args], capture_output=True, text=True,
+                              env={**env, **extra}, check=False)
+
+    r = axon("register", MLP, MLOS_CORE_ENDPOINT="http://127.0.0.1:9")
+    assert r.returncode == 1 and "not reachable" in r.stderr
+    with core_server(settings.publish_dir, tmp_path) as c:
+        r = axon("register", MLP, MLOS_CORE_ENDPOINT=c.url)
+        assert r.returncode == 0 and "Registered demo/mlp@1 on CPUExecutionProvider" in r.stdout, r.stderr
+        r = axon("register", MLP, MLOS_CORE_ENDPOINT=c.url, MLOS_CORE_TOKEN="bad")
+        assert r.returncode == 4
+        r = axon("unregister", MLP, MLOS_CORE_ENDPOINT=c.url)
+        assert r.returncode == 0
+        write_mlp(tmp_path / "m2" / "model.onnx", seed=9)
+        r = axon("install", "demo/mlp@2", "--from", str(tmp_path / "m2"))
+        assert r.returncode == 0
+        r = axon("publish", "demo/mlp@2", "--notify", MLOS_CORE_ENDPOINT=c.url)
+        assert r.returncode == 0 and "MLOS Core notified" in r.stdout, r.stderr
+        assert [m["model_id"] for m in c.call("GET", "/models")[1]["models"]] == ["demo/mlp@2"]
+    r = axon("publish", "demo/mlp@2", "--notify", MLOS_CORE_ENDPOINT="http://127.0.0.1:9")
+    assert r.returncode == 0 and "could not notify MLOS Core" in r.stderr and "axon register demo/mlp@2" in r.stderr
+
+
+def test_concurrency_is_thread_safe_under_reload(core: Core, published: tuple[Settings, Path]) -> None:
+    """Re-registering while clients hammer the model drops no request."""
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            codes.append(core.call("POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})[0])
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    status, _, _ = core.call("POST", "/models/register", {"model_id": MLP})
+    time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert status == 200 and codes and set(codes) == {200}

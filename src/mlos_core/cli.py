@@ -29,6 +29,7 @@ def cli() -> None:
 @click.option("--max-queue-delay-ms", type=float, help="Wait this long for a batch to fill (default 0).")
 @click.option("--max-queue-size", type=int, help="Waiting requests per model before 503 (default 256).")
 @click.option("--instances", type=int, help="Batches run at once per model (default 1).")
+@click.option("--intra-op-threads", type=int, help="onnxruntime threads per batch (default: all cores).")
 @click.option("--request-timeout", "request_timeout_s", type=float, help="Per-request deadline, s (504 after).")
 @click.option("--max-body-bytes", type=int, help="Largest request body (413 above; default 64 MiB).")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),

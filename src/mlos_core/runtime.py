@@ -40,6 +40,8 @@ def create_session(model: bytes | str, device: str, *, intra_op_threads: int = 0
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
     opts.log_severity_level = 3
+    # Idle intra-op threads must not spin: the event loop and the tokenizer share these cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device == "auto" and _cuda_failed is None and not os.path.exists("/proc/driver/nvidia/version"):
         _cuda_failed = "no NVIDIA driver on this machine"
     want_cuda = device == "cuda" or (

@@ -1,0 +1,212 @@
+"""MLOS Core under load, every ratio against a baseline measured in the same run.
+
+Model: a generated BERT-like encoder of MiniLM-L6 shape (6 layers, hidden 384, 12 heads, FFN 1536,
+vocab 30522; random weights), text in, mean-pooled embeddings out. Load: benchmarks/loadgen.py in
+its own process (closed loop, keep-alive).
+
+  batching gain      32 clients, max_batch_size 32 vs 1          target >= 3x throughput, p95 not worse
+  efficiency         server at saturation vs raw session.run     target >= 0.8
+                     (tokenize + run on the same batches, one process)
+  vs naive server    Starlette + session.run per request (benchmarks/naive_server.py), 32 clients
+                                                                 target >= 3x
+  overhead           tiny model, 1 client                        target p50 <= 1 ms
+  overload           2x the saturating clients, small queue      rejections p99 <= 5 ms,
+                                                                 admitted p99 <= 2x unloaded p99, RSS flat
+
+  .venv/bin/python benchmarks/bench_server.py [--seconds 6] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+HERE = Path(__file__).resolve().parent
+SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank in the morning."
+RESULTS: list[tuple[str, str, bool]] = []
+
+
+def note(name: str, value: float, ok: bool, detail: str) -> None:
+    RESULTS.append((name, f"{value:.2f}", ok))
+    print(f"{'PASS' if ok else 'MISS'} {name:<44} {value:8.2f}   {detail}", flush=True)
+
+
+def prepare(work: Path, cfg_name: str) -> Path:
+    """Build the packages, install them into a sandbox cache and publish them into a repository."""
+    import grp
+
+    from axon.example_model import EncoderConfig, build_example_package
+    from axon.install import install
+    from axon.publish import publish
+    from axon.settings import Settings, set_config_value
+    from axon.spec import parse_spec
+
+    env = {"AXON_HOME": str(work / "home"), "AXON_CACHE_DIR": str(work / "cache"),
+           "AXON_PUBLISH_DIR": str(work / "repo"), "HOME": str(work / "home")}
+    settings = Settings.from_env(env)
+    set_config_value(settings.config_file, "publish_group", grp.getgrgid(os.getegid()).gr_name)
+    settings = Settings.from_env(env)
+    settings.publish_dir.mkdir(parents=True, exist_ok=True)
+    big = EncoderConfig.minilm_l6() if cfg_name == "minilm" else EncoderConfig.bert_base()
+    for spec, cfg in (("bench/encoder@1", big), ("bench/tiny@1", EncoderConfig())):
+        pkg = build_example_package(work / spec.replace("/", "_"), cfg, max_length=128)
+        install(parse_spec(spec), settings, from_=str(pkg))
+        publish(parse_spec(spec), settings)
+    return settings.publish_dir
+
+
+class Server:
+    def __init__(self, argv: list[str], work: Path) -> None:
+        self.port_file = work / f"port-{time.monotonic_ns()}"
+        self.proc = subprocess.Popen([*argv, "--port-file", str(self.port_file)] if "--port-file" not in argv
+                                     else argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not self.port_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port_file.read_text()}"
+
+    def rss_mib(self) -> float:
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def core(repo: Path, work: Path, device: str, *extra: str) -> Server:
+    s = Server([sys.executable, "-m", "mlos_core", "serve", "--repository", str(repo), "--port", "0",
+                "--device", device, "--log-level", "warning", *extra], work)
+    token = (repo / ".axon" / "core" / "token").read_text().strip()
+    import urllib.request
+
+    for spec in ("bench/encoder@1", "bench/tiny@1"):
+        req = urllib.request.Request(s.url + "/models/register", data=json.dumps({"model_id": spec}).encode(),
+                                     method="POST", headers={"Authorization": f"Bearer {token}",
+                                                             "Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=300).read()
+    return s
+
+
+def load(url: str, body: dict[str, Any], clients: int, seconds: float) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, str(HERE / "loadgen.py"), "--url", url, "--body", json.dumps(body),
+                          "--clients", str(clients), "--seconds", str(seconds)], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def raw_throughput(model_dir: Path, batch: int, seconds: float, device: str) -> float:
+    """Sentences/s of tokenize + session.run on batches of *batch*, in this process."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.enable_padding()
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(model_dir / "model.onnx"), sess_options=opts, providers=providers)
+    texts = [SENTENCE] * batch
+
+    def step() -> None:
+        enc = tok.encode_batch(texts)
+        ids = np.asarray([e.ids for e in enc], np.int64)
+        mask = np.asarray([e.attention_mask for e in enc], np.int64)
+        (hidden,) = sess.run(None, {"input_ids": ids, "attention_mask": mask})
+        w = mask[..., None].astype(np.float32)
+        pooled = (hidden * w).sum(1) / w.sum(1)
+        pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+    for _ in range(3):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=6)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--model", default="minilm", choices=["minilm", "bert-base"])
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="axon-bench-server-", dir="/var/tmp"))
+    print(f"work dir {work}; {os.cpu_count()} CPUs; device {args.device}", flush=True)
+    repo = prepare(work, args.model)
+    enc_dir = repo / "bench" / "encoder" / "1"
+    body = {"input": SENTENCE, "outputs": ["embeddings"]}
+    enc_path = "/models/bench/encoder@1/inference"
+    sec = args.seconds
+
+    s = core(repo, work, args.device, "--max-batch-size", "32", "--max-queue-size", "1024")
+    on = load(s.url + enc_path, body, 32, sec)
+    tiny = load(s.url + "/models/bench/tiny@1/inference", {"input": "Hello, MLOS!", "outputs": ["embeddings"]}, 1, sec)
+    s.stop()
+    s = core(repo, work, args.device, "--max-batch-size", "1", "--max-queue-size", "1024")
+    off = load(s.url + enc_path, body, 32, sec)
+    s.stop()
+    print(f"batching on : {on['throughput']:8.1f} sent/s  p50 {on['p50_ms']:.1f} ms  p95 {on['p95_ms']:.1f} ms")
+    print(f"batching off: {off['throughput']:8.1f} sent/s  p50 {off['p50_ms']:.1f} ms  p95 {off['p95_ms']:.1f} ms")
+    note("batching gain (x throughput, 32 clients)", on["throughput"] / off["throughput"],
+         on["throughput"] / off["throughput"] >= 3 and on["p95_ms"] <= off["p95_ms"],
+         f"target >= 3, p95 {on['p95_ms']:.1f} vs {off['p95_ms']:.1f} ms (not worse)")
+
+    raw = raw_throughput(enc_dir, 32, sec, args.device)
+    note("efficiency (server / raw session.run)", on["throughput"] / raw, on["throughput"] / raw >= 0.8,
+         f"target >= 0.8; raw tokenize+run at batch 32: {raw:.1f} sent/s")
+
+    port = 18000 + os.getpid() % 1000
+    nproc = subprocess.Popen([sys.executable, str(HERE / "naive_server.py"), str(enc_dir), str(port)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            import urllib.request
+
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/infer",
+                                                          data=json.dumps({"input": "x"}).encode()), timeout=5).read()
+            break
+        except OSError:
+            time.sleep(0.1)
+    nv = load(f"http://127.0.0.1:{port}/infer", {"input": SENTENCE}, 32, sec)
+    nproc.terminate()
+    nproc.wait()
+    note("vs naive Starlette server (x throughput)", on["throughput"] / nv["throughput"],
+         on["throughput"] / nv["throughput"] >= 3, f"target >= 3; naive {nv['throughput']:.1f} sent/s, "
+         f"p95 {nv['p95_ms']:.1f} ms")
+    note("overhead: tiny model p50 at 1 client (ms)", tiny["p50_ms"], tiny["p50_ms"] <= 1.0,
+         f"target <= 1 ms; p99 {tiny['p99_ms']:.2f} ms, {tiny['throughput']:.0f} req/s")
+
+    s = core(repo, work, args.device, "--max-batch-size", "32", "--max-queue-size", "32")
+    base = load(s.url + enc_path, body, 32, sec)
+    rss0 = s.rss_mib()
+    over = load(s.url + enc_path, body, 64, sec)
+    rss1 = s.rss_mib()
+    s.stop()
+    note("overload: rejection p99 (ms)", over["reject_p99_ms"], over["reject_p99_ms"] <= 5,
+         f"target <= 5 ms; {over['rejected']} rejected, {over['ok']} admitted at 2x clients")
+    ratio = over["p99_ms"] / base["p99_ms"]
+    note("overload: admitted p99 / unloaded p99", ratio, ratio <= 2,
+         f"target <= 2; {over['p99_ms']:.1f} vs {base['p99_ms']:.1f} ms")
+    note("overload: server RSS growth (MiB)", rss1 - rss0, rss1 - rss0 < 50, f"{rss0:.0f} -> {rss1:.0f} MiB")
+    subprocess.run(["rm", "-rf", str(work)], check=False)
+    print("\nsummary:")
+    for name, value, ok in RESULTS:
+        print(f"  {'PASS' if ok else 'MISS'}  {name}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

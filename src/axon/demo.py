@@ -1,21 +1,30 @@
-"""``axon demo``: the pipeline on the bundled example model, in a sandbox, with no network or root.
+"""``axon demo``: the whole pipeline on the bundled example model, in a sandbox.
 
-Stages so far: build the example package, install it into a sandbox dev cache, verify it, and
-run one local inference. Later stages (test, validate, publish, serve, register) join here as
-they land.
+Build the example (a BERT-style ONNX encoder and a WordPiece tokenizer, from code) -> install it
+into a sandbox dev cache -> test -> validate -> publish into a sandbox production repository ->
+start MLOS Core on a free port -> register -> send the seed's request -> shut the server down.
+No network, no root.
 """
 
 from __future__ import annotations
 
+import grp
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from axon.errors import AxonError
 from axon.reporting import Reporter
-from axon.settings import Settings
+from axon.settings import Settings, set_config_value
 from axon.spec import parse_spec
 
 __all__ = ["DEMO_INPUT", "DEMO_SPEC", "DemoResult", "run_demo"]
@@ -27,8 +36,9 @@ DEMO_INPUT = "Hello, MLOS!"
 @dataclass(slots=True)
 class DemoResult:
     sandbox: Path
+    endpoint: str = ""
     stages: list[dict[str, Any]] = field(default_factory=list)
-    output: dict[str, Any] = field(default_factory=dict)
+    response: dict[str, Any] = field(default_factory=dict)
 
 
 @contextmanager
@@ -36,51 +46,90 @@ def _stage(result: DemoResult, name: str, reporter: Reporter) -> Iterator[dict[s
     reporter.stage(name)
     info: dict[str, Any] = {"stage": name}
     t0 = time.perf_counter()
+    result.stages.append(info)  # listed in the order stages start
     yield info
     info["seconds"] = round(time.perf_counter() - t0, 4)
-    result.stages.append(info)
 
 
-def local_embedding(version_dir: Path, text: str) -> dict[str, Any]:
-    """Tokenize, run the encoder on CPU, mean-pool and normalise: what the server will do."""
-    import numpy as np
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(version_dir / "tokenizer.json"))
-    enc = tok.encode(text)
-    ids = np.asarray([enc.ids], dtype=np.int64)
-    mask = np.asarray([enc.attention_mask], dtype=np.int64)
-    sess = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    (hidden,) = sess.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})
-    weights = mask[..., None].astype(np.float32)
-    pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
-    return {"tokens": enc.tokens, "embedding_dim": int(pooled.shape[1]),
-            "embedding_head": [round(float(v), 5) for v in pooled[0, :4]]}
-
-
-def run_demo(sandbox: Path, reporter: Reporter, *, echo: Callable[[str], None] = lambda s: None) -> DemoResult:
-    from axon.cache import verify
-    from axon.example_model import build_example_package
-    from axon.install import install
-
-    result = DemoResult(sandbox)
-    env = {"AXON_HOME": str(sandbox / "home"), "AXON_CACHE_DIR": str(sandbox / "cache"),
+def sandbox_settings(sandbox: Path) -> Settings:
+    env = {"AXON_HOME": str(sandbox / "home" / ".axon"), "AXON_CACHE_DIR": str(sandbox / "cache"),
            "AXON_PUBLISH_DIR": str(sandbox / "production"), "HOME": str(sandbox / "home")}
     settings = Settings.from_env(env)
+    # In the sandbox the caller's own primary group plays the part of 'mlos'.
+    set_config_value(settings.config_file, "publish_group", grp.getgrgid(os.getegid()).gr_name)
+    settings = Settings.from_env(env)
+    settings.publish_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+@contextmanager
+def _core_server(settings: Settings, sandbox: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port_file = sandbox / "core.port"
+    log = open(sandbox / "mlos-core.log", "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen([sys.executable, "-m", "mlos_core", "serve", "--repository", str(settings.publish_dir),
+                             "--port", "0", "--port-file", str(port_file), "--device", settings.device,
+                             "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AxonError(f"MLOS Core did not start; see {sandbox / 'mlos-core.log'}.")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port_file.read_text()}", proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+def run_demo(sandbox: Path, reporter: Reporter) -> DemoResult:
+    from axon.core_client import CoreClient
+    from axon.example_model import build_example_package
+    from axon.install import install
+    from axon.publish import publish
+    from axon.validation import run_tests, validate
+
+    result = DemoResult(sandbox)
+    settings = sandbox_settings(sandbox)
     spec = parse_spec(DEMO_SPEC)
     with _stage(result, "build the example model (ONNX encoder + WordPiece tokenizer)", reporter) as info:
         pkg = build_example_package(sandbox / "example-model")
         info["path"] = str(pkg)
-    with _stage(result, f"install {spec} into the sandbox dev cache", reporter) as info:
+    with _stage(result, f"axon install {spec} --from {pkg.name}/", reporter) as info:
         installed = install(spec, settings, from_=str(pkg), force=True, reporter=reporter)
-        info.update(path=str(installed.path), digest=installed.manifest.digest, files=len(installed.manifest.files))
-    with _stage(result, "verify every file against the manifest", reporter) as info:
-        report = verify(settings.cache_dir, spec)
-        report.raise_for_problems()
-        info.update(files=report.files_checked, bytes=report.bytes_checked)
-    with _stage(result, f"local inference on {DEMO_INPUT!r}", reporter) as info:
-        result.output = local_embedding(installed.path, DEMO_INPUT)
-        info.update(result.output)
+        info.update(path=str(installed.path), digest=installed.manifest.digest)
+    with _stage(result, f"axon test {spec}", reporter) as info:
+        run = run_tests(spec, settings)
+        info["checks"] = {c.name: c.ok for c in run.checks}
+        if not run.ok:
+            raise AxonError(f"axon test failed in the demo: {[c.detail for c in run.checks if not c.ok]}")
+    with _stage(result, f"axon validate {spec}", reporter) as info:
+        report = validate(spec, settings, seconds=0.3)
+        perf = report.get("performance", {})
+        info.update(passed=report["passed"], p50_ms=perf.get("batch1", {}).get("p50_ms"),
+                    max_abs_error=report.get("accuracy", {}).get("max_abs_error"))
+        if not report["passed"]:
+            raise AxonError("axon validate failed in the demo; see the report in the sandbox.")
+    with _stage(result, f"axon publish {spec}", reporter) as info:
+        published = publish(spec, settings)
+        info.update(path=str(published.path), status=published.status)
+    with _stage(result, "mlos-core serve on a free port (start ... shutdown)", reporter) as info, \
+            _core_server(settings, sandbox) as (endpoint, _proc):
+        info["endpoint"] = result.endpoint = endpoint
+        client = CoreClient(settings.with_(core_endpoint=endpoint))
+        with _stage(result, f"axon register {spec}", reporter) as reg:
+            registered = client.register(spec)
+            reg.update(provider=registered.get("provider"), status=registered.get("status"))
+        with _stage(result, f"POST /models/{spec}/inference {{\"input\": \"{DEMO_INPUT}\"}}", reporter) as inf:
+            req = urllib.request.Request(f"{endpoint}/models/{spec}/inference",
+                                         data=json.dumps({"input": DEMO_INPUT}).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                result.response = json.loads(resp.read())
+            emb = result.response["outputs"]["embeddings"]
+            inf.update(shape=emb["shape"], inference_time_us=result.response["inference_time_us"])
     return result

@@ -203,4 +203,31 @@ def build_example_package(out_dir: Path, cfg: EncoderConfig | None = None, *, ma
         },
     }
     (out_dir / "manifest.yaml").write_text(yaml.safe_dump(partial, sort_keys=False))
+    write_reference(out_dir, max_length)
     return out_dir
+
+
+REFERENCE_TEXTS = ["Hello, MLOS!", "The quick brown fox jumps over the lazy dog.", "fast safe model inference"]
+
+
+def write_reference(out_dir: Path, max_length: int) -> None:
+    """samples/reference.json: inputs and the embeddings they must give (what `axon validate` checks)."""
+    import numpy as np
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    enc = tok.encode_batch(REFERENCE_TEXTS)
+    ids = np.asarray([e.ids for e in enc], np.int64)
+    mask = np.asarray([e.attention_mask for e in enc], np.int64)
+    sess = ort.InferenceSession(str(out_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    (hidden,) = sess.run(None, {"input_ids": ids, "attention_mask": mask})
+    w = mask[..., None].astype(np.float32)
+    pooled = (hidden * w).sum(axis=1) / w.sum(axis=1)
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    (out_dir / "samples").mkdir(exist_ok=True)
+    ref = {"inputs": {"texts": REFERENCE_TEXTS},
+           "outputs": {"embeddings": [[round(float(v), 7) for v in row] for row in pooled]},
+           "atol": 1e-4, "rtol": 1e-3}
+    (out_dir / "samples" / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")

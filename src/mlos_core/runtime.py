@@ -8,12 +8,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from axon.manifest import Manifest, TensorSpec
+from axon.inference import synthesize_inputs
+from axon.manifest import Manifest
 from mlos_core.errors import ApiError
 
-__all__ = ["SessionInfo", "create_session", "synthesize_inputs"]
+__all__ = ["SessionInfo", "create_session", "warm_up"]
 
 log = logging.getLogger("mlos_core.runtime")
 _cuda_failed: str | None = None  # why CUDA did not initialise in this process (auto mode stops trying)
@@ -65,22 +64,6 @@ def create_session(model: bytes | str, device: str, *, intra_op_threads: int = 0
     sess = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
     note = f"CUDA unavailable: {_cuda_failed}" if device == "auto" and _cuda_failed else ""
     return SessionInfo(sess, sess.get_providers()[0], note)
-
-
-def synthesize_inputs(inputs: list[TensorSpec], batch: int = 1, seq: int = 8) -> dict[str, np.ndarray]:
-    """Small valid inputs from the I/O schema: dynamic dims become *batch* (first) or *seq*."""
-    from mlos_core.tensors import np_dtype
-
-    feeds = {}
-    for t in inputs:
-        shape = [d if d > 0 else (batch if i == 0 else seq) for i, d in enumerate(t.shape)]
-        dtype = np_dtype(t.dtype)
-        if np.dtype(dtype).kind in "iu" or np.dtype(dtype).kind == "b":
-            arr = np.ones(shape, dtype=dtype)
-        else:
-            arr = np.full(shape, 0.5, dtype=dtype)
-        feeds[t.name] = arr
-    return feeds
 
 
 def warm_up(info: SessionInfo, manifest: Manifest) -> None:

@@ -33,7 +33,7 @@ def test_install_directory_with_bundled_manifest(settings: Settings, tmp_path: P
     src = encoder_dir(tmp_path)
     r = install(parse_spec("demo/enc@1"), settings, from_=str(src))
     m = r.manifest
-    assert sorted(f.path for f in m.files) == ["config.json", "model.onnx", "tokenizer.json"]
+    assert sorted(f.path for f in m.files) == ["config.json", "model.onnx", "samples/reference.json", "tokenizer.json"]
     assert m.preprocessing and m.preprocessing["tokenizer"] == "tokenizer.json"
     assert m.postprocessing == {"type": "mean_pooling", "normalize": True, "output": "last_hidden_state"}
     assert m.description and "example text encoder" in m.description

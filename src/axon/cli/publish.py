@@ -9,7 +9,7 @@ import click
 from axon.cli._context import load_settings
 from axon.cli._options import json_option, quiet_option, spec_argument
 from axon.cli._output import Output, human_bytes, table
-from axon.errors import UsageError
+from axon.errors import AxonError, UsageError
 from axon.spec import ModelSpec
 
 
@@ -38,11 +38,20 @@ def publish_cmd(spec: ModelSpec, validate: bool, notify: bool, force: bool, dry_
     """
     from axon.publish import publish
 
-    if validate:
-        raise UsageError("`axon publish --validate` needs `axon validate`, which is not available yet (issue #6).",
-                         hint=f"Publish without --validate: axon publish {spec}")
     out = Output(json_mode=as_json, quiet=quiet)
     settings = load_settings()
+    if validate:
+        from axon.cache import get_installed
+        from axon.validation import passing_report
+        from axon.validation import validate as run_validation
+
+        cached = get_installed(settings.cache_dir, spec)
+        if passing_report(cached.path, cached.manifest.digest) is None:
+            out.reporter.stage(f"no passing validation for digest {cached.manifest.digest[:12]}: validating now")
+            report = run_validation(spec, settings, reporter=out.reporter)
+            if not report["passed"]:
+                raise AxonError(f"Validation of {str(spec)!r} failed; not publishing.",
+                                 hint=f"See the report: axon validate {spec}")
     result = publish(spec, settings, force=force, dry_run=dry_run, reporter=out.reporter)
     payload = {"spec": str(spec), "status": result.status, "path": str(result.path), "digest": result.digest,
                "digest_old": result.digest_old, "size": result.size, "files": result.files,

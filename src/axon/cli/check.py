@@ -1,0 +1,220 @@
+"""``axon test``, ``validate``, ``run``, ``test-integration``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from axon.cli._context import load_settings
+from axon.cli._options import json_option, quiet_option, spec_argument
+from axon.cli._output import Output
+from axon.errors import AxonError, UsageError
+from axon.spec import ModelSpec
+
+DEVICE = click.Choice(["auto", "cpu", "cuda"])
+
+
+class ChecksFailed(AxonError):
+    """One or more checks failed (exit 1); each was reported on its own line."""
+
+
+@click.command("test")
+@spec_argument
+@click.option("--device", type=DEVICE, help="Execution device (default: config 'device').")
+@json_option
+def test_cmd(spec: ModelSpec, device: str | None, as_json: bool) -> None:
+    """Quick smoke test of a cached model: integrity, onnx.checker, load, one inference.
+
+    One line per check; exit 1 if any fails.
+
+    \b
+    Examples:
+      axon test acme/ranker@2.1.0
+      axon test acme/ranker@2.1.0 --device cuda --json
+    """
+    from axon.validation import run_tests
+
+    run = run_tests(spec, load_settings(), device=device)
+    rows = [{"name": c.name, "ok": c.ok, "detail": c.detail, "seconds": c.seconds} for c in run.checks]
+    Output(json_mode=as_json).result(
+        {"spec": str(spec), "passed": run.ok, "checks": rows},
+        lambda: "\n".join(f"{'PASS' if c.ok else 'FAIL'}  {c.name:<14} {c.detail}  ({c.seconds * 1000:.0f} ms)"
+                          for c in run.checks))
+    if not run.ok:
+        raise ChecksFailed(f"{sum(not c.ok for c in run.checks)} check(s) failed for {str(spec)!r}.",
+                           hint=f"Details above; reinstall with: axon install {spec} --force")
+
+
+@click.command("validate")
+@spec_argument
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON with inputs and expected outputs (default: the package's samples/reference.json).")
+@click.option("--device", type=DEVICE, help="Execution device (default: config 'device').")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Batch size for the throughput test.")
+@click.option("--seconds", type=float, default=2.0, show_default=True, help="Time per performance measurement.")
+@json_option
+@quiet_option
+def validate_cmd(spec: ModelSpec, reference: Path | None, device: str | None, batch_size: int, seconds: float,
+                 as_json: bool, quiet: bool) -> None:
+    """Full validation: test + performance, accuracy, resources, compatibility; writes a report.
+
+    The report (validation.json + validation.txt) is stored beside the cached version, tied to
+    its integrity digest; `axon publish --validate` requires a passing one. With
+    auto_publish_on_validation: true, a passing validation publishes the model.
+
+    \b
+    Examples:
+      axon validate acme/ranker@2.1.0
+      axon validate acme/ranker@2.1.0 --reference golden.json --device cuda
+    """
+    from axon.validation import summary, validate
+
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1.")
+    settings = load_settings()
+    out = Output(json_mode=as_json, quiet=quiet)
+    report = validate(spec, settings, reference=reference, device=device, batch_size=batch_size, seconds=seconds,
+                      reporter=out.reporter)
+    published = None
+    if report["passed"] and settings.auto_publish_on_validation:
+        from axon.publish import publish
+
+        published = publish(spec, settings, reporter=out.reporter).status
+        report["auto_published"] = published
+    out.result(report, lambda: summary(report) + (f"\nauto-published: {published}" if published else ""))
+    if not report["passed"]:
+        raise ChecksFailed(f"Validation of {str(spec)!r} failed.", hint="See the failed lines above.")
+
+
+def _load_input_file(path: Path) -> dict[str, Any]:
+    import numpy as np
+
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            return {"tensors": {k: data[k] for k in data.files}}
+    if path.suffix == ".npy":
+        raise UsageError("A .npy file holds one unnamed array; use .npz (np.savez(file, name=array)) or JSON.")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"Cannot read --input-file {str(path)!r}: {exc}") from None
+    if isinstance(doc, dict) and "input" in doc:
+        return {"texts": doc["input"] if isinstance(doc["input"], list) else [doc["input"]]}
+    if isinstance(doc, dict) and "inputs" in doc:
+        doc = doc["inputs"]
+    if not isinstance(doc, dict):
+        raise UsageError("--input-file JSON must be {'input': text} or {'inputs': {name: nested list}}.")
+    return {"tensors": doc}
+
+
+@click.command("run")
+@spec_argument
+@click.option("--input", "texts", multiple=True, help="Text to run the model on (repeat for a batch).")
+@click.option("--input-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON ({'input': …} or {'inputs': {name: values}}) or .npz with named tensors.")
+@click.option("--device", type=DEVICE, help="Execution device (default: config 'device').")
+@click.option("--raw", is_flag=True, help="Also print raw graph outputs when postprocessing exists.")
+@json_option
+def run_cmd(spec: ModelSpec, texts: tuple[str, ...], input_file: Path | None, device: str | None, raw: bool,
+            as_json: bool) -> None:
+    """Local inference on a cached model, no server needed.
+
+    \b
+    Examples:
+      axon run demo/text-encoder@1.0.0 --input "Hello, MLOS!"
+      axon run acme/ranker@2.1.0 --input-file batch.npz --json
+    """
+    import numpy as np
+
+    from axon.cache import get_installed
+    from axon.inference import LocalModel
+
+    if bool(texts) == bool(input_file):
+        raise UsageError("Give either --input TEXT or --input-file FILE.")
+    settings = load_settings()
+    cached = get_installed(settings.cache_dir, spec)
+    model = LocalModel(cached.path, cached.manifest, device=device or settings.device)
+    feeds = {"texts": list(texts)} if texts else _load_input_file(input_file)  # type: ignore[arg-type]
+    if "tensors" in feeds:
+        dtypes = {t.name: t.dtype for t in cached.manifest.inputs}
+        feeds["tensors"] = {k: np.asarray(v, dtype=dtypes.get(k, "float32")) for k, v in feeds["tensors"].items()}
+    outputs = model.run(**feeds)
+    post = cached.manifest.postprocessing
+    if post and post.get("type") not in (None, "none") and not raw:
+        outputs = {k: v for k, v in outputs.items() if k not in {t.name for t in cached.manifest.outputs}}
+
+    def human() -> str:
+        lines = [f"{spec} on {model.provider}"]
+        with np.printoptions(precision=5, threshold=12, edgeitems=3, suppress=True):
+            for name, arr in outputs.items():
+                lines.append(f"{name}  {arr.dtype.name} {list(arr.shape)}")
+                lines.append("  " + str(arr).replace("\n", "\n  "))
+        labels = (post or {}).get("labels")
+        if labels and "probabilities" in outputs:
+            for row in outputs["probabilities"]:
+                lines.append(f"  top: {labels[int(np.argmax(row))]} ({float(np.max(row)):.3f})")
+        return "\n".join(lines)
+
+    Output(json_mode=as_json).result(
+        {"spec": str(spec), "provider": model.provider,
+         "outputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name, "data": v.tolist()}
+                     for k, v in outputs.items()}},
+        human)
+
+
+@click.command("test-integration")
+@spec_argument
+@click.option("--input", "text", default="Hello, MLOS!", show_default=True, help="Text to compare on.")
+@json_option
+def test_integration_cmd(spec: ModelSpec, text: str, as_json: bool) -> None:
+    """Check the running MLOS Core: health, registration, and that its answer equals local inference.
+
+    \b
+    Examples:
+      axon test-integration acme/encoder@1.0.0
+      MLOS_CORE_ENDPOINT=http://gpu-box:8080 axon test-integration acme/encoder@1.0.0
+    """
+    import numpy as np
+
+    from axon.cache import get_installed
+    from axon.core_client import CoreClient
+    from axon.inference import LocalModel, synthesize_inputs
+
+    settings = load_settings()
+    client = CoreClient(settings)
+    checks: list[tuple[str, bool, str]] = []
+    health = client.health()
+    checks.append(("health", health.get("status") == "healthy", f"{settings.core_endpoint} version "
+                   f"{health.get('version')}"))
+    models = {m["model_id"]: m for m in client.models().get("models", [])}
+    state = models.get(str(spec), {}).get("state")
+    checks.append(("registered", state == "ready", f"state {state or 'not registered'}"
+                   + ("" if state else f" (run: axon register {spec})")))
+    if state == "ready":
+        cached = get_installed(settings.cache_dir, spec)
+        local = LocalModel(cached.path, cached.manifest, device="cpu")
+        if local.text is not None:
+            body: dict[str, Any] = {"input": text}
+            mine = local.run(texts=[text])
+        else:
+            feeds = synthesize_inputs(cached.manifest.inputs)
+            body = {"inputs": {k: v.tolist() for k, v in feeds.items()}}
+            mine = local.run(tensors=feeds)
+        answer = client.infer(spec, body)["outputs"]
+        worst = 0.0
+        for name, arr in mine.items():
+            if name in answer:
+                worst = max(worst, float(np.abs(np.asarray(answer[name]["data"]) - arr).max(initial=0)))
+        same = worst <= 1e-3 and set(mine) <= set(answer)
+        checks.append(("same answer", same, f"max abs difference {worst:.2e} over {sorted(mine)}"))
+        checks.append(("same content", models[str(spec)].get("digest") == cached.manifest.digest,
+                       f"server digest {models[str(spec)].get('digest')}, cache {cached.manifest.digest}"))
+    ok = all(c[1] for c in checks)
+    Output(json_mode=as_json).result(
+        {"spec": str(spec), "passed": ok, "checks": [{"name": n, "ok": o, "detail": d} for n, o, d in checks]},
+        lambda: "\n".join(f"{'PASS' if o else 'FAIL'}  {n:<13} {d}" for n, o, d in checks))
+    if not ok:
+        raise ChecksFailed(f"Integration test of {str(spec)!r} against {settings.core_endpoint} failed.")

@@ -1,0 +1,89 @@
+"""GPU: MLOS Core end to end (HTTP, JSON, tokenization, batching) against raw onnxruntime on the
+same GPU, BERT-base shape (12 layers, hidden 768; random weights), sequence length 128, text in,
+mean-pooled embeddings out. Also checks the server really runs on CUDAExecutionProvider.
+
+  python benchmarks/bench_gpu.py [--device cuda] [--model bert-base] [--clients 128] [--seconds 8]
+
+Reference ceilings for an H200 are in ../shared/docs/gpu-reference.md (raw ORT fp32 b=32: 4,336
+seq/s; fp16 fused + IOBinding: 9,726 seq/s). This measures the server against raw fp32 ORT run
+here, in the same session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_server import core, load, prepare
+
+WORDS = ["hello", "world", "mlos", "axon", "model", "inference", "server", "production", "cache", "publish",
+         "register", "test", "validate", "run"]
+LONG_TEXT = " ".join(WORDS * 12)  # > 128 tokens: truncated to exactly 128
+
+
+def raw(model_dir: Path, device: str, batch: int, seconds: float) -> tuple[float, str]:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    if device == "cuda" and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=providers)
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.enable_truncation(128)
+    enc = tok.encode_batch([LONG_TEXT] * batch)
+    ids = np.asarray([e.ids for e in enc], np.int64)
+    mask = np.asarray([e.attention_mask for e in enc], np.int64)
+    for _ in range(5):
+        sess.run(None, {"input_ids": ids, "attention_mask": mask})
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        sess.run(None, {"input_ids": ids, "attention_mask": mask})
+        n += batch
+    return n / (time.perf_counter() - t0), sess.get_providers()[0]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    ap.add_argument("--model", default="bert-base", choices=["minilm", "bert-base"])
+    ap.add_argument("--clients", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=8)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="axon-bench-gpu-"))
+    t0 = time.perf_counter()
+    repo = prepare(work, args.model)
+    print(f"prepared {args.model} in {time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs", flush=True)
+    enc_dir = repo / "bench" / "encoder" / "1"
+    raw_tput, raw_provider = raw(enc_dir, args.device, args.batch, args.seconds)
+    print(f"raw onnxruntime fp32 b={args.batch}, seq 128 on {raw_provider}: {raw_tput:.1f} seq/s", flush=True)
+    results = {"raw_fp32": raw_tput, "raw_provider": raw_provider}
+    for mb in (32, 64):
+        s = core(repo, work, args.device, "--max-batch-size", str(mb), "--max-queue-size", "4096",
+                 "--instances", "2")
+        models = json.loads(__import__("urllib.request").request.urlopen(s.url + "/models").read())["models"]
+        provider = {m["model_id"]: m["provider"] for m in models}["bench/encoder@1"]
+        r = load(s.url + "/models/bench/encoder@1/inference", {"input": LONG_TEXT, "outputs": ["embeddings"]},
+                 args.clients, args.seconds)
+        s.stop()
+        ratio = r["throughput"] / raw_tput
+        print(f"server max_batch {mb}, {args.clients} clients on {provider}: {r['throughput']:.1f} seq/s, "
+              f"p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms -> {ratio:.2f}x raw fp32", flush=True)
+        results[f"server_mb{mb}"] = {"throughput": r["throughput"], "provider": provider, "ratio_vs_raw": ratio,
+                                     "p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"]}
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

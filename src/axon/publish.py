@@ -24,7 +24,7 @@ from axon.audit import AuditLog, AuditRecord
 from axon.cache import get_installed
 from axon.errors import AlreadyInstalledError, AxonError, IntegrityError, PermissionDeniedError
 from axon.fastio import copy_files, rename_exchange
-from axon.install import cleanup_stale_staging
+from axon.install import cleanup_stale_staging, installed_manifest
 from axon.integrity import VerifyReport, verify_version_dir
 from axon.layout import MANIFEST_NAME, StoreLayout
 from axon.manifest import Manifest, load_manifest
@@ -102,13 +102,7 @@ class ProductionRepo:
                     os.chmod(d, 0o2775)
 
     def current(self, spec: ModelSpec) -> Manifest | None:
-        path = self.layout.manifest_path(spec)
-        if not path.is_file():
-            return None
-        try:
-            return load_manifest(path)
-        except AxonError:
-            return None
+        return installed_manifest(self.layout, spec)
 
     def record(self, action: str, spec: ModelSpec, result: str, **kw: Any) -> None:
         self.audit.append(AuditRecord(action=action, spec=str(spec), result=result, **kw))

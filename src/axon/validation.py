@@ -141,6 +141,26 @@ def _vm(field_name: str) -> int:
     return 0
 
 
+def _gpu_memory_of_this_process() -> int | None:
+    """GPU memory this process holds, from nvidia-smi (None when it cannot be asked)."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(os.getpid()) and parts[1].isdigit():
+            return int(parts[1]) * 2**20
+    return None
+
+
 def _percentiles(samples: list[float]) -> dict[str, float]:
     s = sorted(samples)
 
@@ -207,7 +227,7 @@ def validate(spec: ModelSpec, settings: Settings, *, reference: Path | None = No
         "model_bytes": manifest.total_size, "rss_before_bytes": rss_before, "peak_rss_bytes": peak,
         "requirements_memory_bytes": req,
         "within_requirements": None if not req else bool(peak - rss_before <= 4 * int(req)),
-        "gpu_memory_bytes": None,
+        "gpu_memory_bytes": _gpu_memory_of_this_process() if model.provider == "CUDAExecutionProvider" else None,
     }
     dtypes = {t.dtype for t in manifest.inputs}
     supported = {"float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"}

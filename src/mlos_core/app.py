@@ -81,7 +81,8 @@ def build_pending(model: LoadedModel, body: Any, deadline: float) -> Pending:
             raise ApiError(400, "bad_input", "'input' must be a non-empty string or list of strings")
         if len(texts) > model.batcher.max_batch_size:
             raise ApiError(400, "too_many_inputs", f"at most {model.batcher.max_batch_size} texts per request")
-        return Pending(rows=len(texts), key=("text",), texts=texts, deadline=deadline)
+        return Pending(rows=len(texts), key=("text",), texts=texts, deadline=deadline,
+                       tokens=estimate_tokens(texts, model))
     tensors = body.get("inputs")
     if not isinstance(tensors, dict) or not tensors:
         raise ApiError(400, "bad_request", "send {'input': text} or {'inputs': {name: nested list}}")
@@ -97,6 +98,12 @@ def build_pending(model: LoadedModel, body: Any, deadline: float) -> Pending:
         arr = array_from_json(name, data, np_dtype(spec.dtype))
         arrays[name] = check_against_schema(name, arr, spec.shape, spec.dtype)
     return pending_from_arrays(model, arrays, deadline)
+
+
+def estimate_tokens(texts: list[str], model: LoadedModel) -> int:
+    """A cheap upper-bound guess of the tokens a request adds (words x 1.5 + specials), capped at max_length."""
+    cap = model.text.max_length if model.text is not None else 512
+    return sum(min(cap, int(len(t.split()) * 1.5) + len(t) // 20 + 2) for t in texts)
 
 
 def pending_from_arrays(model: LoadedModel, arrays: dict[str, np.ndarray], deadline: float) -> Pending:

@@ -32,6 +32,7 @@ class Pending:
 
     rows: int
     key: tuple[Any, ...]  # requests batch together only when their keys are equal
+    tokens: int = 0  # estimated tokens (text only): a batch stays within the token budget
     texts: list[str] | None = None
     tensors: dict[str, np.ndarray] | None = None
     future: asyncio.Future[BatchResult] | None = None
@@ -52,13 +53,15 @@ RunBatch = Callable[[list[Pending]], list[dict[str, np.ndarray]]]
 
 class Batcher:
     def __init__(self, name: str, run_batch: RunBatch, *, max_batch_size: int, max_queue_delay_s: float,
-                 max_queue_size: int, instances: int = 1, observe: Callable[..., None] | None = None) -> None:
+                 max_queue_size: int, instances: int = 1, observe: Callable[..., None] | None = None,
+                 max_batch_tokens: int = 0) -> None:
         self.name = name
         self.run_batch = run_batch
         self.max_batch_size = max(1, max_batch_size)
         self.max_queue_delay_s = max(0.0, max_queue_delay_s)
         self.max_queue_size = max_queue_size
         self.instances = max(1, instances)
+        self.max_batch_tokens = max(0, max_batch_tokens)
         self.observe = observe or (lambda **_: None)
         self._queue: deque[Pending] = deque()
         self._wakeup = asyncio.Event()
@@ -88,13 +91,16 @@ class Batcher:
 
     def _take_batch(self) -> list[Pending]:
         first = self._queue.popleft()
-        batch, rows = [first], first.rows
+        batch, rows, tokens = [first], first.rows, first.tokens
         skipped: list[Pending] = []
+        budget = self.max_batch_tokens
         while self._queue and rows < self.max_batch_size:
             item = self._queue.popleft()
-            if item.key == first.key and rows + item.rows <= self.max_batch_size:
+            fits = rows + item.rows <= self.max_batch_size and (not budget or tokens + item.tokens <= budget)
+            if item.key == first.key and fits:
                 batch.append(item)
                 rows += item.rows
+                tokens += item.tokens
             else:
                 skipped.append(item)
         self._queue.extendleft(reversed(skipped))

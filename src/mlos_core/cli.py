@@ -27,6 +27,7 @@ def cli() -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Execution provider choice.")
 @click.option("--max-batch-size", type=int, help="Rows per batch (default 32).")
 @click.option("--max-queue-delay-ms", type=float, help="Wait this long for a batch to fill (default 0).")
+@click.option("--max-batch-tokens", type=int, help="Text: estimated tokens per batch (default 0 = no budget).")
 @click.option("--max-queue-size", type=int, help="Waiting requests per model before 503 (default 256).")
 @click.option("--instances", type=int, help="Batches run at once per model (default 1).")
 @click.option("--intra-op-threads", type=int, help="onnxruntime threads per batch (default: all cores).")

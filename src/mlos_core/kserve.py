@@ -174,7 +174,10 @@ def routes(settings: ServerSettings, registry: Registry, metrics: Metrics, admin
         if texts:
             if len(texts) > m.batcher.max_batch_size:
                 raise ApiError(400, "too_many_inputs", f"at most {m.batcher.max_batch_size} texts per request")
-            pending = Pending(rows=len(texts), key=("text",), texts=texts, deadline=deadline)
+            from mlos_core.app import estimate_tokens
+
+            pending = Pending(rows=len(texts), key=("text",), texts=texts, deadline=deadline,
+                              tokens=estimate_tokens(texts, m))
         else:
             missing = sorted({t.name for t in m.manifest.inputs} - set(arrays))
             if missing:

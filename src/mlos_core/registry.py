@@ -118,7 +118,7 @@ class Registry:
         loaded = LoadedModel(located, info, text, None)  # type: ignore[arg-type]
         loaded.batcher = Batcher(model_id, loaded.run_batch, max_batch_size=s.max_batch_size,
                                  max_queue_delay_s=s.max_queue_delay_ms / 1000, max_queue_size=s.max_queue_size,
-                                 instances=s.instances, observe=observe)
+                                 instances=s.instances, observe=observe, max_batch_tokens=s.max_batch_tokens)
         loaded.load_seconds = time.perf_counter() - t0
         log.info("loaded %s on %s in %.2fs%s", model_id, info.provider, loaded.load_seconds,
                  f" ({info.note})" if info.note else "")

@@ -20,6 +20,7 @@ class ServerSettings:
     device: str = "auto"  # auto | cpu | cuda
     max_batch_size: int = 32
     max_queue_delay_ms: float = 0.0
+    max_batch_tokens: int = 0  # text: padded tokens per batch (rows x longest); 0 = no budget
     max_queue_size: int = 256
     instances: int = 1
     intra_op_threads: int = 0

@@ -3,9 +3,11 @@ registrations at start and drains the batchers at shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -27,7 +29,7 @@ from mlos_core.settings import ServerSettings
 from mlos_core.telemetry import Metrics
 from mlos_core.tensors import array_from_json, check_against_schema, np_dtype
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_app_from_env"]
 
 log = logging.getLogger("mlos_core.app")
 
@@ -172,7 +174,7 @@ def create_app(settings: ServerSettings) -> Starlette:
         if raw.endswith("/inference"):
             if request.method != "POST":
                 raise ApiError(405, "method_not_allowed", "use POST for inference")
-            model = registry.get(model_id_from_path(raw[: -len("/inference")]))
+            model = await registry.resolve(model_id_from_path(raw[: -len("/inference")]))
             body = await read_json(request, settings.max_body_bytes)
             deadline = time.perf_counter() + settings.request_timeout_s
             try:
@@ -206,7 +208,10 @@ def create_app(settings: ServerSettings) -> Starlette:
         await registry.restore()
         log.info("MLOS Core %s: repository %s, %d model(s) restored", __version__, settings.repository,
                  len(registry.models))
+        watcher = asyncio.get_running_loop().create_task(registry.watch_state()) if settings.workers > 1 else None
         yield
+        if watcher is not None:
+            watcher.cancel()
         await registry.close()  # SIGTERM: uvicorn stops accepting, in-flight requests finish, then this
 
     routes = [
@@ -229,3 +234,14 @@ def create_app(settings: ServerSettings) -> Starlette:
     app.state.registry = registry
     app.state.metrics = metrics
     return app
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for uvicorn's worker processes: settings arrive as JSON in MLOS_CORE_SETTINGS."""
+    from pathlib import Path
+
+    raw = json.loads(os.environ["MLOS_CORE_SETTINGS"])
+    for key in ("repository", "token_file", "state_dir"):
+        if raw.get(key):
+            raw[key] = Path(raw[key])
+    return create_app(ServerSettings(**raw))

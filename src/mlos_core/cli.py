@@ -30,6 +30,8 @@ def cli() -> None:
 @click.option("--max-batch-tokens", type=int, help="Text: estimated tokens per batch (default 0 = no budget).")
 @click.option("--max-queue-size", type=int, help="Waiting requests per model before 503 (default 256).")
 @click.option("--instances", type=int, help="Batches run at once per model (default 1).")
+@click.option("--workers", type=int, help="HTTP worker processes sharing the port (default 1); each loads "
+              "every registered model.")
 @click.option("--intra-op-threads", type=int, help="onnxruntime threads per batch (default: all cores).")
 @click.option("--request-timeout", "request_timeout_s", type=float, help="Per-request deadline, s (504 after).")
 @click.option("--max-body-bytes", type=int, help="Largest request body (413 above; default 64 MiB).")
@@ -63,6 +65,9 @@ def serve(config_file: Path | None, port_file: Path | None, **options: object) -
                    f"hint: create it with: sudo axon setup-production --dir {settings.repository}", err=True)
         sys.exit(1)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.workers > 1:
+        _serve_workers(settings, port_file)
+        return
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
                             log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
@@ -71,6 +76,37 @@ def serve(config_file: Path | None, port_file: Path | None, **options: object) -
     if port_file is not None:
         _write_port_when_started(server, port_file)
     server.run()
+
+
+def _serve_workers(settings: object, port_file: Path | None) -> None:
+    """N processes on one listening socket (bound here, before forking), like uvicorn --workers.
+
+    The token is created here so every worker reads the same one; registrations are shared
+    through the state directory (each worker follows the registrations file)."""
+    import dataclasses
+    import json
+    import os
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from mlos_core.auth import load_or_create_token
+
+    s = settings
+    load_or_create_token(s.token_file, s.repository)  # type: ignore[attr-defined]
+    os.environ["MLOS_CORE_SETTINGS"] = json.dumps(
+        {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items()})  # type: ignore[call-overload]
+    config = uvicorn.Config("mlos_core.app:create_app_from_env", factory=True, host=s.host,  # type: ignore[attr-defined]
+                            port=s.port, loop="uvloop", http="httptools", log_level=s.log_level,  # type: ignore[attr-defined]
+                            access_log=False, timeout_graceful_shutdown=30, lifespan="on",
+                            workers=s.workers)  # type: ignore[attr-defined]
+    sock = config.bind_socket()
+    sock.listen(config.backlog)  # accept into the backlog at once; workers pick connections up when ready
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(sock.getsockname()[1]))
+        tmp.replace(port_file)
+    Multiprocess(config, sockets=[sock]).run()
 
 
 def _write_port_when_started(server: object, port_file: Path) -> None:

@@ -156,6 +156,8 @@ def routes(settings: ServerSettings, registry: Registry, metrics: Metrics, admin
         if action == "infer":
             if request.method != "POST":
                 raise ApiError(405, "method_not_allowed", "use POST for infer")
+            if version:
+                await registry.resolve(f"{name}@{version}")
             return await infer(request, name, version)
         m = _find_model(registry, name, version)
         if action == "ready":

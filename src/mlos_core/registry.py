@@ -92,6 +92,16 @@ class Registry:
                            "(register it: axon register SPEC)")
         return model
 
+    async def resolve(self, model_id: str) -> LoadedModel:
+        """Like get, but a model another worker registered a moment ago is loaded here first."""
+        model = self.models.get(model_id)
+        if model is None and model_id in self.saved_models():
+            await self.register(model_id=model_id, persist=False)
+            model = self.models.get(model_id)
+        if model is None:
+            return self.get(model_id)
+        return model
+
     def _lock(self, model_id: str) -> asyncio.Lock:
         return self._locks.setdefault(model_id, asyncio.Lock())
 
@@ -124,7 +134,8 @@ class Registry:
                  f" ({info.note})" if info.note else "")
         return loaded
 
-    async def register(self, *, model_id: str | None = None, manifest_path: str | None = None) -> dict[str, Any]:
+    async def register(self, *, model_id: str | None = None, manifest_path: str | None = None,
+                       persist: bool = True) -> dict[str, Any]:
         located = locate(self.settings.repository, model_id=model_id, manifest_path=manifest_path)
         key = str(located.spec)
         async with self._lock(key):
@@ -137,24 +148,76 @@ class Registry:
             loaded.batcher.start()
             self.models[key] = loaded  # new requests go to the new copy from here on
             self.failed.pop(key, None)
-            self._persist()
+            if persist:
+                self._persist_change(add=key)
             if current is not None:
                 await current.batcher.close()  # in-flight requests on the old copy finish first
                 return {**loaded.describe(), "status": "reloaded"}
             return {**loaded.describe(), "status": "registered"}
 
-    async def unregister(self, model_id: str) -> dict[str, Any]:
+    async def unregister(self, model_id: str, *, persist: bool = True) -> dict[str, Any]:
         async with self._lock(model_id):
             model = self.models.pop(model_id, None)
-            if model is None:
+            if model is None and not (persist and model_id in self.saved_models()):
                 raise ApiError(404, "model_not_found", f"model {model_id!r} is not registered")
-            self._persist()
-            await model.batcher.close()
+            if persist:
+                self._persist_change(remove=model_id)
+            if model is not None:
+                await model.batcher.close()
         return {"status": "unregistered", "model_id": model_id}
 
-    def _persist(self) -> None:
+    def saved_models(self) -> list[str]:
+        try:
+            return list(json.loads(self.state_file.read_text()).get("models", []))
+        except (OSError, ValueError):
+            return []
+
+    def _persist_change(self, *, add: str | None = None, remove: str | None = None) -> None:
+        """Read-modify-write of the registrations file under a lock: workers share it."""
+        import fcntl
+        import os
+
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.state_file, json.dumps({"models": sorted(self.models)}, indent=2) + "\n", mode=0o640)
+        fd = os.open(self.settings.state_dir / "registrations.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            models = set(self.saved_models())
+            if add:
+                models.add(add)
+            if remove:
+                models.discard(remove)
+            atomic_write_text(self.state_file, json.dumps({"models": sorted(models)}, indent=2) + "\n", mode=0o640)
+        finally:
+            os.close(fd)
+
+    async def sync_from_state(self) -> None:
+        """Load what the registrations file lists and unload what it no longer does (other workers)."""
+        saved = set(self.saved_models())
+        for model_id in sorted(saved - set(self.models) - set(self.failed)):
+            try:
+                await self.register(model_id=model_id, persist=False)
+            except ApiError as exc:
+                self.failed[model_id] = exc.message
+        for model_id in sorted(set(self.models) - saved):
+            await self.unregister(model_id, persist=False)
+        for model_id in list(self.failed):
+            if model_id not in saved:
+                self.failed.pop(model_id, None)
+
+    async def watch_state(self, interval_s: float = 0.5) -> None:
+        last = None
+        while True:
+            try:
+                mtime = self.state_file.stat().st_mtime_ns
+            except FileNotFoundError:
+                mtime = 0
+            if mtime != last:
+                last = mtime
+                try:
+                    await self.sync_from_state()
+                except Exception:
+                    log.exception("syncing registrations failed")
+            await asyncio.sleep(interval_s)
 
     async def restore(self) -> None:
         """Re-register (and so re-verify) what was registered before the restart."""
@@ -167,7 +230,7 @@ class Registry:
             return
         for model_id in saved:
             try:
-                await self.register(model_id=model_id)
+                await self.register(model_id=model_id, persist=False)
             except ApiError as exc:
                 self.failed[model_id] = exc.message
                 log.error("could not restore %s: %s", model_id, exc.message)

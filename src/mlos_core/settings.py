@@ -23,6 +23,7 @@ class ServerSettings:
     max_batch_tokens: int = 0  # text: padded tokens per batch (rows x longest); 0 = no budget
     max_queue_size: int = 256
     instances: int = 1
+    workers: int = 1  # HTTP worker processes, each with its own sessions and batchers
     intra_op_threads: int = 0
     request_timeout_s: float = 30.0
     max_body_bytes: int = 64 << 20

@@ -397,3 +397,22 @@ def test_concurrency_is_thread_safe_under_reload(core: Core, published: tuple[Se
     for t in threads:
         t.join()
     assert status == 200 and codes and set(codes) == {200}
+
+
+def test_several_worker_processes_share_registrations(published: tuple[Settings, Path], tmp_path: Path) -> None:
+    settings, _ = published
+    with core_server(settings.publish_dir, tmp_path, "--workers", "2") as c:
+        assert c.call("POST", "/models/register", {"model_id": MLP})[0] in (200, 201)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # connections land on both workers
+            codes = list(pool.map(lambda _: c.call("POST", f"/models/{MLP}/inference",
+                                                   {"inputs": {"x": [[1, 2, 3, 4]]}})[0], range(60)))
+        assert set(codes) == {200}
+        assert c.call("DELETE", f"/models/{MLP}")[0] == 200
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # every worker follows the registrations file
+            codes = [c.call("POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})[0]
+                     for _ in range(10)]
+            if set(codes) == {404}:
+                break
+            time.sleep(0.2)
+        assert set(codes) == {404}

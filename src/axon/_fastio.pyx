@@ -225,11 +225,7 @@ def hash_files(list paths, int workers=0, object progress=None, object pipeline=
     workers = min(workers, len(paths))
     cancel = Cancel()
     lock = threading.Lock()
-    report = None
-    if progress is not None:
-        def report(n):
-            with lock:
-                progress(n)
+    report = _serialized(progress, lock)
     if pipeline is None and workers >= ncpu:
         pipeline = False  # pipelining pays only while fewer files are hashed at once than there are cores
     if workers == 1:
@@ -249,6 +245,18 @@ def hash_files(list paths, int workers=0, object progress=None, object pipeline=
         for fut, i in futures.items():
             results[i] = fut.result()
     return results
+
+
+def _serialized(object progress, object lock):
+    """The caller's progress callback, called from one worker thread at a time."""
+    if progress is None:
+        return None
+
+    def report(n):
+        with lock:
+            progress(n)
+
+    return report
 
 
 cdef _wait_all(dict futures, Cancel cancel):
@@ -594,11 +602,7 @@ def copy_files(list pairs, int workers=0, bint verify=False, bint durable=False,
         return []
     cancel = Cancel()
     lock = threading.Lock()
-    report = None
-    if progress is not None:
-        def report(n):
-            with lock:
-                progress(n)
+    report = _serialized(progress, lock)
     sizes = []
     for s, _ in pairs:
         try:

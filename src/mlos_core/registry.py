@@ -57,9 +57,9 @@ class LoadedModel:
     # Runs on the batcher's worker thread.
     def run_batch(self, items: list[Pending]) -> list[dict[str, np.ndarray]]:
         if items[0].texts is not None:
-            texts = [t for item in items for t in (item.texts or [])]
-            assert self.text is not None  # the handler only queues text for text models
-            feeds = self.text.encode(texts)
+            if self.text is None:  # the handlers only queue text for text models
+                raise ApiError(400, "not_a_text_model", f"model {self.model_id!r} takes tensors, not text")
+            feeds = self.text.encode([t for item in items for t in (item.texts or [])])
         else:
             names = list(items[0].tensors or {})
             feeds = {n: np.concatenate([item.tensors[n] for item in items], axis=0)  # type: ignore[index]

@@ -271,6 +271,9 @@ def test_ctrl_c_stops_a_big_copy_within_a_second(tmp_path: Path) -> None:
             if not finished.is_set():
                 os.kill(os.getpid(), signal.SIGINT)
 
+    # A job started in the background by a non-interactive shell inherits SIGINT as ignored, and
+    # Python then never raises KeyboardInterrupt: install the usual handler for this test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt, daemon=True).start()
     interrupted = False
     try:
@@ -279,6 +282,7 @@ def test_ctrl_c_stops_a_big_copy_within_a_second(tmp_path: Path) -> None:
         interrupted = True
     finally:
         finished.set()
+        signal.signal(signal.SIGINT, previous)
     assert interrupted, "the copy finished before Ctrl-C arrived"
     # Stopped mid-file, between chunks: far from the 512 MiB a finished copy would report.
     assert 0 < sum(copied) < 256 << 20

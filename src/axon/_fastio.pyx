@@ -644,7 +644,10 @@ def copy_files(list pairs, int workers=0, bint verify=False, bint durable=False,
                 results[i] = list(fut.result())
             if verify:
                 todo = [i for i in order if results[i][2] is None]
-                digests = hash_files([pairs[i][1] for i in todo], workers)
+                # One thread per large file (sha256 is sequential within a file): with fewer
+                # threads than large files, the last one would be hashed alone on one core.
+                big = sum(1 for i in todo if results[i][0] >= PIPELINE_MIN_BYTES)
+                digests = hash_files([pairs[i][1] for i in todo], max(workers or ncpu, big))
                 for i, (_, sha, xxh) in zip(todo, digests):
                     results[i][2], results[i][3] = sha, xxh
             if durable:

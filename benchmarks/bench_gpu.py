@@ -43,14 +43,22 @@ def load_many(url: str, body: dict[str, object], clients: int, seconds: float, p
             "p95_ms": max(o["p95_ms"] for o in outs)}
 
 
-def raw(model_dir: Path, device: str, batch: int, seconds: float) -> tuple[float, str]:
+def raw(model_dir: Path, device: str, batch: int, seconds: float, precision: str = "fp32") -> tuple[float, str]:
+    import onnx
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
     if device == "cuda" and hasattr(ort, "preload_dlls"):
         ort.preload_dlls()
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=providers)
+    model: str | bytes = str(model_dir / "model.onnx")
+    if precision == "fp16":
+        from mlos_core.graph_opt import to_fp16
+
+        proto, how = to_fp16(onnx.load(str(model)))
+        print(f"raw {how}", flush=True)
+        model = proto.SerializeToString()
+    sess = ort.InferenceSession(model, providers=providers)
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     tok.enable_truncation(128)
     enc = tok.encode_batch([LONG_TEXT] * batch)
@@ -82,10 +90,17 @@ def main() -> int:
     enc_dir = repo / "bench" / "encoder" / "1"
     raw_tput, raw_provider = raw(enc_dir, args.device, args.batch, args.seconds)
     print(f"raw onnxruntime fp32 b={args.batch}, seq 128 on {raw_provider}: {raw_tput:.1f} seq/s", flush=True)
-    results = {"raw_fp32": raw_tput, "raw_provider": raw_provider}
-    for mb, workers in ((64, 1), (64, args.workers)):
+    results: dict[str, object] = {"raw_fp32": raw_tput, "raw_provider": raw_provider}
+    configs = [("fp32", 1), ("fp32", args.workers)]
+    if args.device == "cuda":
+        raw16, _ = raw(enc_dir, args.device, args.batch, args.seconds, "fp16")
+        print(f"raw onnxruntime fp16 b={args.batch}, seq 128: {raw16:.1f} seq/s", flush=True)
+        results["raw_fp16"] = raw16
+        configs.append(("fp16", args.workers))
+    mb = 64
+    for precision, workers in configs:
         s = core(repo, work, args.device, "--max-batch-size", str(mb), "--max-queue-size", "4096",
-                 "--instances", "2", "--workers", str(workers))
+                 "--instances", "2", "--workers", str(workers), "--precision", precision)
         if workers > 1:
             time.sleep(10)  # the other workers load the model from the shared registrations file
         models = json.loads(__import__("urllib.request").request.urlopen(s.url + "/models").read())["models"]
@@ -94,10 +109,12 @@ def main() -> int:
                       args.clients, args.seconds, args.loadgens)
         s.stop()
         ratio = r["throughput"] / raw_tput
-        print(f"server max_batch {mb}, {workers} worker(s), {args.clients} clients on {provider}: "
+        notes = {m["model_id"]: m.get("runtime_notes") for m in models}["bench/encoder@1"]
+        print(f"server {precision} ({notes}), max_batch {mb}, {workers} worker(s), {args.clients} clients "
+              f"on {provider}: "
               f"{r['throughput']:.1f} seq/s, p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms "
               f"-> {ratio:.2f}x raw fp32", flush=True)
-        results[f"server_mb{mb}_w{workers}"] = {"throughput": r["throughput"], "provider": provider,
+        results[f"server_{precision}_w{workers}"] = {"throughput": r["throughput"], "provider": provider,
                                                 "ratio_vs_raw": ratio, "p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"]}
     print(json.dumps(results))
     return 0

@@ -57,6 +57,8 @@ def postprocess(spec: dict[str, Any] | None, outputs: dict[str, np.ndarray],
         return {}
     name = spec.get("output") or next(iter(outputs))
     if spec.get("type") == "mean_pooling":
+        if "embeddings" in outputs:  # already pooled inside the graph (MLOS Core's fused rewrite)
+            return {}
         hidden = outputs[name].astype(np.float32, copy=False)
         mask = feeds.get("attention_mask")
         weights = (mask[..., None].astype(np.float32) if mask is not None

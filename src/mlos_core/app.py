@@ -183,6 +183,8 @@ def create_app(settings: ServerSettings) -> Starlette:
                 metrics.request(model.model_id, "failed", exc.code)
                 raise
             wanted = body.get("outputs") if isinstance(body.get("outputs"), list) else None
+            if wanted is not None:
+                pending.outputs = frozenset(str(w) for w in wanted)
             result = await run_inference(model, pending)
             return JSONResponse({"model_id": model.model_id, "outputs": to_json_outputs(result.outputs, wanted),
                                  "batch_size": result.batch_size, "inference_time_us": result.compute_us,

@@ -30,6 +30,10 @@ def cli() -> None:
 @click.option("--max-batch-tokens", type=int, help="Text: estimated tokens per batch (default 0 = no budget).")
 @click.option("--max-queue-size", type=int, help="Waiting requests per model before 503 (default 256).")
 @click.option("--instances", type=int, help="Batches run at once per model (default 1).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), help="fp16: transformer-optimized fp16 graph "
+              "(needs --device cuda).")
+@click.option("--fuse-postprocessing/--no-fuse-postprocessing", default=None,
+              help="Run mean pooling inside the graph (default on).")
 @click.option("--workers", type=int, help="HTTP worker processes sharing the port (default 1); each loads "
               "every registered model.")
 @click.option("--intra-op-threads", type=int, help="onnxruntime threads per batch (default: all cores).")

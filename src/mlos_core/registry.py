@@ -47,7 +47,7 @@ class LoadedModel:
         m = self.manifest
         return {
             "model_id": self.model_id, "state": "ready", "digest": m.digest, "path": str(self.located.version_dir),
-            "provider": self.session.provider, "provider_note": self.session.note or None,
+            "provider": self.session.provider, "runtime_notes": self.session.note or None,
             "inputs": [t.to_dict() for t in m.inputs], "outputs": [t.to_dict() for t in m.outputs],
             "text_input": self.text is not None,
             "postprocessing": (m.postprocessing or {}).get("type"),
@@ -64,8 +64,19 @@ class LoadedModel:
             names = list(items[0].tensors or {})
             feeds = {n: np.concatenate([item.tensors[n] for item in items], axis=0)  # type: ignore[index]
                      for n in names}
-        raw = self.session.session.run(None, feeds)
-        outputs = {t.name: arr for t, arr in zip(self.manifest.outputs, raw, strict=False)}
+        session = self.session.session
+        available = [o.name for o in session.get_outputs()]
+        wanted: set[str] | None = set()
+        for item in items:
+            if item.outputs is None:
+                wanted = None
+                break
+            wanted |= set(item.outputs)  # type: ignore[operator]
+        names = available
+        if wanted is not None and "embeddings" in available and wanted <= {"embeddings"}:
+            names = ["embeddings"]  # only the pooled rows leave the device
+        raw = session.run(names, feeds)
+        outputs = dict(zip(names, raw, strict=True))
         outputs.update(postprocess(self.manifest.postprocessing, outputs, feeds))
         results = []
         start = 0
@@ -105,13 +116,33 @@ class Registry:
     def _lock(self, model_id: str) -> asyncio.Lock:
         return self._locks.setdefault(model_id, asyncio.Lock())
 
+    def _rewrite(self, model: bytes | str, manifest: Manifest) -> tuple[bytes | str, list[str]]:
+        """fp16 and in-graph pooling, on the verified bytes in memory (never on the published files)."""
+        s = self.settings
+        if not isinstance(model, bytes) or not (s.fuse_postprocessing or s.precision == "fp16"):
+            return model, []
+        import onnx
+
+        from mlos_core.graph_opt import fuse_mean_pooling, to_fp16
+
+        proto = onnx.load_from_string(model)
+        notes = []
+        if s.precision == "fp16":
+            proto, how = to_fp16(proto)
+            notes.append(how)
+        if s.fuse_postprocessing and fuse_mean_pooling(proto, manifest):
+            notes.append("mean pooling in the graph")
+        return proto.SerializeToString(), notes
+
     def _build(self, located: Located) -> LoadedModel:
         """Blocking: verify every file, create and warm the session (runs in a thread)."""
         t0 = time.perf_counter()
         root = self.settings.repository
         verify_files(root, located)
         model_bytes = read_verified_model(located)
+        model_bytes, self_notes = self._rewrite(model_bytes, located.manifest)
         info = create_session(model_bytes, self.settings.device, intra_op_threads=self.settings.intra_op_threads)
+        info.note = "; ".join(n for n in (info.note, *self_notes) if n)
         text = None
         if located.manifest.preprocessing and located.manifest.preprocessing.get("type") == "tokenizer":
             text = TextPipeline(located.version_dir, located.manifest)

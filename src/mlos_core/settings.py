@@ -24,6 +24,8 @@ class ServerSettings:
     max_queue_size: int = 256
     instances: int = 1
     workers: int = 1  # HTTP worker processes, each with its own sessions and batchers
+    precision: str = "fp32"  # fp32 | fp16 (CUDA only: transformer-optimized fp16 graph)
+    fuse_postprocessing: bool = True  # mean pooling inside the graph
     intra_op_threads: int = 0
     request_timeout_s: float = 30.0
     max_body_bytes: int = 64 << 20
@@ -38,6 +40,10 @@ class ServerSettings:
             object.__setattr__(self, "token_file", self.state_dir / "token")  # type: ignore[operator]
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if self.precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be fp32 or fp16, not {self.precision!r}")
+        if self.precision == "fp16" and self.device != "cuda":
+            raise ValueError("precision fp16 needs --device cuda (onnxruntime's CPU kernels are fp32)")
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> ServerSettings:

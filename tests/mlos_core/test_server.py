@@ -416,3 +416,24 @@ def test_several_worker_processes_share_registrations(published: tuple[Settings,
                 break
             time.sleep(0.2)
         assert set(codes) == {404}
+
+
+def test_bad_server_options_exit_2(tmp_path: Path) -> None:
+    for args in (["--precision", "fp16", "--device", "cpu"], ["--device", "tpu"]):
+        proc = subprocess.run([sys.executable, "-m", "mlos_core", "serve", "--repository", str(tmp_path), *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_pooling_fused_into_the_graph_is_reported_and_exact(core: Core, published: tuple[Settings, Path]) -> None:
+    settings, _ = published
+    models = {m["model_id"]: m for m in core.call("GET", "/models")[1]["models"]}
+    assert "mean pooling in the graph" in (models[TEXT]["runtime_notes"] or "")
+    vdir = settings.publish_dir / "demo" / "enc" / "1"
+    for outputs in (["embeddings"], None):
+        body = {"input": "fast safe model inference", **({"outputs": outputs} if outputs else {})}
+        answer = core.call("POST", f"/models/{TEXT}/inference", body)[1]["outputs"]
+        assert set(answer) == ({"embeddings"} if outputs else {"embeddings", "last_hidden_state"})
+        np.testing.assert_allclose(np.asarray(answer["embeddings"]["data"]),
+                                   ort_text_embedding(vdir, "fast safe model inference"), atol=1e-5)

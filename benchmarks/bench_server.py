@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import psutil
 
+from axon.core_process import CoreProcess, start_core
+
 HERE = Path(__file__).resolve().parent
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank in the morning."
 RESULTS: list[tuple[str, str, bool]] = []
@@ -43,20 +45,13 @@ def note(name: str, value: float, ok: bool, detail: str) -> None:
 
 def prepare(work: Path, cfg_name: str) -> Path:
     """Build the packages, install them into a sandbox cache and publish them into a repository."""
-    import grp
-
+    from axon.demo import sandbox_settings
     from axon.example_model import EncoderConfig, build_example_package
     from axon.install import install
     from axon.publish import publish
-    from axon.settings import Settings, set_config_value
     from axon.spec import parse_spec
 
-    env = {"AXON_HOME": str(work / "home"), "AXON_CACHE_DIR": str(work / "cache"),
-           "AXON_PUBLISH_DIR": str(work / "repo"), "HOME": str(work / "home")}
-    settings = Settings.from_env(env)
-    set_config_value(settings.config_file, "publish_group", grp.getgrgid(os.getegid()).gr_name)
-    settings = Settings.from_env(env)
-    settings.publish_dir.mkdir(parents=True, exist_ok=True)
+    settings = sandbox_settings(work)
     big = EncoderConfig.minilm_l6() if cfg_name == "minilm" else EncoderConfig.bert_base()
     for spec, cfg in (("bench/encoder@1", big), ("bench/tiny@1", EncoderConfig())):
         pkg = build_example_package(work / spec.replace("/", "_"), cfg, max_length=128)
@@ -65,32 +60,16 @@ def prepare(work: Path, cfg_name: str) -> Path:
     return settings.publish_dir
 
 
-class Server:
-    def __init__(self, argv: list[str], work: Path) -> None:
-        self.port_file = work / f"port-{time.monotonic_ns()}"
-        self.proc = subprocess.Popen([*argv, "--port-file", str(self.port_file)] if "--port-file" not in argv
-                                     else argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while not self.port_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port_file.read_text()}"
-
-    def rss_mib(self) -> float:
-        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
+def rss_mib(server: CoreProcess) -> float:
+    return psutil.Process(server.proc.pid).memory_info().rss / 2**20
 
 
-def core(repo: Path, work: Path, device: str, *extra: str) -> Server:
-    s = Server([sys.executable, "-m", "mlos_core", "serve", "--repository", str(repo), "--port", "0",
-                "--device", device, "--log-level", "warning", *extra], work)
-    token = (repo / ".axon" / "core" / "token").read_text().strip()
+def core(repo: Path, work: Path, device: str, *extra: str) -> CoreProcess:
+    """A server with both bench models registered."""
     import urllib.request
 
+    s = start_core(repo, work, ["--device", device, "--log-level", "warning", *extra])
+    token = (repo / ".axon" / "core" / "token").read_text().strip()
     for spec in ("bench/encoder@1", "bench/tiny@1"):
         req = urllib.request.Request(s.url + "/models/register", data=json.dumps({"model_id": spec}).encode(),
                                      method="POST", headers={"Authorization": f"Bearer {token}",
@@ -191,9 +170,9 @@ def main() -> int:
 
     s = core(repo, work, args.device, "--max-batch-size", "32", "--max-queue-size", "32")
     base = load(s.url + enc_path, body, 32, sec)
-    rss0 = s.rss_mib()
+    rss0 = rss_mib(s)
     over = load(s.url + enc_path, body, 64, sec)
-    rss1 = s.rss_mib()
+    rss1 = rss_mib(s)
     s.stop()
     note("overload: rejection p99 (ms)", over["reject_p99_ms"], over["reject_p99_ms"] <= 5,
          f"target <= 5 ms; {over['rejected']} rejected, {over['ok']} admitted at 2x clients")

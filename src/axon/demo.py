@@ -11,9 +11,6 @@ from __future__ import annotations
 import grp
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -52,6 +49,7 @@ def _stage(result: DemoResult, name: str, reporter: Reporter) -> Iterator[dict[s
 
 
 def sandbox_settings(sandbox: Path) -> Settings:
+    """Settings for a self-contained dev cache and production repository under *sandbox*."""
     env = {"AXON_HOME": str(sandbox / "home" / ".axon"), "AXON_CACHE_DIR": str(sandbox / "cache"),
            "AXON_PUBLISH_DIR": str(sandbox / "production"), "HOME": str(sandbox / "home")}
     settings = Settings.from_env(env)
@@ -62,32 +60,9 @@ def sandbox_settings(sandbox: Path) -> Settings:
     return settings
 
 
-@contextmanager
-def _core_server(settings: Settings, sandbox: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port_file = sandbox / "core.port"
-    log = open(sandbox / "mlos-core.log", "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([sys.executable, "-m", "mlos_core", "serve", "--repository", str(settings.publish_dir),
-                             "--port", "0", "--port-file", str(port_file), "--device", settings.device,
-                             "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AxonError(f"MLOS Core did not start; see {sandbox / 'mlos-core.log'}.")
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port_file.read_text()}", proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
-
-
 def run_demo(sandbox: Path, reporter: Reporter) -> DemoResult:
     from axon.core_client import CoreClient
+    from axon.core_process import running_core
     from axon.example_model import build_example_package
     from axon.install import install
     from axon.publish import publish
@@ -118,8 +93,9 @@ def run_demo(sandbox: Path, reporter: Reporter) -> DemoResult:
         published = publish(spec, settings)
         info.update(path=str(published.path), status=published.status)
     with _stage(result, "mlos-core serve on a free port (start ... shutdown)", reporter) as info, \
-            _core_server(settings, sandbox) as (endpoint, _proc):
-        info["endpoint"] = result.endpoint = endpoint
+            running_core(settings.publish_dir, sandbox, ["--device", settings.device, "--log-level", "warning"]) \
+            as core:
+        endpoint = info["endpoint"] = result.endpoint = core.url
         client = CoreClient(settings.with_(core_endpoint=endpoint))
         with _stage(result, f"axon register {spec}", reporter) as reg:
             registered = client.register(spec)

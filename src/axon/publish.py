@@ -232,11 +232,17 @@ def publish(spec: ModelSpec, settings: Settings, *, force: bool = False, dry_run
                          time.perf_counter() - t0, history)
 
 
-def rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
-    """Restore the most recent replaced copy of *spec*; the current copy becomes history."""
+def _open_for_change(settings: Settings) -> ProductionRepo:
+    """The production repository, once the caller is known to be allowed to change it."""
     require_publisher(settings.publish_group)
     repo = ProductionRepo(settings)
     repo.check_ready()
+    return repo
+
+
+def rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
+    """Restore the most recent replaced copy of *spec*; the current copy becomes history."""
+    repo = _open_for_change(settings)
     target = repo.layout.version_dir(spec)
     with repo.layout.lock(spec, wait=True):
         entries = repo.history_entries(spec)
@@ -265,9 +271,7 @@ def rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
 
 def unpublish(spec: ModelSpec, settings: Settings, *, purge: bool = False) -> dict[str, Any]:
     """Move a published version into history (restorable by rollback), or delete it for good."""
-    require_publisher(settings.publish_group)
-    repo = ProductionRepo(settings)
-    repo.check_ready()
+    repo = _open_for_change(settings)
     target = repo.layout.version_dir(spec)
     with repo.layout.lock(spec, wait=True):
         current = repo.current(spec)

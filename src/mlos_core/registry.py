@@ -34,6 +34,10 @@ class LoadedModel:
     batcher: Batcher
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
+    output_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.output_names = [o.name for o in self.session.session.get_outputs()]
 
     @property
     def model_id(self) -> str:
@@ -64,8 +68,7 @@ class LoadedModel:
             names = list(items[0].tensors or {})
             feeds = {n: np.concatenate([item.tensors[n] for item in items], axis=0)  # type: ignore[index]
                      for n in names}
-        session = self.session.session
-        available = [o.name for o in session.get_outputs()]
+        available = self.output_names
         wanted: set[str] | None = set()
         for item in items:
             if item.outputs is None:
@@ -75,7 +78,7 @@ class LoadedModel:
         names = available
         if wanted is not None and "embeddings" in available and wanted <= {"embeddings"}:
             names = ["embeddings"]  # only the pooled rows leave the device
-        raw = session.run(names, feeds)
+        raw = self.session.session.run(names, feeds)
         outputs = dict(zip(names, raw, strict=True))
         outputs.update(postprocess(self.manifest.postprocessing, outputs, feeds))
         results = []

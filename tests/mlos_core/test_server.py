@@ -19,9 +19,10 @@ import pytest
 import yaml
 from tokenizers import Tokenizer
 
+from axon.demo import sandbox_settings
 from axon.example_model import build_example_package
 from axon.settings import Settings
-from tests.support.core_server import Core, core_server, publish_dir_as, repo_settings
+from tests.support.core_server import Core, core_server, publish_dir_as
 from tests.support.onnx_models import mlp_model, write_mlp
 
 TEXT = "demo/enc@1"
@@ -31,7 +32,7 @@ MLP = "demo/mlp@1"
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
     tmp = tmp_path_factory.mktemp("core")
-    settings = repo_settings(tmp)
+    settings = sandbox_settings(tmp)
     publish_dir_as(settings, TEXT, build_example_package(tmp / "enc-src"))
     write_mlp(tmp / "mlp-src" / "model.onnx", features=4, out=3, seed=5)
     publish_dir_as(settings, MLP, tmp / "mlp-src")
@@ -235,7 +236,7 @@ def test_containment_attacks_are_refused(published: tuple[Settings, Path], tmp_p
 
 
 def test_reload_restart_and_unregister(tmp_path: Path) -> None:
-    settings = repo_settings(tmp_path)
+    settings = sandbox_settings(tmp_path)
     write_mlp(tmp_path / "v1" / "model.onnx", seed=1)
     write_mlp(tmp_path / "v2" / "model.onnx", seed=2)
     publish_dir_as(settings, MLP, tmp_path / "v1")
@@ -349,7 +350,7 @@ def test_tritonclient_http_round_trip(core: Core) -> None:
 
 
 def test_axon_register_unregister_and_publish_notify(tmp_path: Path) -> None:
-    settings = repo_settings(tmp_path)
+    settings = sandbox_settings(tmp_path)
     write_mlp(tmp_path / "m" / "model.onnx")
     publish_dir_as(settings, MLP, tmp_path / "m")
     env = {**os.environ, "AXON_HOME": str(settings.home), "AXON_CACHE_DIR": str(settings.cache_dir),

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import grp
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,20 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from axon.core_process import running_core
 from axon.install import install
 from axon.publish import publish
-from axon.settings import Settings, set_config_value
+from axon.settings import Settings
 from axon.spec import parse_spec
-
-
-def repo_settings(tmp_path: Path) -> Settings:
-    env = {"AXON_HOME": str(tmp_path / "axhome"), "AXON_CACHE_DIR": str(tmp_path / "cache"),
-           "AXON_PUBLISH_DIR": str(tmp_path / "repo"), "HOME": str(tmp_path / "home")}
-    settings = Settings.from_env(env)
-    set_config_value(settings.config_file, "publish_group", grp.getgrgid(os.getegid()).gr_name)
-    settings = Settings.from_env(env)
-    settings.publish_dir.mkdir(parents=True, exist_ok=True)
-    return settings
 
 
 def publish_dir_as(settings: Settings, spec: str, source: Path, *, force: bool = False) -> Path:
@@ -68,25 +54,6 @@ class Core:
 
 @contextmanager
 def core_server(repository: Path, tmp_path: Path, *args: str) -> Iterator[Core]:
-    port_file = tmp_path / f"port-{time.monotonic_ns()}"
-    log = tmp_path / f"core-{time.monotonic_ns()}.log"
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "mlos_core", "serve", "--repository", str(repository),
-                                 "--port", "0", "--port-file", str(port_file), "--device", "cpu", *args],
-                                stdout=logf, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlos-core did not start:\n{log.read_text()}")
-            time.sleep(0.05)
+    with running_core(repository, tmp_path, ["--device", "cpu", *args]) as proc:
         token = (repository / ".axon" / "core" / "token").read_text().strip()
-        yield Core(f"http://127.0.0.1:{port_file.read_text()}", token, proc, log)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        yield Core(proc.url, token, proc.proc, proc.log)

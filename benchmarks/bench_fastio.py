@@ -264,15 +264,25 @@ def bench_xfs(work: Path, size_gib: float, small_files: int) -> None:
         RESULTS.append(("XFS reflink copy_tree(durable) seconds", f"{t_copy:.3f}", ok))
         print(f"{'PASS' if ok else 'MISS'} copy_tree(durable) of {total / 2**30:.2f} GiB by reflink: {t_copy:.3f} s "
               "(target < 0.5 s)")
-        clean()
-        t_verify = best_of(1, lambda: fastio.copy_tree(src, mnt / "dst", durable=True, verify=True), clean)
+        # "One read of the data" is measured in the state verification meets it: a fresh
+        # reflinked copy whose pages are not cached. (After drop_caches the loop device reads
+        # the disk; right after a copy it reads its page-cached backing file, which here is
+        # slower: both are printed.)
+        def reflink_then_read() -> None:
+            fastio.copy_tree(src, mnt / "dst", durable=True)
+            fastio.hash_files([p for p in (mnt / "dst").rglob("*") if p.is_file()])
+
+        t_base = best_of(2, reflink_then_read, clean)
+        t_verify = best_of(2, lambda: fastio.copy_tree(src, mnt / "dst", durable=True, verify=True), clean)
         files = [p for p in (mnt / "dst").rglob("*") if p.is_file()]
         subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
-        t_read = best_of(1, lambda: fastio.hash_files(files))
-        ratio = t_verify / (t_copy + t_read)
+        t_cold = best_of(1, lambda: fastio.hash_files(files))
+        ratio = t_verify / t_base
         RESULTS.append(("XFS copy_tree(verify) / (reflink + one hashed read)", f"{ratio:.2f}", ratio <= 1.15))
-        print(f"     copy_tree(verify,durable) {t_verify:.3f} s vs reflink {t_copy:.3f} s + one hashed read of the "
-              f"copy {t_read:.3f} s: ratio {ratio:.2f} (bounded by one read)")
+        verdict = "PASS" if ratio <= 1.15 else "MISS"
+        print(f"{verdict} copy_tree(verify,durable) {t_verify:.3f} s vs reflink + one hashed read of the copy "
+              f"{t_base:.3f} s: ratio {ratio:.2f} (target: bounded by one read, <= 1.15)")
+        print(f"     (the same read after drop_caches: {t_cold:.3f} s)")
         clean()
     finally:
         subprocess.run(["umount", str(mnt)], check=False)

@@ -24,6 +24,8 @@ cdef extern from "fcntl.h" nogil:
     int openat(int dirfd, const char *pathname, int flags, ...)
     int sync_file_range(int fd, off_t offset, off_t nbytes, unsigned int flags)
     const unsigned int SYNC_FILE_RANGE_WRITE
+    const unsigned int SYNC_FILE_RANGE_WAIT_BEFORE
+    const unsigned int SYNC_FILE_RANGE_WAIT_AFTER
     const int POSIX_FADV_SEQUENTIAL
     const int POSIX_FADV_DONTNEED
     const int AT_FDCWD
@@ -97,6 +99,8 @@ cdef extern from *:
 cdef enum:
     HASH_CHUNK_BYTES = 1 << 20          # 1 MiB: hashlib/xxhash are fastest here
     KERNEL_CHUNK_BYTES = 32 << 20       # per copy_file_range/sendfile call, then check for Ctrl-C
+    FOLLOW_CHUNK_BYTES = 8 << 20        # per kernel copy when its bytes are hashed or dropped behind
+    WRITEBACK_WINDOW_BYTES = 64 << 20   # durable copies keep at most this much per file unwritten
     RW_CHUNK_BYTES = 1 << 20            # read/write fallback buffer
     PIPELINE_BUFFERS = 4                # hash pipeline: buffers in flight between reader and hasher
     PIPELINE_MIN_BYTES = 8 << 20        # smaller files are hashed in the calling thread alone

@@ -19,6 +19,7 @@ import os
 import stat as _stat
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections import deque
 from queue import SimpleQueue
 
 import xxhash
@@ -27,7 +28,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport errno
 from libc.stdlib cimport free, malloc
 from libc.string cimport strcmp, strlen, strncmp
-from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDONLY, O_TRUNC, O_WRONLY, open as c_open
+from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, open as c_open
 from posix.stat cimport fstat, struct_stat
 from posix.types cimport off_t
 from posix.unistd cimport close, read
@@ -102,6 +103,26 @@ cdef ssize_t _read_full(int fd, unsigned char *buf, size_t size, object path) ex
         done += n
     return done
 
+
+
+cdef ssize_t _pread_full(int fd, unsigned char *buf, size_t size, off_t off, object path) except -1:
+    """pread until *size* bytes or EOF; returns bytes read."""
+    cdef size_t done = 0
+    cdef ssize_t n
+    cdef int err
+    while done < size:
+        with nogil:
+            n = pread(fd, buf + done, size - done, off + <off_t>done)
+            err = errno
+        if n < 0:
+            if err == EINTR:
+                PyErr_CheckSignals()
+                continue
+            raise _oserror(err, path)
+        if n == 0:
+            break
+        done += n
+    return done
 
 # --- hashing ------------------------------------------------------------------------------
 
@@ -345,6 +366,8 @@ cdef class _Copier:
     cdef object sha
     cdef object xxh
     cdef public bint start_writeback
+    cdef public bint drop_behind
+    cdef object behind
 
     def __cinit__(self, int fin, int fout, object src, object dst, object progress, Cancel cancel, str method):
         self.fin = fin
@@ -357,6 +380,8 @@ cdef class _Copier:
         self.sha = None
         self.xxh = None
         self.start_writeback = False
+        self.drop_behind = False
+        self.behind = deque()
 
     cdef bint try_reflink(self) except -1:
         cdef int rc
@@ -376,7 +401,8 @@ cdef class _Copier:
         cdef off_t off_out = off
         cdef ssize_t n
         cdef int err
-        cdef size_t count = <size_t>(length if length < KERNEL_CHUNK_BYTES else KERNEL_CHUNK_BYTES)
+        cdef off_t most = FOLLOW_CHUNK_BYTES if self.sha is not None or self.drop_behind else KERNEL_CHUNK_BYTES
+        cdef size_t count = <size_t>(length if length < most else most)
         while True:
             if self.method == "copy_file_range":
                 with nogil:
@@ -434,37 +460,87 @@ cdef class _Copier:
             done += w
         return n
 
+    cdef int hash_copied(self, off_t off, off_t length, unsigned char *buf, object mv) except -1:
+        """Hash what the kernel just wrote at [off, off+length) of the destination.
+
+        The pages were written a moment ago, so this reads them from the page cache (often
+        from the CPU cache): verification costs the hashing, not a second pass over the disk.
+        """
+        cdef ssize_t n
+        cdef off_t end = off + length
+        while off < end:
+            n = _pread_full(self.fout, buf, <size_t>min(<off_t>RW_CHUNK_BYTES, end - off), off, self.dst)
+            if n == 0:
+                raise OSError(EINVAL, "destination shrank during the copy", self.dst)
+            chunk = mv[:n]
+            self.sha.update(chunk)
+            self.xxh.update(chunk)
+            off += n
+        return 0
+
+    cdef int retire(self, off_t off, off_t n) except -1:
+        """Wait for the chunks more than a window behind *off* to reach the disk, then drop them.
+
+        Freed pages are reused for the next chunks instead of new memory being taken (and the
+        serving machine's hot pages evicted): on a VM, first touches of fresh pages cost more
+        than the copy itself. The window keeps the disk busy while we copy ahead.
+        """
+        cdef off_t o, length
+        cdef int rc, err
+        self.behind.append((off, n))
+        while self.behind and off + n - self.behind[0][0] > WRITEBACK_WINDOW_BYTES:
+            o, length = self.behind.popleft()
+            with nogil:
+                rc = sync_file_range(self.fout, o, length,
+                                     SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
+                err = errno
+            if rc != 0:
+                # This consumed the file's writeback error: report it here, fsync will not.
+                raise _oserror(err, self.dst)
+            with nogil:
+                posix_fadvise(self.fout, o, length, POSIX_FADV_DONTNEED)
+        return 0
+
     def copy(self, list segments, bint inline_hash):
-        """Copy every segment; hash inline when the data passes through user space."""
+        """Copy every segment; with *inline_hash* (one dense segment) hash as the bytes go.
+
+        Bytes that pass through user space are hashed from the buffer; bytes the kernel moved
+        are hashed from the destination right after each chunk, while still cached, so copy
+        and verification overlap instead of running one after the other.
+        """
         cdef bytearray buffer = None
         cdef unsigned char[::1] view
         cdef unsigned char *buf = NULL
         cdef off_t off, end, n
         mv = None
+        if inline_hash:
+            self.sha = hashlib.sha256()
+            self.xxh = xxhash.xxh3_128()
         for start, stop in segments:
             off = start
             end = stop
             while off < end:
+                if buffer is None and (inline_hash or self.method not in ("copy_file_range", "sendfile")):
+                    buffer = bytearray(RW_CHUNK_BYTES)
+                    view = buffer
+                    buf = &view[0]
+                    mv = memoryview(buffer)
                 if self.method in ("copy_file_range", "sendfile"):
                     n = self.kernel_chunk(off, end - off)
                     if n < 0:
                         self.method = "sendfile" if self.method == "copy_file_range" else "readwrite"
                         continue
+                    if inline_hash:
+                        self.hash_copied(off, n, buf, mv)
                 else:
-                    if buffer is None:
-                        buffer = bytearray(RW_CHUNK_BYTES)
-                        view = buffer
-                        buf = &view[0]
-                        mv = memoryview(buffer)
-                        if inline_hash and off == 0:
-                            self.sha = hashlib.sha256()
-                            self.xxh = xxhash.xxh3_128()
                     n = self.rw_chunk(off, end - off, buf, mv)
-                if self.start_writeback:
+                if self.start_writeback or self.drop_behind:
                     # Start writing this chunk to disk now rather than when fsync asks: the
                     # disk works while we copy and hash the rest.
                     with nogil:
                         sync_file_range(self.fout, off, n, SYNC_FILE_RANGE_WRITE)
+                if self.drop_behind:
+                    self.retire(off, n)
                 off += n
                 if self.progress is not None:
                     self.progress(n)
@@ -528,12 +604,14 @@ def copy_file_ex(object src, object dst, bint verify=False, bint durable=False, 
         if drop_cache and size >= PIPELINE_MIN_BYTES:
             with nogil:
                 cold = _resident_percent(fin, size) < COLD_PAGE_PERCENT
-        fout = _open(bdst, dst, O_WRONLY | O_CREAT | (O_EXCL if exclusive else O_TRUNC), 0o600)
+        fout = _open(bdst, dst, (O_RDWR if verify else O_WRONLY) | O_CREAT | (O_EXCL if exclusive else O_TRUNC),
+                     0o600)
         try:
             copier = _Copier(fin, fout, src, dst, progress, cancel, "copy_file_range" if method == "reflink" else method)
             if durable and defer_small_sync and size < DEFER_SYNC_MAX_BYTES:
                 durable = False
             copier.start_writeback = durable or start_writeback
+            copier.drop_behind = (durable or start_writeback) and drop_cache and size >= PIPELINE_MIN_BYTES
             if size == 0:
                 copier.method = "empty"
             elif method == "reflink" and copier.try_reflink():
@@ -590,13 +668,14 @@ def copy_files(list pairs, int workers=0, bint verify=False, bint durable=False,
                object progress=None, str method="reflink", bint final_sync=True):
     """Copy ``[(src, dst)]`` regular files over *workers* threads, largest first.
 
-    Returns ``[(size, method, sha256, xxh3_128)]`` in the order of *pairs*. Three phases:
-    copy every file (each chunk's writeback started at once when *durable*); hash the copies
-    that were not hashed inline, across all cores (*verify*); fsync the large files and drop
-    their pages, then one ``syncfs`` for the rest (*durable*; skipped when *final_sync* is
-    false: the caller runs it). Hashing the copies while the disk is still writing them back
-    keeps verification mostly off the clock. On any failure (or Ctrl-C) the other workers stop
-    between chunks, every file written is removed, and the first error is raised.
+    Returns ``[(size, method, sha256, xxh3_128)]`` in the order of *pairs*. Each file is copied
+    and, with *verify*, hashed as it goes (inline, or from the destination right behind each
+    kernel chunk); with *durable* its writeback starts chunk by chunk and, with *drop_cache*,
+    chunks more than a window behind are waited for and dropped. Reflinked and sparse files are
+    hashed afterwards, across all cores. Then the large files are fsynced and one ``syncfs``
+    covers the rest (*durable*; skipped when *final_sync* is false: the caller runs it). On any
+    failure (or Ctrl-C) the other workers stop between chunks, every file written is removed,
+    and the first error is raised.
     """
     if not pairs:
         return []
@@ -611,7 +690,12 @@ def copy_files(list pairs, int workers=0, bint verify=False, bint durable=False,
             sizes.append(0)
     order = sorted(range(len(pairs)), key=lambda i: -sizes[i])
     ncpu = os.cpu_count() or 1
-    nworkers = min(workers if workers > 0 else ncpu, len(pairs))
+    nworkers = workers if workers > 0 else ncpu
+    if verify and workers <= 0:
+        # sha256 is sequential within a file: with fewer threads than large files, the last
+        # one would be copied and hashed alone on one core while the others sit idle.
+        nworkers = max(nworkers, sum(1 for n in sizes if n >= PIPELINE_MIN_BYTES))
+    nworkers = min(nworkers, len(pairs))
     results = [None] * len(pairs)
     written = [False] * len(pairs)
 

@@ -334,9 +334,11 @@ def copy_tree(src: PathArg, dst: PathArg, *, workers: int = 0, verify: bool = Fa
     Per file: FICLONE (reflink) -> copy_file_range -> sendfile -> pread/pwrite, stepping down on
     EXDEV/EOPNOTSUPP/ENOSYS/EINVAL; holes kept; modes and sizes exact. Files run in parallel
     (largest first). *verify* returns each file's sha256 and xxh3-128 (hashed inline when the
-    bytes pass through user space, else by one read of the copy). *durable* fsyncs every file and
-    directory; *drop_cache* (default: durable) then drops the copy's pages, and the source's if
-    they were not cached before, so a big publish does not evict a server's hot pages.
+    bytes pass through user space, else from the destination right behind each kernel chunk, or
+    by one read of a reflinked copy). *durable* fsyncs every file and directory; *drop_cache*
+    (default: durable) keeps at most 64 MiB per file unwritten, drops the copy's pages once on
+    disk, and the source's if they were not cached before, so a big publish does not evict a
+    server's hot pages.
 
     Raises:
         OSError: with errno and file name; everything created under *dst* is removed first.

@@ -1,8 +1,10 @@
 """A small closed-loop HTTP/1.1 load generator (asyncio + uvloop, keep-alive), run as its own process.
 
 Each of --clients connections sends one request, waits for the answer, and sends the next, for
---seconds. Prints one JSON line: throughput, latency percentiles, status counts, and the latency
-of rejections (503) separately.
+--seconds; the clock starts once every connection is open. Prints one JSON line: throughput,
+latency percentiles, status counts, and the latency of rejections (503) separately. After a 503 a
+client waits the Retry-After the server asked for, as HTTP clients should (--ignore-retry-after:
+resend at once).
 
   python benchmarks/loadgen.py --url http://127.0.0.1:8080/models/ns/m@1/inference --body '{"input": "hi"}'
 """
@@ -16,30 +18,69 @@ import time
 import urllib.parse
 
 
-async def one_client(host: str, port: int, path: str, body: bytes, stop_at: float, lat: list[float],
+class Start:
+    """Every client connects first; the clock starts when all are connected, so the numbers
+    describe requests on open keep-alive connections, not a storm of TCP/HTTP handshakes."""
+
+    def __init__(self, clients: int, honor_retry_after: bool = True) -> None:
+        self.honor_retry_after = honor_retry_after
+        self.waiting = clients
+        self.all_connected = asyncio.Event()
+        self.go = asyncio.Event()
+        self.stop_at = 0.0
+
+    def connected(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.all_connected.set()
+
+
+async def one_client(host: str, port: int, path: str, body: bytes, start: Start, lat: list[float],
                      rejected: list[float], statuses: dict[int, int]) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     request = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    start.connected()
+    await start.go.wait()
     try:
-        while time.perf_counter() < stop_at:
+        while time.perf_counter() < start.stop_at:
             t0 = time.perf_counter()
             writer.write(request)
             status_line = await reader.readline()
             status = int(status_line.split()[1])
             length = 0
+            retry_after = 0.0
             while True:
                 line = await reader.readline()
                 if line in (b"\r\n", b""):
                     break
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
+                elif line[:12].lower() == b"retry-after:":
+                    retry_after = float(line[12:])
             await reader.readexactly(length)
             dt = time.perf_counter() - t0
             statuses[status] = statuses.get(status, 0) + 1
             (lat if status == 200 else rejected).append(dt)
+            if status == 503 and start.honor_retry_after and retry_after:
+                await asyncio.sleep(min(retry_after, max(0.0, start.stop_at - time.perf_counter())))
     finally:
         writer.close()
+
+
+async def run_clients(host: str, port: int, path: str, body: bytes, clients: int, seconds: float,
+                      lat: list[float], rejected: list[float], statuses: dict[int, int],
+                      honor_retry_after: bool = True) -> float:
+    """Connect *clients*, then run them for *seconds*; returns the measured wall time."""
+    start = Start(clients, honor_retry_after)
+    tasks = [asyncio.ensure_future(one_client(host, port, path, body, start, lat, rejected, statuses))
+             for _ in range(clients)]
+    await start.all_connected.wait()
+    t0 = time.perf_counter()
+    start.stop_at = t0 + seconds
+    start.go.set()
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - t0
 
 
 def pct(values: list[float], p: float) -> float:
@@ -49,21 +90,20 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
 
-async def run(url: str, body: bytes, clients: int, seconds: float, warmup: float) -> dict[str, object]:
+async def run(url: str, body: bytes, clients: int, seconds: float, warmup: float,
+              honor_retry_after: bool = True) -> dict[str, object]:
     u = urllib.parse.urlsplit(url)
+    host, port = u.hostname or "", u.port or 80
     if warmup:
-        await asyncio.gather(*(one_client(u.hostname or "", u.port or 80, u.path, body, time.perf_counter() + warmup,
-                                          [], [], {}) for _ in range(min(clients, 4))))
+        await run_clients(host, port, u.path, body, min(clients, 4), warmup, [], [], {})
     lat: list[float] = []
     rejected: list[float] = []
     statuses: dict[int, int] = {}
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one_client(u.hostname or "", u.port or 80, u.path, body, t0 + seconds, lat, rejected,
-                                      statuses) for _ in range(clients)))
-    wall = time.perf_counter() - t0
+    wall = await run_clients(host, port, u.path, body, clients, seconds, lat, rejected, statuses, honor_retry_after)
     return {"clients": clients, "seconds": round(wall, 2), "ok": len(lat), "throughput": len(lat) / wall,
             "p50_ms": pct(lat, 50) * 1e3, "p95_ms": pct(lat, 95) * 1e3, "p99_ms": pct(lat, 99) * 1e3,
-            "statuses": statuses, "rejected": len(rejected), "reject_p99_ms": pct(rejected, 99) * 1e3}
+            "statuses": statuses, "rejected": len(rejected), "reject_p50_ms": pct(rejected, 50) * 1e3,
+            "reject_p99_ms": pct(rejected, 99) * 1e3}
 
 
 def main() -> None:
@@ -73,6 +113,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--warmup", type=float, default=1)
+    ap.add_argument("--ignore-retry-after", action="store_true",
+                    help="resend at once after a 503 instead of waiting its Retry-After (a retry storm)")
     args = ap.parse_args()
     try:
         import uvloop
@@ -80,7 +122,8 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    print(json.dumps(asyncio.run(run(args.url, args.body.encode(), args.clients, args.seconds, args.warmup))))
+    print(json.dumps(asyncio.run(run(args.url, args.body.encode(), args.clients, args.seconds, args.warmup,
+                                     not args.ignore_retry_after))))
 
 
 if __name__ == "__main__":

@@ -17,13 +17,14 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from mlos_core import __version__, kserve
 from mlos_core.auth import load_or_create_token, require_admin
 from mlos_core.batching import Pending
 from mlos_core.errors import ApiError, api_error_handler
+from mlos_core.jsonio import JSONResponse, loads
 from mlos_core.registry import LoadedModel, Registry
 from mlos_core.settings import ServerSettings
 from mlos_core.telemetry import Metrics
@@ -50,7 +51,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def read_json(request: Request, limit: int) -> Any:
     body = await read_body(request, limit)
     try:
-        return json.loads(body) if body else {}
+        return loads(body) if body else {}
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_json", f"request body is not valid JSON ({str(exc).splitlines()[0]})") from None
 
@@ -64,7 +65,7 @@ def to_json_outputs(outputs: dict[str, np.ndarray], wanted: list[str] | None) ->
     for name, arr in outputs.items():
         if wanted is not None and name not in wanted:
             continue
-        out[name] = {"shape": list(arr.shape), "dtype": arr.dtype.name, "data": arr.tolist()}
+        out[name] = {"shape": list(arr.shape), "dtype": arr.dtype.name, "data": arr}  # jsonio writes arrays
     return out
 
 

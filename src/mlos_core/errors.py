@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+
+from mlos_core.jsonio import JSONResponse
 
 __all__ = ["ApiError", "api_error_handler", "error_response"]
 

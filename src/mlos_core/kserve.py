@@ -7,7 +7,6 @@ model repository extension (index, load, unload; admin).
 
 from __future__ import annotations
 
-import json
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -15,11 +14,12 @@ from typing import Any
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from mlos_core import __version__
 from mlos_core.errors import ApiError
+from mlos_core.jsonio import JSONResponse, dumps, loads
 from mlos_core.registry import LoadedModel, Registry
 from mlos_core.settings import ServerSettings
 from mlos_core.telemetry import Metrics
@@ -84,7 +84,7 @@ def _parse_infer(body: bytes, header_len: str | None) -> tuple[dict[str, Any], b
     else:
         head, binary = body, b""
     try:
-        req = json.loads(head)
+        req = loads(head)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "bad_json", "the inference request header is not valid JSON") from None
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list):
@@ -209,14 +209,14 @@ def routes(settings: ServerSettings, registry: Registry, metrics: Metrics, admin
                 entry["parameters"] = {"binary_data_size": len(raw)}
                 blobs.append(raw)
             else:
-                entry["data"] = arr.reshape(-1).tolist()
+                entry["data"] = arr.reshape(-1)
             outs.append(entry)
         payload = {"model_name": model_name, "model_version": model_version, "outputs": outs}
         if "id" in req:
             payload["id"] = req["id"]
         if not blobs:
             return JSONResponse(payload)
-        head = json.dumps(payload).encode()
+        head = dumps(payload)
         return Response(head + b"".join(blobs), media_type="application/octet-stream",
                         headers={"Inference-Header-Content-Length": str(len(head))})
 

@@ -123,15 +123,18 @@ def build_encoder_onnx(cfg: EncoderConfig, vocab_size: int) -> Any:
     pos = node("Gather", [weight("embeddings.position", cfg.max_positions, h), positions], "embeddings.pos_out")
     x = layer_norm(node("Add", [word, pos], "embeddings.sum"), "embeddings.ln")
 
-    # Additive attention mask: 0 where attended, -10000 where padded; shape [B, 1, 1, S].
-    mask_f = node("Cast", ["attention_mask"], "mask.float", to=TensorProto.FLOAT)
-    mask_4d = node("Unsqueeze", [mask_f, const("c.axes_12", [1, 2], np.int64)], "mask.4d")
-    inverted = node("Sub", [const("c.one_f", 1.0), mask_4d], "mask.inverted")
+    # Additive attention mask: 0 where attended, -10000 where padded; shape [B, 1, 1, S]. Spelled
+    # as PyTorch's BERT exports it (Unsqueeze, Unsqueeze, Cast, 1 - m, * -10000) so onnxruntime's
+    # transformer optimizer recognises the attention blocks and fuses them.
+    mask_3d = node("Unsqueeze", ["attention_mask", const("c.axis_1", [1], np.int64)], "mask.3d")
+    mask_4d = node("Unsqueeze", [mask_3d, const("c.axis_2", [2], np.int64)], "mask.4d")
+    mask_f = node("Cast", [mask_4d], "mask.float", to=TensorProto.FLOAT)
+    inverted = node("Sub", [const("c.one_f", 1.0), mask_f], "mask.inverted")
     bias = node("Mul", [inverted, const("c.neg_big", -10000.0)], "mask.bias")
 
     split_shape = const("c.split_heads", [0, 0, nh, dh], np.int64)
     merge_shape = const("c.merge_heads", [0, 0, h], np.int64)
-    scale = const("c.scale", 1.0 / float(np.sqrt(dh)))
+    sqrt_dh = const("c.sqrt_dh", float(np.sqrt(dh)))
     half = const("c.half", 0.5)
     sqrt2 = const("c.sqrt2", float(np.sqrt(2.0)))
     one = "c.one_f"
@@ -143,7 +146,7 @@ def build_encoder_onnx(cfg: EncoderConfig, vocab_size: int) -> Any:
                  f"{p}.k.heads", perm=[0, 2, 3, 1])
         v = node("Transpose", [node("Reshape", [linear(x, f"{p}.v", h, h), split_shape], f"{p}.v.split")],
                  f"{p}.v.heads", perm=[0, 2, 1, 3])
-        scores = node("Add", [node("Mul", [node("MatMul", [q, k], f"{p}.qk"), scale], f"{p}.scaled"), bias],
+        scores = node("Add", [node("Div", [node("MatMul", [q, k], f"{p}.qk"), sqrt_dh], f"{p}.scaled"), bias],
                       f"{p}.scores")
         probs = node("Softmax", [scores], f"{p}.probs", axis=-1)
         ctx = node("Transpose", [node("MatMul", [probs, v], f"{p}.ctx")], f"{p}.ctx.t", perm=[0, 2, 1, 3])

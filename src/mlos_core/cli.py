@@ -37,6 +37,9 @@ def cli() -> None:
 @click.option("--workers", type=int, help="HTTP worker processes sharing the port (default 1); each loads "
               "every registered model.")
 @click.option("--intra-op-threads", type=int, help="onnxruntime threads per batch (default: all cores).")
+@click.option("--intra-op-spinning/--no-intra-op-spinning", default=None,
+              help="Let onnxruntime's threads spin briefly between operators (default on: lower latency; off: "
+              "idle cores go back to other processes sooner).")
 @click.option("--request-timeout", "request_timeout_s", type=float, help="Per-request deadline, s (504 after).")
 @click.option("--max-body-bytes", type=int, help="Largest request body (413 above; default 64 MiB).")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),

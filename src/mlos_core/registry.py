@@ -144,7 +144,8 @@ class Registry:
         verify_files(root, located)
         model_bytes = read_verified_model(located)
         model_bytes, self_notes = self._rewrite(model_bytes, located.manifest)
-        info = create_session(model_bytes, self.settings.device, intra_op_threads=self.settings.intra_op_threads)
+        info = create_session(model_bytes, self.settings.device, intra_op_threads=self.settings.intra_op_threads,
+                              intra_op_spinning=self.settings.intra_op_spinning)
         info.note = "; ".join(n for n in (info.note, *self_notes) if n)
         text = None
         if located.manifest.preprocessing and located.manifest.preprocessing.get("type") == "tokenizer":

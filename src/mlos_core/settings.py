@@ -27,6 +27,7 @@ class ServerSettings:
     precision: str = "fp32"  # fp32 | fp16 (CUDA only: transformer-optimized fp16 graph)
     fuse_postprocessing: bool = True  # mean pooling inside the graph
     intra_op_threads: int = 0
+    intra_op_spinning: bool = True
     request_timeout_s: float = 30.0
     max_body_bytes: int = 64 << 20
     token_file: Path | None = None

@@ -292,11 +292,15 @@ def test_sigterm_drains_in_flight_requests(published: tuple[Settings, Path], tmp
 
 def test_request_body_limit(published: tuple[Settings, Path], tmp_path: Path) -> None:
     settings, _ = published
-    with core_server(settings.publish_dir, tmp_path, "--max-body-bytes", "1000") as c:
+    with core_server(settings.publish_dir, tmp_path, "--max-body-bytes", "1000", "--no-intra-op-spinning",
+                     "--intra-op-threads", "1") as c:
         c.call("POST", "/models/register", {"model_id": MLP})
         big = b'{"inputs": {"x": [' + b"[1,2,3,4]," * 200 + b"[1,2,3,4]]}}"
         status, body, _ = c.call("POST", f"/models/{MLP}/inference", raw=big)
         assert status == 413 and body["code"] == "body_too_large"
+        # the same server (started without spinning, one intra-op thread) still serves normal bodies
+        status, body, _ = c.call("POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})
+        assert status == 200 and np.allclose(body["outputs"]["y"]["data"], mlp_reference(np.asarray([[1, 2, 3, 4]])))
 
 
 # --- KServe v2 -------------------------------------------------------------------------------------

@@ -84,14 +84,17 @@ cdef int _fstat(int fd, object path, struct_stat *st) except -1:
     return 0
 
 
-cdef ssize_t _read_full(int fd, unsigned char *buf, size_t size, object path) except -1:
-    """Read until *size* bytes or EOF; returns bytes read."""
+cdef ssize_t _read_full(int fd, unsigned char *buf, size_t size, object path, off_t offset=-1) except -1:
+    """Read until *size* bytes or EOF (from *offset* with pread when it is >= 0); returns bytes read."""
     cdef size_t done = 0
     cdef ssize_t n
     cdef int err
     while done < size:
         with nogil:
-            n = read(fd, buf + done, size - done)
+            if offset >= 0:
+                n = pread(fd, buf + done, size - done, offset + <off_t>done)
+            else:
+                n = read(fd, buf + done, size - done)
             err = errno
         if n < 0:
             if err == EINTR:
@@ -103,26 +106,6 @@ cdef ssize_t _read_full(int fd, unsigned char *buf, size_t size, object path) ex
         done += n
     return done
 
-
-
-cdef ssize_t _pread_full(int fd, unsigned char *buf, size_t size, off_t off, object path) except -1:
-    """pread until *size* bytes or EOF; returns bytes read."""
-    cdef size_t done = 0
-    cdef ssize_t n
-    cdef int err
-    while done < size:
-        with nogil:
-            n = pread(fd, buf + done, size - done, off + <off_t>done)
-            err = errno
-        if n < 0:
-            if err == EINTR:
-                PyErr_CheckSignals()
-                continue
-            raise _oserror(err, path)
-        if n == 0:
-            break
-        done += n
-    return done
 
 # --- hashing ------------------------------------------------------------------------------
 
@@ -469,7 +452,7 @@ cdef class _Copier:
         cdef ssize_t n
         cdef off_t end = off + length
         while off < end:
-            n = _pread_full(self.fout, buf, <size_t>min(<off_t>RW_CHUNK_BYTES, end - off), off, self.dst)
+            n = _read_full(self.fout, buf, <size_t>min(<off_t>RW_CHUNK_BYTES, end - off), self.dst, off)
             if n == 0:
                 raise OSError(EINVAL, "destination shrank during the copy", self.dst)
             chunk = mv[:n]

@@ -478,6 +478,11 @@ cdef class _Copier:
                                      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
                 err = errno
             if rc != 0:
+                if _unsupported(err):
+                    # A file system without sync_file_range: its final fsync does the work.
+                    self.drop_behind = False
+                    self.behind.clear()
+                    return 0
                 # This consumed the file's writeback error: report it here, fsync will not.
                 raise _oserror(err, self.dst)
             with nogil:

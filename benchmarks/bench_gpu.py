@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_server import core, prepare
+from bench_server import core, prepare, rows_per_second
 
 WORDS = ["hello", "world", "mlos", "axon", "model", "inference", "server", "production", "cache", "publish",
          "register", "test", "validate", "run"]
@@ -78,13 +78,7 @@ def raw(model_dir: Path, device: str, batch: int, seconds: float, precision: str
         for out in sess.get_outputs():
             io.bind_output(out.name, where, 0)
         step = lambda: sess.run_with_iobinding(io)  # noqa: E731
-    for _ in range(5):
-        step()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        step()
-        n += batch
-    return n / (time.perf_counter() - t0), sess.get_providers()[0]
+    return rows_per_second(step, batch, seconds, warmup=5), sess.get_providers()[0]
 
 
 def main() -> int:

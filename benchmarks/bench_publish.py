@@ -28,7 +28,7 @@ from axon.install import install
 from axon.publish import publish, unpublish
 from axon.settings import Settings
 from axon.spec import parse_spec
-from bench_fastio import best_of, hashlib_sha256, make_tree
+from bench_fastio import best_of, copytree_sync_sha256, make_tree
 
 
 def main() -> int:
@@ -76,14 +76,7 @@ def main() -> int:
         t_cp = best_of(args.repeat, cp_openssl, clean)
         print(f"cp -r + sync + {'openssl dgst -sha256' if openssl else 'sha256sum'}         {t_cp:7.2f} s", flush=True)
 
-        def copytree_hashlib() -> None:
-            shutil.copytree(src, dst)
-            os.sync()
-            for p in dst.rglob("*"):
-                if p.is_file():
-                    hashlib_sha256(p)
-
-        t_py = best_of(args.repeat, copytree_hashlib, clean)
+        t_py = best_of(args.repeat, lambda: copytree_sync_sha256(src, dst), clean)
         print(f"shutil.copytree + sync + hashlib               {t_py:7.2f} s", flush=True)
         clean()
         print(f"\nratios: axon publish is {t_cp / t_axon:.2f}x faster than cp+sync+openssl, "

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,17 @@ def load(url: str, body: dict[str, Any], clients: int, seconds: float, *, storm:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def rows_per_second(step: Callable[[], object], rows: int, seconds: float, warmup: int = 3) -> float:
+    """Run *step* (which handles *rows* rows) for *seconds* after *warmup* calls; rows per second."""
+    for _ in range(warmup):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += rows
+    return n / (time.perf_counter() - t0)
+
+
 def raw_throughput(model_dir: Path, batch: int, seconds: float, device: str) -> float:
     """Sentences/s of tokenize + session.run on batches of *batch*, in this process."""
     import onnxruntime as ort
@@ -108,13 +120,7 @@ def raw_throughput(model_dir: Path, batch: int, seconds: float, device: str) -> 
         pooled = (hidden * w).sum(1) / w.sum(1)
         pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
-    for _ in range(3):
-        step()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        step()
-        n += batch
-    return n / (time.perf_counter() - t0)
+    return rows_per_second(step, batch, seconds)
 
 
 def main() -> int:

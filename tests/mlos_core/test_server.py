@@ -180,6 +180,20 @@ def test_a_bad_request_never_fails_its_neighbours(core: Core) -> None:
 # --- containment attacks -------------------------------------------------------------------------
 
 
+def _copy_version_as(good: Path, repo: Path, name: str, extra_file: dict[str, object] | None = None) -> Path:
+    """Copy the published version *good* to demo/<name>/1 in *repo* (writable), renamed in its manifest."""
+    dest = repo / "demo" / name / "1"
+    shutil.copytree(good, dest)
+    for p in [dest, *dest.iterdir()]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    m = yaml.safe_load((dest / "manifest.yaml").read_text())
+    m["metadata"]["name"] = name
+    if extra_file is not None:
+        m["spec"]["files"].append(extra_file)
+    (dest / "manifest.yaml").write_text(yaml.safe_dump(m))
+    return dest
+
+
 def test_containment_attacks_are_refused(published: tuple[Settings, Path], tmp_path: Path) -> None:
     settings, _ = published
     root = settings.publish_dir
@@ -192,22 +206,10 @@ def test_containment_attacks_are_refused(published: tuple[Settings, Path], tmp_p
     # A symlink inside the repository pointing out of it.
     (repo / "demo" / "escape").symlink_to(evil / "demo" / "mlp")
     # A manifest listing ../../etc/passwd.
-    bad = repo / "demo" / "bad" / "1"
-    shutil.copytree(good, bad)
-    for p in [bad, *bad.iterdir()]:
-        os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    m = yaml.safe_load((bad / "manifest.yaml").read_text())
-    m["metadata"]["name"] = "bad"
-    m["spec"]["files"].append({"path": "../../etc/passwd", "size": 1, "sha256": "0" * 64, "xxh3_128": "0" * 32})
-    (bad / "manifest.yaml").write_text(yaml.safe_dump(m))
+    _copy_version_as(good, repo, "bad", extra_file={"path": "../../etc/passwd", "size": 1, "sha256": "0" * 64,
+                                                    "xxh3_128": "0" * 32})
     # A published file whose content changed after publishing.
-    changed = repo / "demo" / "changed" / "1"
-    shutil.copytree(good, changed)
-    for p in [changed, *changed.iterdir()]:
-        os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    m = yaml.safe_load((changed / "manifest.yaml").read_text())
-    m["metadata"]["name"] = "changed"
-    (changed / "manifest.yaml").write_text(yaml.safe_dump(m))
+    changed = _copy_version_as(good, repo, "changed")
     data = bytearray((changed / "model.onnx").read_bytes())
     data[-5] ^= 0xFF
     (changed / "model.onnx").write_bytes(bytes(data))

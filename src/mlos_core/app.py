@@ -23,8 +23,9 @@ from starlette.routing import Route
 from mlos_core import __version__, kserve
 from mlos_core.auth import load_or_create_token, require_admin
 from mlos_core.batching import Pending
-from mlos_core.errors import ApiError, api_error_handler
-from mlos_core.jsonio import JSONResponse, loads
+from mlos_core.errors import ApiError, api_error_handler, error_response
+from mlos_core.fastpath import JSON_HEADERS, FastPath, FastRoute, Headers, Reply
+from mlos_core.jsonio import JSONResponse, dumps, loads
 from mlos_core.registry import LoadedModel, Registry
 from mlos_core.settings import ServerSettings
 from mlos_core.telemetry import Metrics
@@ -48,16 +49,29 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    body = await read_body(request, limit)
+def parse_json(body: bytes) -> Any:
     try:
         return loads(body) if body else {}
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # orjson.JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ApiError(400, "bad_json", f"request body is not valid JSON ({str(exc).splitlines()[0]})") from None
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    return parse_json(await read_body(request, limit))
 
 
 def model_id_from_path(raw: str) -> str:
     return urllib.parse.unquote(raw).strip("/")
+
+
+_DTYPE_NAMES: dict[np.dtype[Any], str] = {}
+
+
+def dtype_name(dtype: np.dtype[Any]) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:  # numpy computes .name through Python-level subclass checks on every access
+        name = _DTYPE_NAMES[dtype] = dtype.name
+    return name
 
 
 def to_json_outputs(outputs: dict[str, np.ndarray], wanted: list[str] | None) -> dict[str, Any]:
@@ -65,7 +79,7 @@ def to_json_outputs(outputs: dict[str, np.ndarray], wanted: list[str] | None) ->
     for name, arr in outputs.items():
         if wanted is not None and name not in wanted:
             continue
-        out[name] = {"shape": list(arr.shape), "dtype": arr.dtype.name, "data": arr}  # jsonio writes arrays
+        out[name] = {"shape": list(arr.shape), "dtype": dtype_name(arr.dtype), "data": arr}  # jsonio writes arrays
     return out
 
 
@@ -122,7 +136,7 @@ def pending_from_arrays(model: LoadedModel, arrays: dict[str, np.ndarray], deadl
     return Pending(rows=n, key=key, tensors=arrays, deadline=deadline)
 
 
-def create_app(settings: ServerSettings) -> Starlette:
+def create_app(settings: ServerSettings) -> FastPath:
     metrics = Metrics()
     registry = Registry(settings, metrics)
     token_holder: dict[str, str] = {}
@@ -130,6 +144,14 @@ def create_app(settings: ServerSettings) -> Starlette:
 
     def admin(request: Request) -> None:
         require_admin(request, token_holder["token"])
+
+    def admit(model: LoadedModel) -> None:
+        """Under overload a request is turned away (503) before its body is even parsed."""
+        try:
+            model.batcher.admit()
+        except ApiError as exc:
+            metrics.request(model.model_id, "rejected", exc.code)
+            raise
 
     async def run_inference(model: LoadedModel, pending: Pending) -> Any:
         t0 = time.perf_counter()
@@ -170,26 +192,29 @@ def create_app(settings: ServerSettings) -> Starlette:
         result = await registry.register(model_id=model_id, manifest_path=path)
         return JSONResponse(result, status_code=201 if result["status"] == "registered" else 200)
 
+    async def infer_native(raw_id: str, raw_body: bytes, headers: Headers) -> Reply:
+        """POST /models/{id}/inference (a FastRoute)."""
+        model = await registry.resolve(model_id_from_path(raw_id))
+        admit(model)
+        body = parse_json(raw_body)
+        deadline = time.perf_counter() + settings.request_timeout_s
+        try:
+            pending = build_pending(model, body, deadline)
+        except ApiError as exc:
+            metrics.request(model.model_id, "failed", exc.code)
+            raise
+        wanted = body.get("outputs") if isinstance(body.get("outputs"), list) else None
+        if wanted is not None:
+            pending.outputs = frozenset(str(w) for w in wanted)
+        result = await run_inference(model, pending)
+        return dumps({"model_id": model.model_id, "outputs": to_json_outputs(result.outputs, wanted),
+                      "batch_size": result.batch_size, "inference_time_us": result.compute_us,
+                      "queue_time_us": result.queue_us}), JSON_HEADERS
+
     async def model_route(request: Request) -> Response:
         raw = request.path_params["rest"]
-        if raw.endswith("/inference"):
-            if request.method != "POST":
-                raise ApiError(405, "method_not_allowed", "use POST for inference")
-            model = await registry.resolve(model_id_from_path(raw[: -len("/inference")]))
-            body = await read_json(request, settings.max_body_bytes)
-            deadline = time.perf_counter() + settings.request_timeout_s
-            try:
-                pending = build_pending(model, body, deadline)
-            except ApiError as exc:
-                metrics.request(model.model_id, "failed", exc.code)
-                raise
-            wanted = body.get("outputs") if isinstance(body.get("outputs"), list) else None
-            if wanted is not None:
-                pending.outputs = frozenset(str(w) for w in wanted)
-            result = await run_inference(model, pending)
-            return JSONResponse({"model_id": model.model_id, "outputs": to_json_outputs(result.outputs, wanted),
-                                 "batch_size": result.batch_size, "inference_time_us": result.compute_us,
-                                 "queue_time_us": result.queue_us})
+        if raw.endswith("/inference"):  # POST never gets here: FastPath answers it
+            raise ApiError(405, "method_not_allowed", "use POST for inference")
         model_id = model_id_from_path(raw)
         if request.method == "DELETE":
             admin(request)
@@ -222,13 +247,11 @@ def create_app(settings: ServerSettings) -> Starlette:
         Route("/models/register", register, methods=["POST"]),
         Route("/models/{rest:path}", model_route, methods=["GET", "POST", "DELETE"]),
         Route("/metrics", metrics_route),
-        *kserve.routes(settings, registry, metrics, admin, run_inference),
+        *kserve.routes(settings, registry, admin),
     ]
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
         code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
-        from mlos_core.errors import error_response
-
         return error_response(status, code, str(getattr(exc, "detail", "")) or code.replace("_", " "))
 
     app = Starlette(routes=routes, lifespan=lifespan,
@@ -236,10 +259,12 @@ def create_app(settings: ServerSettings) -> Starlette:
                                         Exception: api_error_handler})
     app.state.registry = registry
     app.state.metrics = metrics
-    return app
+    fast_routes = [FastRoute("/models/", "/inference", infer_native),
+                   FastRoute("/v2/models/", "/infer", kserve.infer_handler(settings, registry, admit, run_inference))]
+    return FastPath(app, fast_routes, settings.max_body_bytes)
 
 
-def create_app_from_env() -> Starlette:
+def create_app_from_env() -> FastPath:
     """Factory for uvicorn's worker processes: settings arrive as JSON in MLOS_CORE_SETTINGS."""
     from pathlib import Path
 

@@ -70,22 +70,28 @@ class Batcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._executor = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix=f"ort-{name}")
         self.in_flight = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def depth(self) -> int:
         return len(self._queue)
 
     def start(self) -> None:
-        self._tasks = [asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}-{i}")
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [self._loop.create_task(self._run(), name=f"batcher-{self.name}-{i}")
                        for i in range(self.instances)]
 
-    async def submit(self, item: Pending) -> BatchResult:
+    def admit(self) -> None:
+        """Raise the 503 a new request would get now (queue full, or the model is unloading)."""
         if self._closing:
             raise ApiError(503, "unloading", f"model {self.name!r} is being unloaded", headers={"Retry-After": "1"})
         if len(self._queue) >= self.max_queue_size:
             raise ApiError(503, "queue_full", f"model {self.name!r} queue is full ({self.max_queue_size} waiting); "
                            "retry shortly", headers={"Retry-After": "1"})
-        item.future = asyncio.get_running_loop().create_future()
+
+    async def submit(self, item: Pending) -> BatchResult:
+        self.admit()
+        item.future = (self._loop or asyncio.get_running_loop()).create_future()
         self._queue.append(item)
         self._wakeup.set()
         return await item.future
@@ -107,7 +113,7 @@ class Batcher:
         self._queue.extendleft(reversed(skipped))
         return batch
 
-    async def _loop(self) -> None:
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             while not self._queue:

@@ -76,7 +76,7 @@ def serve(config_file: Path | None, port_file: Path | None, **options: object) -
         _serve_workers(settings, port_file)
         return
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",  # type: ignore[arg-type]
                             log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
                             lifespan="on")
     server = uvicorn.Server(config)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from starlette.requests import Request
+from starlette.responses import Response
 
-from mlos_core.jsonio import JSONResponse
+from mlos_core.jsonio import dumps
 
-__all__ = ["ApiError", "api_error_handler", "error_response"]
+__all__ = ["ApiError", "api_error_handler", "error_body", "error_response"]
 
 
 class ApiError(Exception):
@@ -20,12 +21,15 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"status": "error", "code": code, "message": message, "error": message},
-                        status_code=status, headers=headers)
+def error_body(code: str, message: str) -> bytes:
+    return dumps({"status": "error", "code": code, "message": message, "error": message})
 
 
-async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(code, message), status_code=status, headers=headers, media_type="application/json")
+
+
+async def api_error_handler(request: Request, exc: Exception) -> Response:
     if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
     return error_response(500, "internal", "internal server error (see the server log)")

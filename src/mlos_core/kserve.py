@@ -19,15 +19,15 @@ from starlette.routing import Route
 
 from mlos_core import __version__
 from mlos_core.errors import ApiError
+from mlos_core.fastpath import JSON_HEADERS, Handler, Headers, Reply
 from mlos_core.jsonio import JSONResponse, dumps, loads
 from mlos_core.registry import LoadedModel, Registry
 from mlos_core.settings import ServerSettings
-from mlos_core.telemetry import Metrics
 from mlos_core.tensors import KSERVE_TO_NP, check_against_schema, kserve_datatype
 
-__all__ = ["routes"]
+__all__ = ["infer_handler", "routes"]
 
-HEADER_LEN = "inference-header-content-length"
+HEADER_LEN = b"inference-header-content-length"
 
 
 def _find_model(registry: Registry, name: str, version: str | None) -> LoadedModel:
@@ -136,10 +136,9 @@ def _input_arrays(model: LoadedModel, req: dict[str, Any], binary: bytes) -> tup
     return arrays, texts
 
 
-def routes(settings: ServerSettings, registry: Registry, metrics: Metrics, admin: Callable[[Request], None],
-           run_inference: Callable[[LoadedModel, Any], Awaitable[Any]]) -> list[Route]:
-    from mlos_core.app import pending_from_arrays, read_body, read_json
-    from mlos_core.batching import Pending
+def routes(settings: ServerSettings, registry: Registry, admin: Callable[[Request], None]) -> list[Route]:
+    """Everything but infer (see infer_handler)."""
+    from mlos_core.app import read_json
 
     async def server_meta(request: Request) -> Response:
         return JSONResponse({"name": "mlos-core", "version": __version__,
@@ -153,12 +152,8 @@ def routes(settings: ServerSettings, registry: Registry, metrics: Metrics, admin
 
     async def model(request: Request) -> Response:
         name, version, action = _split(request.path_params["rest"])
-        if action == "infer":
-            if request.method != "POST":
-                raise ApiError(405, "method_not_allowed", "use POST for infer")
-            if version:
-                await registry.resolve(f"{name}@{version}")
-            return await infer(request, name, version)
+        if action == "infer":  # POST never gets here: FastPath answers it
+            raise ApiError(405, "method_not_allowed", "use POST for infer")
         m = _find_model(registry, name, version)
         if action == "ready":
             return JSONResponse({"name": name, "ready": True})
@@ -166,59 +161,6 @@ def routes(settings: ServerSettings, registry: Registry, metrics: Metrics, admin
             return JSONResponse({"name": name, "platform": "onnxruntime_onnx",
                                  "max_batch_size": m.batcher.max_batch_size})
         return JSONResponse(_metadata(m))
-
-    async def infer(request: Request, name: str, version: str | None) -> Response:
-        m = _find_model(registry, name, version)
-        body = await read_body(request, settings.max_body_bytes)
-        req, binary = _parse_infer(body, request.headers.get(HEADER_LEN))
-        arrays, texts = _input_arrays(m, req, binary)
-        deadline = time.perf_counter() + settings.request_timeout_s
-        if texts:
-            if len(texts) > m.batcher.max_batch_size:
-                raise ApiError(400, "too_many_inputs", f"at most {m.batcher.max_batch_size} texts per request")
-            from mlos_core.app import estimate_tokens
-
-            pending = Pending(rows=len(texts), key=("text",), texts=texts, deadline=deadline,
-                              tokens=estimate_tokens(texts, m))
-        else:
-            missing = sorted({t.name for t in m.manifest.inputs} - set(arrays))
-            if missing:
-                raise ApiError(400, "bad_inputs", f"missing inputs {missing}")
-            pending = pending_from_arrays(m, arrays, deadline)
-        result = await run_inference(m, pending)
-        requested = req.get("outputs")
-        all_binary = bool((req.get("parameters") or {}).get("binary_data_output"))
-        wanted: dict[str, bool] = {}
-        if isinstance(requested, list) and requested:
-            for o in requested:
-                if isinstance(o, dict) and isinstance(o.get("name"), str):
-                    wanted[o["name"]] = bool((o.get("parameters") or {}).get("binary_data", all_binary))
-        else:
-            wanted = {k: all_binary for k in result.outputs}
-        unknown = sorted(set(wanted) - set(result.outputs))
-        if unknown:
-            raise ApiError(400, "bad_outputs", f"unknown outputs {unknown}; the model gives {sorted(result.outputs)}")
-        model_name, model_version = m.model_id.rsplit("@", 1)
-        outs, blobs = [], []
-        for oname, as_binary in wanted.items():
-            arr = np.ascontiguousarray(result.outputs[oname])
-            entry: dict[str, Any] = {"name": oname, "datatype": kserve_datatype(arr.dtype.name),
-                                     "shape": list(arr.shape)}
-            if as_binary:
-                raw = arr.tobytes()
-                entry["parameters"] = {"binary_data_size": len(raw)}
-                blobs.append(raw)
-            else:
-                entry["data"] = arr.reshape(-1)
-            outs.append(entry)
-        payload = {"model_name": model_name, "model_version": model_version, "outputs": outs}
-        if "id" in req:
-            payload["id"] = req["id"]
-        if not blobs:
-            return JSONResponse(payload)
-        head = dumps(payload)
-        return Response(head + b"".join(blobs), media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(len(head))})
 
     async def repo_index(request: Request) -> Response:
         rows = [{"name": k.rsplit("@", 1)[0], "version": k.rsplit("@", 1)[1], "state": "READY"}
@@ -252,3 +194,68 @@ def routes(settings: ServerSettings, registry: Registry, metrics: Metrics, admin
         Route("/v2/repository/index", repo_index, methods=["GET", "POST"]),
         Route("/v2/repository/models/{rest:path}", repo_action, methods=["POST"]),
     ]
+
+
+def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[[LoadedModel], None],
+                  run_inference: Callable[[LoadedModel, Any], Awaitable[Any]]) -> Handler:
+    """POST /v2/models/{name}[/versions/{v}]/infer, JSON or binary tensors (a FastRoute)."""
+    from mlos_core.app import dtype_name, estimate_tokens, pending_from_arrays
+    from mlos_core.batching import Pending
+
+    async def infer(tail: str, body: bytes, headers: Headers) -> Reply:
+        name, version, _ = _split(tail)
+        if version:
+            await registry.resolve(f"{name}@{version}")
+        m = _find_model(registry, name, version)
+        admit(m)
+        header_len = next((v.decode("latin-1") for k, v in headers if k == HEADER_LEN), None)
+        req, binary = _parse_infer(body, header_len)
+        arrays, texts = _input_arrays(m, req, binary)
+        deadline = time.perf_counter() + settings.request_timeout_s
+        if texts:
+            if len(texts) > m.batcher.max_batch_size:
+                raise ApiError(400, "too_many_inputs", f"at most {m.batcher.max_batch_size} texts per request")
+            pending = Pending(rows=len(texts), key=("text",), texts=texts, deadline=deadline,
+                              tokens=estimate_tokens(texts, m))
+        else:
+            missing = sorted({t.name for t in m.manifest.inputs} - set(arrays))
+            if missing:
+                raise ApiError(400, "bad_inputs", f"missing inputs {missing}")
+            pending = pending_from_arrays(m, arrays, deadline)
+        result = await run_inference(m, pending)
+        requested = req.get("outputs")
+        all_binary = bool((req.get("parameters") or {}).get("binary_data_output"))
+        wanted: dict[str, bool] = {}
+        if isinstance(requested, list) and requested:
+            for o in requested:
+                if isinstance(o, dict) and isinstance(o.get("name"), str):
+                    wanted[o["name"]] = bool((o.get("parameters") or {}).get("binary_data", all_binary))
+        else:
+            wanted = {k: all_binary for k in result.outputs}
+        unknown = sorted(set(wanted) - set(result.outputs))
+        if unknown:
+            raise ApiError(400, "bad_outputs", f"unknown outputs {unknown}; the model gives {sorted(result.outputs)}")
+        model_name, model_version = m.model_id.rsplit("@", 1)
+        outs, blobs = [], []
+        for oname, as_binary in wanted.items():
+            arr = np.ascontiguousarray(result.outputs[oname])
+            entry: dict[str, Any] = {"name": oname, "datatype": kserve_datatype(dtype_name(arr.dtype)),
+                                     "shape": list(arr.shape)}
+            if as_binary:
+                raw = arr.tobytes()
+                entry["parameters"] = {"binary_data_size": len(raw)}
+                blobs.append(raw)
+            else:
+                entry["data"] = arr.reshape(-1)
+            outs.append(entry)
+        payload = {"model_name": model_name, "model_version": model_version, "outputs": outs}
+        if "id" in req:
+            payload["id"] = req["id"]
+        if not blobs:
+            return dumps(payload), JSON_HEADERS
+        head = dumps(payload)
+        return head + b"".join(blobs), [(b"content-type", b"application/octet-stream"),
+                                        (HEADER_LEN, b"%d" % len(head))]
+
+    return infer
+

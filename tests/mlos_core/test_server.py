@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -158,6 +162,7 @@ def test_tensor_inference_and_many_concurrent_clients(core: Core) -> None:
         (f"/models/{MLP}/inference", b'{"input": "text for a tensor model"}', 400, "not_a_text_model"),
         (f"/models/{TEXT}/inference", b'{"input": 42}', 400, "bad_input"),
         ("/models/demo/nope@1/inference", b'{"input": "x"}', 404, "model_not_found"),
+        (f"/models/{MLP}/inference", b"", 405, "method_not_allowed"),  # GET
         ("/no/such/route", b"", 404, "not_found"),
     ],
 )
@@ -270,7 +275,11 @@ def test_queue_overflow_gets_503_while_admitted_requests_succeed(published: tupl
         with concurrent.futures.ThreadPoolExecutor(20) as pool:
             futs = [pool.submit(c.call, "POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})
                     for _ in range(20)]
+            time.sleep(0.15)  # four requests now fill the queue for the rest of the 400 ms window
+            # a full queue is checked before the body is parsed: even a malformed request gets the 503
+            status, body, _ = c.call("POST", f"/models/{MLP}/inference", raw=b"{not json")
             results = [f.result() for f in futs]
+        assert (status, body["code"]) == (503, "queue_full")
     codes = sorted(r[0] for r in results)
     assert codes.count(200) >= 4 and codes.count(503) >= 1 and set(codes) <= {200, 503}
     rejected = [r for r in results if r[0] == 503]
@@ -303,6 +312,31 @@ def test_request_body_limit(published: tuple[Settings, Path], tmp_path: Path) ->
         # the same server (started without spinning, one intra-op thread) still serves normal bodies
         status, body, _ = c.call("POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})
         assert status == 200 and np.allclose(body["outputs"]["y"]["data"], mlp_reference(np.asarray([[1, 2, 3, 4]])))
+        # chunked bodies (no Content-Length) arrive in several pieces: counted as they come
+        host, port = c.url.removeprefix("http://").split(":")
+        url = f"/models/{MLP}/inference"
+        assert _post_chunked(host, int(port), url, [big[i:i + 100] for i in range(0, len(big), 100)])[0] == 413
+        small = b'{"inputs": {"x": [[1, 2, 3, 4]]}}'
+        status, body = _post_chunked(host, int(port), url, [small[:10], small[10:20], small[20:]])
+        assert status == 200 and np.allclose(body["outputs"]["y"]["data"], mlp_reference(np.asarray([[1, 2, 3, 4]])))
+        # a client that hangs up halfway through its body gets no answer and breaks nothing
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"POST /models/{MLP}/inference HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n"
+                         .encode() + small[:10])
+        time.sleep(0.2)
+        assert c.call("POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})[0] == 200
+    assert "Traceback" not in c.log.read_text()
+
+
+def _post_chunked(host: str, port: int, path: str, pieces: list[bytes]) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request("POST", path, body=iter(pieces), headers={"Content-Type": "application/json"},
+                     encode_chunked=True)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
 
 
 # --- KServe v2 -------------------------------------------------------------------------------------
@@ -318,6 +352,9 @@ def test_kserve_v2_json_endpoints(core: Core) -> None:
         "id": "req-7",
         "inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6, 7, 8]}]})
     assert status == 200 and out["id"] == "req-7" and out["model_version"] == "1"
+    assert core.call("GET", "/v2/models/demo/mlp/versions/1/infer")[0] == 405
+    assert core.call("POST", "/v2/models/demo/nope/infer", {"inputs": []})[1]["code"] == "model_not_found"
+    assert core.call("POST", "/v2/models/demo/mlp/infer", raw=b"{oops")[1]["code"] == "bad_json"
     (y,) = out["outputs"]
     ref = mlp_reference(np.arange(1, 9, dtype=np.float32).reshape(2, 4))
     np.testing.assert_allclose(np.asarray(y["data"]).reshape(y["shape"]), ref, rtol=1e-5)

@@ -351,6 +351,12 @@ cdef class _Copier:
     cdef public bint start_writeback
     cdef public bint drop_behind
     cdef object behind
+    cdef public bint split_hash
+    cdef object sha_q
+    cdef object free_q
+    cdef list bufs
+    cdef object sha_thread
+    cdef list sha_failure
 
     def __cinit__(self, int fin, int fout, object src, object dst, object progress, Cancel cancel, str method):
         self.fin = fin
@@ -365,6 +371,8 @@ cdef class _Copier:
         self.start_writeback = False
         self.drop_behind = False
         self.behind = deque()
+        self.split_hash = False
+        self.sha_thread = None
 
     cdef bint try_reflink(self) except -1:
         cdef int rc
@@ -448,18 +456,66 @@ cdef class _Copier:
 
         The pages were written a moment ago, so this reads them from the page cache (often
         from the CPU cache): verification costs the hashing, not a second pass over the disk.
+        With *split_hash*, this thread computes xxh3 and a helper thread sha256 of the same
+        buffers, so one large file is copied, read back and hashed on two cores at once.
         """
         cdef ssize_t n
         cdef off_t end = off + length
+        cdef unsigned char[::1] raw
         while off < end:
-            n = _read_full(self.fout, buf, <size_t>min(<off_t>RW_CHUNK_BYTES, end - off), self.dst, off)
-            if n == 0:
-                raise OSError(EINVAL, "destination shrank during the copy", self.dst)
-            chunk = mv[:n]
-            self.sha.update(chunk)
-            self.xxh.update(chunk)
+            if self.sha_thread is not None:
+                idx = self.free_q.get()
+                raw = self.bufs[idx]
+                n = _read_full(self.fout, &raw[0], <size_t>min(<off_t>RW_CHUNK_BYTES, end - off), self.dst, off)
+                if n == 0:
+                    self.free_q.put(idx)
+                    raise OSError(EINVAL, "destination shrank during the copy", self.dst)
+                self.xxh.update(memoryview(raw)[:n])
+                self.sha_q.put((idx, n))
+            else:
+                n = _read_full(self.fout, buf, <size_t>min(<off_t>RW_CHUNK_BYTES, end - off), self.dst, off)
+                if n == 0:
+                    raise OSError(EINVAL, "destination shrank during the copy", self.dst)
+                chunk = mv[:n]
+                self.sha.update(chunk)
+                self.xxh.update(chunk)
             off += n
         return 0
+
+    def _start_sha_thread(self):
+        self.bufs = [bytearray(RW_CHUNK_BYTES) for _ in range(SPLIT_HASH_BUFFERS)]
+        self.free_q = SimpleQueue()
+        self.sha_q = SimpleQueue()
+        self.sha_failure = []
+        for i in range(SPLIT_HASH_BUFFERS):
+            self.free_q.put(i)
+        sha, bufs, free_q, sha_q, failure = self.sha, self.bufs, self.free_q, self.sha_q, self.sha_failure
+
+        def run():
+            while True:
+                item = sha_q.get()
+                if item is None:
+                    return
+                idx, n = item
+                try:
+                    if not failure:
+                        sha.update(memoryview(bufs[idx])[:n])
+                except BaseException as exc:  # raised in the copying thread by _stop_sha_thread
+                    failure.append(exc)
+                free_q.put(idx)
+
+        self.sha_thread = threading.Thread(target=run, name="axon-copy-sha256", daemon=True)
+        self.sha_thread.start()
+
+    def _stop_sha_thread(self):
+        if self.sha_thread is None:
+            return
+        self.sha_q.put(None)
+        self.sha_thread.join()
+        self.sha_thread = None
+        self.bufs = None
+        if self.sha_failure:
+            raise self.sha_failure[0]
 
     cdef int retire(self, off_t off, off_t n) except -1:
         """Wait for the chunks more than a window behind *off* to reach the disk, then drop them.
@@ -496,14 +552,22 @@ cdef class _Copier:
         are hashed from the destination right after each chunk, while still cached, so copy
         and verification overlap instead of running one after the other.
         """
+        if inline_hash:
+            self.sha = hashlib.sha256()
+            self.xxh = xxhash.xxh3_128()
+            if self.split_hash and self.method in ("copy_file_range", "sendfile"):
+                self._start_sha_thread()
+        try:
+            self._copy_segments(segments, inline_hash)
+        finally:
+            self._stop_sha_thread()
+
+    def _copy_segments(self, list segments, bint inline_hash):
         cdef bytearray buffer = None
         cdef unsigned char[::1] view
         cdef unsigned char *buf = NULL
         cdef off_t off, end, n
         mv = None
-        if inline_hash:
-            self.sha = hashlib.sha256()
-            self.xxh = xxhash.xxh3_128()
         for start, stop in segments:
             off = start
             end = stop
@@ -517,6 +581,8 @@ cdef class _Copier:
                     n = self.kernel_chunk(off, end - off)
                     if n < 0:
                         self.method = "sendfile" if self.method == "copy_file_range" else "readwrite"
+                        if self.method == "readwrite":
+                            self._stop_sha_thread()  # bytes hashed so far, in order, before rw hashes inline
                         continue
                     if inline_hash:
                         self.hash_copied(off, n, buf, mv)
@@ -564,8 +630,9 @@ def copy_file_ex(object src, object dst, bint verify=False, bint durable=False, 
     hashed (inline when the bytes pass through user space, else by one read of the
     destination), fsynced, given the source's mode, and removed again on any failure.
     With *defer_small_sync*, files under 8 MiB skip their fsync: the caller runs one syncfs.
-    *hash_pipeline* (None, a bool, or a callable returning one) says whether verifying may use
-    the two-thread hash pipeline; it pays only while fewer copies run than there are cores.
+    *hash_pipeline* (None: decide by size and cores; a bool, or a callable returning one) says
+    whether verifying may use a second thread (sha256 beside the copy, or the two-thread hash
+    pipeline afterwards); it pays only while fewer copies run than there are cores.
     With *hash_after* false, only an inline digest is returned (the caller hashes later);
     *start_writeback* starts each chunk's writeback as soon as it is copied.
     """
@@ -600,6 +667,9 @@ def copy_file_ex(object src, object dst, bint verify=False, bint durable=False, 
                 durable = False
             copier.start_writeback = durable or start_writeback
             copier.drop_behind = (durable or start_writeback) and drop_cache and size >= PIPELINE_MIN_BYTES
+            if verify and size >= PIPELINE_MIN_BYTES:
+                pipeline = hash_pipeline() if callable(hash_pipeline) else hash_pipeline
+                copier.split_hash = (os.cpu_count() or 1) > 1 if pipeline is None else bool(pipeline)
             if size == 0:
                 copier.method = "empty"
             elif method == "reflink" and copier.try_reflink():
@@ -686,10 +756,13 @@ def copy_files(list pairs, int workers=0, bint verify=False, bint durable=False,
     nworkers = min(nworkers, len(pairs))
     results = [None] * len(pairs)
     written = [False] * len(pairs)
+    # Verifying, a large file's sha256 may run on a core of its own while fewer large files are
+    # copied at once than there are cores.
+    split_hash = verify and min(nworkers, sum(1 for n in sizes if n >= PIPELINE_MIN_BYTES)) < ncpu
 
     def copy_one(i):
         s, d = pairs[i]
-        row = copy_file_ex(s, d, verify, False, drop_cache, report, cancel, True, method, False, None, False,
+        row = copy_file_ex(s, d, verify, False, drop_cache, report, cancel, True, method, False, split_hash, False,
                            durable)
         written[i] = True
         return row

@@ -338,3 +338,45 @@ def test_durable_copy_leaves_the_page_cache_as_it_was(tmp_path: Path) -> None:
     # The copy's pages were written back and dropped; a page cache that kept them would be
     # a 20 GB publish evicting a serving machine's hot model.
     assert _resident_fraction(tmp_path / "dst" / "weights.bin") < 0.25
+
+
+def _sha_helper_running() -> bool:
+    return any(t.name == "axon-copy-sha256" for t in threading.enumerate())
+
+
+@native_only
+@pytest.mark.parametrize("split", [True, False])
+def test_verified_copy_of_one_large_file_hashes_sha256_beside_the_copy(tmp_path: Path, split: bool) -> None:
+    """With a core to spare, a large file's sha256 runs on a helper thread while this one copies,
+    reads back and computes xxh3: both digests stay those of the bytes, in order."""
+    data = _data((40 << 20) + 123, 11)
+    (tmp_path / "src.bin").write_bytes(data)
+    seen: list[bool] = []
+    size, used, sha, xxh = fastio._native.copy_file_ex(  # type: ignore[union-attr]
+        tmp_path / "src.bin", tmp_path / "dst.bin", True, True, False, lambda n: seen.append(_sha_helper_running()),
+        None, True, "copy_file_range", False, split)
+    assert (size, used) == (len(data), "copy_file_range")
+    assert (sha, xxh) == (hashlib.sha256(data).hexdigest(), xxhash.xxh3_128(data).hexdigest())
+    assert any(seen) == split and not _sha_helper_running()
+    # copy_tree turns it on by itself when fewer large files than cores are copied at once
+    src = tmp_path / "tree"
+    src.mkdir()
+    os.link(tmp_path / "src.bin", src / "weights.bin")
+    seen.clear()
+    (row,) = fastio.copy_tree(src, tmp_path / "tree-copy", verify=True, progress=lambda n: seen.append(
+        _sha_helper_running()))
+    assert row.sha256 == sha and any(seen) == ((os.cpu_count() or 1) > 1)
+
+
+@native_only
+def test_a_failing_verified_copy_stops_its_sha256_helper(tmp_path: Path) -> None:
+    data = _data(12 << 20, 12)
+    (tmp_path / "src.bin").write_bytes(data)
+    with tmpfs(tmp_path / "tiny", "4m") as mnt:
+        with pytest.raises(OSError) as info:
+            fastio._native.copy_file_ex(  # type: ignore[union-attr]
+                tmp_path / "src.bin", mnt / "dst.bin", True, True, False, None, None, True, "copy_file_range",
+                False, True)
+        assert info.value.errno == errno.ENOSPC
+        assert not (mnt / "dst.bin").exists()
+    assert not _sha_helper_running()

@@ -250,10 +250,15 @@ def test_signals_during_the_copy_eintr(tmp_path: Path, method: str) -> None:
 
 
 @native_only
-def test_ctrl_c_stops_a_big_copy_within_a_second(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("method", "verify", "files", "pause"), [
+    ("readwrite", False, 2, 0.01),  # 1 MiB chunks: ~2.5 s per file
+    ("copy_file_range", True, 1, 0.05),  # 8 MiB kernel chunks, sha256 on its helper thread: ~1.6 s
+])
+def test_ctrl_c_stops_a_big_copy_within_a_second(tmp_path: Path, method: str, verify: bool, files: int,
+                                                 pause: float) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(2):
+    for i in range(files):
         (src / f"w{i}.bin").write_bytes(_data(256 << 20, i))
     dst = tmp_path / "dst"
     started, finished = threading.Event(), threading.Event()
@@ -263,7 +268,7 @@ def test_ctrl_c_stops_a_big_copy_within_a_second(tmp_path: Path) -> None:
     def slow_progress(n: int) -> None:
         copied.append(n)
         started.set()
-        time.sleep(0.01)  # ~2.5 s per file: long enough to be interrupted mid-file
+        time.sleep(pause)  # long enough to be interrupted mid-file
 
     def interrupt() -> None:
         if started.wait(10):
@@ -277,7 +282,7 @@ def test_ctrl_c_stops_a_big_copy_within_a_second(tmp_path: Path) -> None:
     threading.Thread(target=interrupt, daemon=True).start()
     interrupted = False
     try:
-        fastio.copy_tree(src, dst, method="readwrite", progress=slow_progress)
+        fastio.copy_tree(src, dst, method=method, verify=verify, progress=slow_progress)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -287,6 +292,7 @@ def test_ctrl_c_stops_a_big_copy_within_a_second(tmp_path: Path) -> None:
     # Stopped mid-file, between chunks: far from the 512 MiB a finished copy would report.
     assert 0 < sum(copied) < 256 << 20
     assert not dst.exists()
+    assert not _sha_helper_running()
 
 
 

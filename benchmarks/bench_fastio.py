@@ -100,12 +100,12 @@ def report(name: str, ours: float, base: float, *, kind: str, target: float) -> 
           f"ratio {ratio:5.2f}{how}", flush=True)
 
 
-def make_tree(root: Path, size_gib: float, small_files: int) -> list[Path]:
+def make_tree(root: Path, size_gib: float, small_files: int, large_files: int = 3) -> list[Path]:
     root.mkdir(parents=True, exist_ok=True)
-    big = int((size_gib * 2**30 - small_files * 5 * 1024) / 3)
+    big = int((size_gib * 2**30 - small_files * 5 * 1024) / large_files)
     block = os.urandom(16 << 20)
     bigs = []
-    for i in range(3):
+    for i in range(large_files):
         p = root / "weights" / f"model-{i:02d}.onnx_data"
         p.parent.mkdir(parents=True, exist_ok=True)
         with open(p, "wb") as f:

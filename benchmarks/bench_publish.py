@@ -1,13 +1,14 @@
 """`axon publish` of a multi-GB model against what an administrator would do by hand, in one run.
 
-Generates a package (three large weight files, many small files, a real model.onnx), installs it
+Generates a package (three large weight files or --large-files of them, many small files, a real
+model.onnx), installs it
 into a sandbox dev cache, then times (best of --repeat, destination removed and `sync` between):
 
   axon publish (library call: verify cache, staged copy, fsync, verify copy, modes, rename, audit)
   cp -r + sync + openssl dgst -sha256 of the copy        (coreutils sha256sum lacks SHA-NI here)
   shutil.copytree + sync + hashlib sha256 of the copy
 
-  .venv/bin/python benchmarks/bench_publish.py [--size-gib 4] [--small-files 1000] [--repeat 2]
+  .venv/bin/python benchmarks/bench_publish.py [--size-gib 4] [--small-files 1000] [--large-files 3] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-gib", type=float, default=4.0)
     ap.add_argument("--small-files", type=int, default=1000)
+    ap.add_argument("--large-files", type=int, default=3, help="weight files sharing --size-gib (1: one big "
+                    "model.safetensors-style file)")
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="axon-bench-publish-", dir="/var/tmp"))
     try:
         pkg = work / "pkg"
-        make_tree(pkg, args.size_gib, args.small_files)
+        make_tree(pkg, args.size_gib, args.small_files, args.large_files)
         (pkg / "model.onnx").write_bytes(build_encoder_onnx(EncoderConfig(), 200).SerializeToString())
         env = {"AXON_HOME": str(work / "home"), "AXON_CACHE_DIR": str(work / "cache"),
                "AXON_PUBLISH_DIR": str(work / "prod"), "HOME": str(work / "home")}

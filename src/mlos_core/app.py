@@ -24,7 +24,7 @@ from mlos_core import __version__, kserve
 from mlos_core.auth import load_or_create_token, require_admin
 from mlos_core.batching import Pending
 from mlos_core.errors import ApiError, api_error_handler, error_response
-from mlos_core.fastpath import JSON_HEADERS, FastPath, FastRoute, Headers, Reply
+from mlos_core.fastpath import JSON_HEADERS, FastPath, FastRoute, Headers, ReadBody, Reply
 from mlos_core.jsonio import JSONResponse, dumps, loads
 from mlos_core.registry import LoadedModel, Registry
 from mlos_core.settings import ServerSettings
@@ -146,7 +146,7 @@ def create_app(settings: ServerSettings) -> FastPath:
         require_admin(request, token_holder["token"])
 
     def admit(model: LoadedModel) -> None:
-        """Under overload a request is turned away (503) before its body is even parsed."""
+        """Under overload a request is turned away (503) before its body is even read."""
         try:
             model.batcher.admit()
         except ApiError as exc:
@@ -192,11 +192,11 @@ def create_app(settings: ServerSettings) -> FastPath:
         result = await registry.register(model_id=model_id, manifest_path=path)
         return JSONResponse(result, status_code=201 if result["status"] == "registered" else 200)
 
-    async def infer_native(raw_id: str, raw_body: bytes, headers: Headers) -> Reply:
+    async def infer_native(raw_id: str, headers: Headers, read_body: ReadBody) -> Reply:
         """POST /models/{id}/inference (a FastRoute)."""
         model = await registry.resolve(model_id_from_path(raw_id))
         admit(model)
-        body = parse_json(raw_body)
+        body = parse_json(await read_body())
         deadline = time.perf_counter() + settings.request_timeout_s
         try:
             pending = build_pending(model, body, deadline)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from mlos_core.errors import ApiError, error_body
 
-__all__ = ["FastPath", "FastRoute", "Reply", "read_asgi_body"]
+__all__ = ["FastPath", "FastRoute", "ReadBody", "Reply", "read_asgi_body"]
 
 log = logging.getLogger("mlos_core.app")
 
@@ -26,13 +26,16 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 Reply = tuple[bytes, Headers]  # body, response headers (content-type included; content-length is added)
-Handler = Callable[[str, bytes, Headers], Awaitable[Reply]]
+ReadBody = Callable[[], Awaitable[bytes]]
+Handler = Callable[[str, Headers, ReadBody], Awaitable[Reply]]
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 
 
 class FastRoute(NamedTuple):
-    """``POST <prefix><tail><suffix>`` goes to ``handler(tail, body, request headers)``."""
+    """``POST <prefix><tail><suffix>`` goes to ``handler(tail, request headers, read_body)``; the
+    handler reads the body only once it knows it will serve the request (a full queue answers
+    503 without waiting for a body)."""
 
     prefix: str
     suffix: str
@@ -90,9 +93,12 @@ class FastPath:
                 break
         else:
             return await self.app(scope, receive, send)
+        async def read_body() -> bytes:
+            return await read_asgi_body(scope, receive, self.max_body_bytes)
+
         try:
-            body = await read_asgi_body(scope, receive, self.max_body_bytes)
-            payload, headers = await route.handler(path[len(route.prefix):-len(route.suffix)], body, scope["headers"])
+            payload, headers = await route.handler(path[len(route.prefix):-len(route.suffix)], scope["headers"],
+                                                   read_body)
             status = 200
         except ClientGone:
             return

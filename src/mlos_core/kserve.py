@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from mlos_core import __version__
 from mlos_core.errors import ApiError
-from mlos_core.fastpath import JSON_HEADERS, Handler, Headers, Reply
+from mlos_core.fastpath import JSON_HEADERS, Handler, Headers, ReadBody, Reply
 from mlos_core.jsonio import JSONResponse, dumps, loads
 from mlos_core.registry import LoadedModel, Registry
 from mlos_core.settings import ServerSettings
@@ -202,14 +202,14 @@ def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[
     from mlos_core.app import dtype_name, estimate_tokens, pending_from_arrays
     from mlos_core.batching import Pending
 
-    async def infer(tail: str, body: bytes, headers: Headers) -> Reply:
+    async def infer(tail: str, headers: Headers, read_body: ReadBody) -> Reply:
         name, version, _ = _split(tail)
         if version:
             await registry.resolve(f"{name}@{version}")
         m = _find_model(registry, name, version)
         admit(m)
         header_len = next((v.decode("latin-1") for k, v in headers if k == HEADER_LEN), None)
-        req, binary = _parse_infer(body, header_len)
+        req, binary = _parse_infer(await read_body(), header_len)
         arrays, texts = _input_arrays(m, req, binary)
         deadline = time.perf_counter() + settings.request_timeout_s
         if texts:

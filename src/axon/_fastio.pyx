@@ -133,63 +133,82 @@ cdef tuple _hash_serial(int fd, object path, Py_ssize_t chunk_size, object progr
     return total, (sha.hexdigest() if want_sha else None), xxh.hexdigest()
 
 
-cdef tuple _hash_pipelined(int fd, object path, Py_ssize_t chunk_size, object progress, Cancel cancel):
-    """A helper thread reads and computes xxh3 while this thread computes sha256.
+class _Sha256Beside:
+    """sha256 on a helper thread, of buffers the calling thread fills (and uses for xxh3 first):
+    the two digests of one stream are computed on two cores.
 
-    sha256 is the slow hash (about 1.6 GB/s with SHA instructions); overlapping the reads and
-    xxh3 with it makes both digests together cost what sha256 alone costs.
+    ``take()`` a free buffer index, fill ``buffers[i]``, ``hand_over(i, n)``; ``finish()`` waits
+    for the helper and returns the hex digest; ``stop()`` (idempotent) ends the helper on failure.
+    sha256 is the slow hash (about 1.6 GB/s with SHA instructions), so this makes both digests
+    together cost what sha256 alone costs.
     """
-    buffers = [bytearray(chunk_size) for _ in range(PIPELINE_BUFFERS)]
-    views = [memoryview(b) for b in buffers]
-    free_q = SimpleQueue()
-    ready_q = SimpleQueue()
-    for i in range(PIPELINE_BUFFERS):
-        free_q.put(i)
-    sha = hashlib.sha256()
-    xxh = xxhash.xxh3_128()
-    failure = []
 
-    def reader():
-        cdef unsigned char[::1] raw
-        cdef ssize_t got
-        try:
-            while True:
-                idx = free_q.get()
-                if idx is None:
-                    return
-                raw = buffers[idx]
-                got = _read_full(fd, &raw[0], chunk_size, path)
-                if got == 0:
-                    ready_q.put(None)
-                    return
-                xxh.update(views[idx][:got])
-                ready_q.put((idx, got))
-        except BaseException as exc:  # handed to the caller's thread
-            failure.append(exc)
-            ready_q.put(None)
+    def __init__(self, int count, Py_ssize_t size, str name):
+        self.sha = hashlib.sha256()
+        self.buffers = [bytearray(size) for _ in range(count)]
+        self.free = SimpleQueue()
+        self.ready = SimpleQueue()
+        self.failure = []
+        for i in range(count):
+            self.free.put(i)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
 
-    thread = threading.Thread(target=reader, name="axon-hash-reader", daemon=True)
-    thread.start()
+    def _run(self):
+        while True:
+            item = self.ready.get()
+            if item is None:
+                return
+            idx, n = item
+            try:
+                if not self.failure:
+                    self.sha.update(memoryview(self.buffers[idx])[:n])
+            except BaseException as exc:  # raised in the calling thread by finish()
+                self.failure.append(exc)
+            self.free.put(idx)
+
+    def take(self):
+        return self.free.get()
+
+    def hand_over(self, idx, n):
+        self.ready.put((idx, n))
+
+    def stop(self):
+        if self.thread is not None:
+            self.ready.put(None)
+            self.thread.join()
+            self.thread = None
+
+    def finish(self):
+        self.stop()
+        if self.failure:
+            raise self.failure[0]
+        return self.sha.hexdigest()
+
+
+cdef tuple _hash_pipelined(int fd, object path, Py_ssize_t chunk_size, object progress, Cancel cancel):
+    """Read and compute xxh3 here while a helper thread computes sha256 (_Sha256Beside)."""
+    cdef unsigned char[::1] raw
+    cdef ssize_t got
     cdef long long total = 0
+    xxh = xxhash.xxh3_128()
+    helper = _Sha256Beside(PIPELINE_BUFFERS, chunk_size, "axon-hash-sha256")
     try:
         while True:
-            item = ready_q.get()
-            if item is None:
+            idx = helper.take()
+            raw = helper.buffers[idx]
+            got = _read_full(fd, &raw[0], chunk_size, path)
+            if got == 0:
                 break
-            idx, got = item
-            sha.update(views[idx][:got])
+            xxh.update(memoryview(raw)[:got])
+            helper.hand_over(idx, got)
             total += got
-            free_q.put(idx)
             if progress is not None:
                 progress(got)
             _check(cancel)
+        return total, helper.finish(), xxh.hexdigest()
     finally:
-        for _ in range(PIPELINE_BUFFERS + 1):
-            free_q.put(None)
-        thread.join()
-    if failure:
-        raise failure[0]
-    return total, sha.hexdigest(), xxh.hexdigest()
+        helper.stop()
 
 
 def hash_file(object path, object progress=None, Py_ssize_t chunk_size=HASH_CHUNK_BYTES,
@@ -352,11 +371,7 @@ cdef class _Copier:
     cdef public bint drop_behind
     cdef object behind
     cdef public bint split_hash
-    cdef object sha_q
-    cdef object free_q
-    cdef list bufs
-    cdef object sha_thread
-    cdef list sha_failure
+    cdef object helper
 
     def __cinit__(self, int fin, int fout, object src, object dst, object progress, Cancel cancel, str method):
         self.fin = fin
@@ -372,7 +387,7 @@ cdef class _Copier:
         self.drop_behind = False
         self.behind = deque()
         self.split_hash = False
-        self.sha_thread = None
+        self.helper = None
 
     cdef bint try_reflink(self) except -1:
         cdef int rc
@@ -463,15 +478,14 @@ cdef class _Copier:
         cdef off_t end = off + length
         cdef unsigned char[::1] raw
         while off < end:
-            if self.sha_thread is not None:
-                idx = self.free_q.get()
-                raw = self.bufs[idx]
+            if self.helper is not None:
+                idx = self.helper.take()
+                raw = self.helper.buffers[idx]
                 n = _read_full(self.fout, &raw[0], <size_t>min(<off_t>RW_CHUNK_BYTES, end - off), self.dst, off)
                 if n == 0:
-                    self.free_q.put(idx)
                     raise OSError(EINVAL, "destination shrank during the copy", self.dst)
                 self.xxh.update(memoryview(raw)[:n])
-                self.sha_q.put((idx, n))
+                self.helper.hand_over(idx, n)
             else:
                 n = _read_full(self.fout, buf, <size_t>min(<off_t>RW_CHUNK_BYTES, end - off), self.dst, off)
                 if n == 0:
@@ -482,40 +496,11 @@ cdef class _Copier:
             off += n
         return 0
 
-    def _start_sha_thread(self):
-        self.bufs = [bytearray(RW_CHUNK_BYTES) for _ in range(SPLIT_HASH_BUFFERS)]
-        self.free_q = SimpleQueue()
-        self.sha_q = SimpleQueue()
-        self.sha_failure = []
-        for i in range(SPLIT_HASH_BUFFERS):
-            self.free_q.put(i)
-        sha, bufs, free_q, sha_q, failure = self.sha, self.bufs, self.free_q, self.sha_q, self.sha_failure
-
-        def run():
-            while True:
-                item = sha_q.get()
-                if item is None:
-                    return
-                idx, n = item
-                try:
-                    if not failure:
-                        sha.update(memoryview(bufs[idx])[:n])
-                except BaseException as exc:  # raised in the copying thread by _stop_sha_thread
-                    failure.append(exc)
-                free_q.put(idx)
-
-        self.sha_thread = threading.Thread(target=run, name="axon-copy-sha256", daemon=True)
-        self.sha_thread.start()
-
-    def _stop_sha_thread(self):
-        if self.sha_thread is None:
-            return
-        self.sha_q.put(None)
-        self.sha_thread.join()
-        self.sha_thread = None
-        self.bufs = None
-        if self.sha_failure:
-            raise self.sha_failure[0]
+    def _end_helper(self):
+        """Wait for the sha256 helper (if any) to catch up; self.sha is then complete so far."""
+        if self.helper is not None:
+            helper, self.helper = self.helper, None
+            helper.finish()
 
     cdef int retire(self, off_t off, off_t n) except -1:
         """Wait for the chunks more than a window behind *off* to reach the disk, then drop them.
@@ -556,11 +541,15 @@ cdef class _Copier:
             self.sha = hashlib.sha256()
             self.xxh = xxhash.xxh3_128()
             if self.split_hash and self.method in ("copy_file_range", "sendfile"):
-                self._start_sha_thread()
+                self.helper = _Sha256Beside(SPLIT_HASH_BUFFERS, RW_CHUNK_BYTES, "axon-copy-sha256")
+                self.sha = self.helper.sha
         try:
             self._copy_segments(segments, inline_hash)
+            self._end_helper()
         finally:
-            self._stop_sha_thread()
+            if self.helper is not None:
+                self.helper.stop()
+                self.helper = None
 
     def _copy_segments(self, list segments, bint inline_hash):
         cdef bytearray buffer = None
@@ -582,7 +571,7 @@ cdef class _Copier:
                     if n < 0:
                         self.method = "sendfile" if self.method == "copy_file_range" else "readwrite"
                         if self.method == "readwrite":
-                            self._stop_sha_thread()  # bytes hashed so far, in order, before rw hashes inline
+                            self._end_helper()  # bytes hashed so far, in order, before rw hashes inline
                         continue
                     if inline_hash:
                         self.hash_copied(off, n, buf, mv)

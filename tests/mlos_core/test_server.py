@@ -49,9 +49,7 @@ def core(published: tuple[Settings, Path]) -> Iterator[Core]:
     with core_server(settings.publish_dir, tmp, "--max-batch-size", "16") as c:
         for spec in (TEXT, MLP):
             status, body, _ = c.call("POST", "/models/register", {"model_id": spec})
-            # 200 "unchanged" when a server another test started on this repository (the state
-            # directory lives in it) registered the model first and this one restored it
-            assert status in (200, 201), body
+            assert status == 201, body
         yield c
 
 

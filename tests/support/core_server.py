@@ -54,6 +54,10 @@ class Core:
 
 @contextmanager
 def core_server(repository: Path, tmp_path: Path, *args: str) -> Iterator[Core]:
-    with running_core(repository, tmp_path, ["--device", "cpu", *args]) as proc:
-        token = (repository / ".axon" / "core" / "token").read_text().strip()
-        yield Core(proc.url, token, proc.proc, proc.log)
+    """A server on *repository* whose registrations live under *tmp_path* (servers started with the
+    same tmp_path restore each other's; other tests' servers on the same repository do not), with
+    the admin token where axon looks for it by default."""
+    token_file = repository / ".axon" / "core" / "token"
+    with running_core(repository, tmp_path, ["--device", "cpu", "--state-dir", str(tmp_path / "core-state"),
+                                             "--token-file", str(token_file), *args]) as proc:
+        yield Core(proc.url, token_file.read_text().strip(), proc.proc, proc.log)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -24,7 +24,7 @@ from mlos_core import __version__, kserve
 from mlos_core.auth import load_or_create_token, require_admin
 from mlos_core.batching import Pending
 from mlos_core.errors import ApiError, api_error_handler, error_response
-from mlos_core.fastpath import JSON_HEADERS, FastPath, FastRoute, Headers, ReadBody, Reply
+from mlos_core.fastpath import JSON_HEADERS, ClientGone, FastPath, FastRoute, Headers, ReadBody, Reply, read_asgi_body
 from mlos_core.jsonio import JSONResponse, dumps, loads
 from mlos_core.registry import LoadedModel, Registry
 from mlos_core.settings import ServerSettings
@@ -37,16 +37,11 @@ log = logging.getLogger("mlos_core.app")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise ApiError(413, "body_too_large", f"request body of {length} bytes exceeds the {limit}-byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"request body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The body of a Starlette request, under the same limit checks as the fast path's."""
+    try:
+        return await read_asgi_body(request.scope, request.receive, limit)
+    except ClientGone:
+        raise ClientDisconnect from None
 
 
 def parse_json(body: bytes) -> Any:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from mlos_core.errors import ApiError, error_body
 
-__all__ = ["FastPath", "FastRoute", "ReadBody", "Reply", "read_asgi_body"]
+__all__ = ["ClientGone", "FastPath", "FastRoute", "ReadBody", "Reply", "read_asgi_body"]
 
 log = logging.getLogger("mlos_core.app")
 

@@ -78,13 +78,15 @@ cdef extern from *:
     #define SYS_openat2 437
     #endif
     #define AXON_RESOLVE_NO_MAGICLINKS 0x02ULL
+    #define AXON_RESOLVE_NO_SYMLINKS 0x04ULL
     #define AXON_RESOLVE_BENEATH 0x08ULL
     struct axon_open_how { unsigned long long flags, mode, resolve; };
     static long axon_openat2(int dirfd, const char *path, int flags, int mode, unsigned long long resolve) {
         struct axon_open_how how;
         how.flags = (unsigned long long)(unsigned int)flags;
         /* openat2 rejects a mode unless the call can create a file. */
-        how.mode = (flags & (O_CREAT | O_TMPFILE)) ? (unsigned long long)mode : 0;
+        /* O_TMPFILE includes O_DIRECTORY's bit: test all of it, or every O_DIRECTORY open fails. */
+        how.mode = ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) ? (unsigned long long)mode : 0;
         how.resolve = resolve;
         return syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
     }
@@ -93,6 +95,7 @@ cdef extern from *:
     long axon_openat2(int dirfd, const char *path, int flags, int mode, unsigned long long resolve) nogil
     int axon_ficlone(int dst, int src) nogil
     const unsigned long long AXON_RESOLVE_NO_MAGICLINKS
+    const unsigned long long AXON_RESOLVE_NO_SYMLINKS
     const unsigned long long AXON_RESOLVE_BENEATH
 
 

@@ -956,11 +956,13 @@ cdef int _open_beneath_walk(int rootfd, list parts, int flags, int mode, object 
         raise
 
 
-def open_beneath(object root, object relpath, int flags=O_RDONLY, int mode=0o644, bint use_openat2=True):
+def open_beneath(object root, object relpath, int flags=O_RDONLY, int mode=0o644, bint use_openat2=True,
+                 bint follow_symlinks=True):
     """Open *relpath* under *root* (a path or a directory fd) without ever leaving it.
 
     Uses ``openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)``: symlinks that stay inside are
     followed, anything resolving outside fails with EXDEV, even if swapped in after a check.
+    With *follow_symlinks* false, ``RESOLVE_NO_SYMLINKS`` too: any symlink fails with ELOOP.
     Without openat2 (ENOSYS, or *use_openat2* false) every component is opened with
     ``O_NOFOLLOW``, so symlinks fail with ELOOP. Returns a new fd the caller must close.
     """
@@ -990,7 +992,8 @@ def open_beneath(object root, object relpath, int flags=O_RDONLY, int mode=0o644
             while True:
                 with nogil:
                     fd = axon_openat2(rootfd, crel, flags | O_CLOEXEC, mode,
-                                      AXON_RESOLVE_BENEATH | AXON_RESOLVE_NO_MAGICLINKS)
+                                      AXON_RESOLVE_BENEATH | AXON_RESOLVE_NO_MAGICLINKS
+                                      | (0 if follow_symlinks else AXON_RESOLVE_NO_SYMLINKS))
                     err = errno
                 if fd >= 0:
                     return <int>fd

@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from axon.errors import DiskFullError
+from axon.nofollow import remove_tree  # one remover for every tree: fd-based, never follows a symlink
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_dir", "fsync_tree", "remove_tree"]
 
@@ -67,21 +67,6 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes, *, mode: int
 
 def atomic_write_text(target: str | os.PathLike[str], text: str, *, mode: int = 0o644) -> None:
     atomic_write_bytes(target, text.encode("utf-8"), mode=mode)
-
-
-def remove_tree(path: str | os.PathLike[str]) -> None:
-    """Remove a directory tree, first making read-only directories (published trees) writable."""
-    if not os.path.lexists(path):
-        return
-    if os.path.islink(path) or not os.path.isdir(path):
-        os.unlink(path)
-        return
-    for dirpath, _dirnames, _filenames in os.walk(path):
-        mode = os.lstat(dirpath).st_mode
-        if mode & 0o700 != 0o700:
-            with contextlib.suppress(OSError):
-                os.chmod(dirpath, (mode & 0o7777) | 0o700)
-    shutil.rmtree(path)
 
 
 @contextlib.contextmanager

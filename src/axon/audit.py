@@ -6,14 +6,17 @@ line (a crash mid-write) is tolerated: readers report it and carry on.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
+import stat
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from axon.errors import AxonError
 from axon.permissions import caller
 
 __all__ = ["AuditLog", "AuditRecord"]
@@ -45,8 +48,18 @@ class AuditLog:
 
     def append(self, record: AuditRecord) -> None:
         line = (json.dumps({k: v for k, v in asdict(record).items() if v is not None}, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o664)
         try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC, 0o664)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise AxonError(f"Audit log {str(self.path)!r} is a symlink; refusing to write through it.",
+                            hint="An administrator repairs the repository: sudo axon setup-production") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise AxonError(f"Audit log {str(self.path)!r} is not a regular file; refusing it.",
+                                hint="An administrator repairs the repository: sudo axon setup-production")
             os.write(fd, line)  # one write on O_APPEND: concurrent writers never interleave a line
             os.fsync(fd)
         finally:
@@ -55,9 +68,18 @@ class AuditLog:
     def read(self, spec: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
         """(records, problems): unparsable lines are skipped and described, never fatal."""
         try:
-            data = self.path.read_bytes()
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return [], []
+        except OSError as exc:
+            return [], [f"{self.path}: cannot read the audit log ({exc.strerror})"]
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return [], [f"{self.path}: not a regular file, not read"]
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read()
+        finally:
+            os.close(fd)
         records: list[dict[str, Any]] = []
         problems: list[str] = []
         lines = data.split(b"\n")

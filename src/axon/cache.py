@@ -14,7 +14,7 @@ from axon.atomic import fsync_dir, remove_tree
 from axon.errors import AxonError, NotInstalledError
 from axon.install import cleanup_stale_staging
 from axon.integrity import VerifyReport, verify_version_dir
-from axon.layout import StoreLayout, VersionEntry
+from axon.layout import StoreLayout, VersionEntry, version_key
 from axon.manifest import Manifest, load_manifest
 from axon.spec import ModelSpec
 
@@ -95,7 +95,7 @@ def remove(root: Path, spec: ModelSpec) -> Path:
         raise NotInstalledError(str(spec))
     with layout.lock(spec):
         layout.trash.mkdir(parents=True, exist_ok=True)
-        doomed = layout.trash / f"{'--'.join(spec.parts)}.{os.getpid()}"
+        doomed = layout.trash / f"{version_key(spec)}.{os.getpid()}"
         os.rename(path, doomed)
         fsync_dir(path.parent)
         remove_tree(doomed)

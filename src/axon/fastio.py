@@ -375,17 +375,20 @@ def copy_files(pairs: list[tuple[PathArg, PathArg]], *, workers: int = 0, verify
     return [CopyResult(d, *row) for (_, d), row in zip(str_pairs, rows, strict=True)]
 
 
-def open_beneath(root: PathArg | int, relpath: PathArg, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+def open_beneath(root: PathArg | int, relpath: PathArg, flags: int = os.O_RDONLY, mode: int = 0o644, *,
+                 follow_symlinks: bool = True) -> int:
     """Open *relpath* below *root* so that no symlink or ``..`` can lead outside it; returns an fd.
 
     Uses ``openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`` (symlinks that stay inside are
     followed; a path that resolves outside fails with EXDEV even if swapped in after a check);
     without openat2, every component is opened with ``O_NOFOLLOW`` (symlinks fail with ELOOP).
+    *follow_symlinks* false refuses every symlink on the way (ELOOP), with or without openat2:
+    what a root process reading a tree someone else controls needs.
     """
     if _native is None:
         return open_beneath_py(root, relpath, flags, mode)
     return _native.open_beneath(root if isinstance(root, int) else os.fspath(root), os.fspath(relpath),  # type: ignore[no-any-return]
-                                flags, mode)
+                                flags, mode, True, follow_symlinks)
 
 
 def copy_file(src: PathArg, dst: PathArg, *, progress: Progress = None) -> tuple[int, str]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from axon.atomic import fsync_dir, fsync_tree, remove_tree
 from axon.errors import AxonError
 from axon.fastio import rename_exchange
-from axon.layout import StoreLayout
+from axon.layout import StoreLayout, parse_staging_name, staging_prefix
 from axon.manifest import Manifest, load_manifest, write_manifest
 from axon.package import build_manifest
 from axon.reporting import NullReporter, Reporter
@@ -35,10 +36,6 @@ class InstallResult:
     status: str  # installed | replaced | unchanged | already-installed
 
 
-def _staging_prefix(spec: ModelSpec) -> str:
-    return f"{'--'.join(spec.parts)}.{os.getpid()}."
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -49,17 +46,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def cleanup_stale_staging(layout: StoreLayout) -> list[Path]:
-    """Remove staging directories whose creating process is gone (killed mid-install)."""
-    removed = []
+def cleanup_stale_staging(layout: StoreLayout, *,
+                          recover: Callable[[Path, str], bool] | None = None) -> list[Path]:
+    """Remove staging directories whose creating process is gone (killed mid-install).
+
+    A directory named as possibly holding a replaced copy (``x<digest>``, an interrupted
+    ``publish --force``) is offered to *recover* first, which returns True when it kept it.
+    """
+    removed: list[Path] = []
     if not layout.staging.is_dir():
         return removed
     for entry in layout.staging.iterdir():
-        parts = entry.name.rsplit(".", 2)
-        pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
-        if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
+        name = parse_staging_name(entry.name)
+        if name.pid is not None and (name.pid == os.getpid() or _pid_alive(name.pid)):
             continue
         try:
+            if name.replaces and recover is not None and recover(entry, name.replaces):
+                continue
             remove_tree(entry)
         except OSError:
             continue  # another user's leftover we may not delete: theirs (or root's) to clean
@@ -114,7 +117,7 @@ def install(
             resolve_commit = getattr(source, "resolve_commit", None)
             if resolve_commit is not None and resolve_commit() == existing.source.get("commit"):
                 return InstallResult(spec, target, existing, "unchanged")
-        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(spec), dir=layout.staging))
+        staging = Path(tempfile.mkdtemp(prefix=staging_prefix(spec), dir=layout.staging))
         try:
             reporter.stage(f"fetching {spec} from {source.describe()}")
             fetched = source.fetch(staging, reporter)

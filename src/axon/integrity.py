@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterable
@@ -9,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from axon.errors import IntegrityError
-from axon.fastio import FileDigest, hash_files
+from axon.fastio import FileDigest, hash_files, open_beneath
 from axon.layout import MANIFEST_NAME
 from axon.manifest import FileEntry, Manifest
+from axon.nofollow import fd_path
 
 __all__ = ["Problem", "VerifyReport", "hash_paths", "list_package_files", "verify_version_dir"]
 
@@ -34,7 +36,9 @@ class Problem:
             return f"{self.path}: not listed in the manifest"
         if self.kind in ("not-a-file", "unreadable"):
             return f"{self.path}: {self.kind} ({self.actual})" if self.actual else f"{self.path}: {self.kind}"
-        return f"{self.path}: {self.kind} mismatch (expected {self.expected}, got {self.actual})"
+        # The digest found is never shown: the file may be one the caller could not read itself
+        # (a root verify or publish of a tree someone else controls).
+        return f"{self.path}: {self.kind} mismatch (expected {self.expected})"
 
 
 @dataclass(slots=True)
@@ -92,43 +96,74 @@ def verify_version_dir(
 ) -> VerifyReport:
     """Re-hash every listed file and compare size, sha256 and xxh3-128 with the manifest.
 
-    *check_sha256* false checks xxh3-128 alone (8x faster): enough to catch corruption, and
-    publish re-checks sha256 on the copy it makes, so tampering cannot slip through.
+    Every file is opened beneath the version directory without following any symlink, and the
+    hash reads that open file: a symlink swapped in after a check is refused, never followed.
+    *check_sha256* false checks xxh3-128 alone (8x faster): enough to catch corruption.
     """
     report = VerifyReport(manifest.spec_text, version_dir)
-    present: list[FileEntry] = []
-    for entry in manifest.files:
-        p = version_dir / entry.path
-        try:
-            st = p.lstat()
-        except FileNotFoundError:
-            report.problems.append(Problem(entry.path, "missing"))
-            continue
-        except OSError as exc:
-            report.problems.append(Problem(entry.path, "unreadable", actual=exc.strerror or str(exc)))
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            report.problems.append(Problem(entry.path, "not-a-file", actual="symlink" if stat.S_ISLNK(st.st_mode)
-                                           else "not a regular file"))
-            continue
-        if st.st_size != entry.size:
-            report.problems.append(Problem(entry.path, "size", str(entry.size), str(st.st_size)))
-            continue
-        present.append(entry)
-    listed = {e.path for e in manifest.files}
-    for rel in list_package_files(version_dir):
-        if rel not in listed:
-            report.problems.append(Problem(rel, "unexpected"))
     try:
-        digests = hash_paths([version_dir / e.path for e in present], progress=progress, sha256=check_sha256)
-    except PermissionError as exc:
-        report.problems.append(Problem(str(exc.filename), "unreadable", actual="permission denied"))
+        vfd = os.open(version_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        report.problems.append(Problem(".", "unreadable", actual=exc.strerror or str(exc)))
         return report
-    for entry, digest in zip(present, digests, strict=True):
-        report.files_checked += 1
-        report.bytes_checked += digest.size
-        if digest.xxh3_128 != entry.xxh3_128:
-            report.problems.append(Problem(entry.path, "xxh3_128", entry.xxh3_128, digest.xxh3_128))
-        elif check_sha256 and digest.sha256 != entry.sha256:
-            report.problems.append(Problem(entry.path, "sha256", entry.sha256, digest.sha256))
+    try:
+        listed = {e.path for e in manifest.files}
+        for rel in list_package_files(version_dir):
+            if rel not in listed:
+                report.problems.append(Problem(rel, "unexpected"))
+        for start in range(0, len(manifest.files), _FD_BATCH):
+            _verify_batch(vfd, manifest.files[start:start + _FD_BATCH], report, progress, check_sha256)
+    finally:
+        os.close(vfd)
+    report.problems.sort(key=lambda p: (p.kind == "unexpected", p.path))
     return report
+
+
+_FD_BATCH = 256  # files held open at once while hashing
+
+
+def _verify_batch(vfd: int, entries: list[FileEntry], report: VerifyReport,
+                  progress: Callable[[int], object] | None, check_sha256: bool) -> None:
+    opened: list[tuple[FileEntry, int]] = []
+    try:
+        for entry in entries:
+            try:
+                fd = open_beneath(vfd, entry.path, os.O_RDONLY | os.O_NONBLOCK, follow_symlinks=False)
+            except FileNotFoundError:
+                report.problems.append(Problem(entry.path, "missing"))
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.EXDEV):
+                    report.problems.append(Problem(entry.path, "not-a-file", actual="symlink"))
+                elif exc.errno == errno.ENOTDIR:
+                    report.problems.append(Problem(entry.path, "not-a-file", actual="a parent is not a directory"))
+                else:
+                    report.problems.append(Problem(entry.path, "unreadable", actual=exc.strerror or str(exc)))
+                continue
+            opened.append((entry, fd))
+        present: list[tuple[FileEntry, int]] = []
+        for entry, fd in opened:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                report.problems.append(Problem(entry.path, "not-a-file", actual="not a regular file"))
+            elif st.st_size != entry.size:
+                report.problems.append(Problem(entry.path, "size", str(entry.size), str(st.st_size)))
+            else:
+                present.append((entry, fd))
+        try:
+            digests = hash_paths([Path(fd_path(fd)) for _, fd in present], progress=progress, sha256=check_sha256)
+        except PermissionError as exc:
+            report.problems.append(Problem(str(exc.filename), "unreadable", actual="permission denied"))
+            return
+        for (entry, _), digest in zip(present, digests, strict=True):
+            report.files_checked += 1
+            report.bytes_checked += digest.size
+            if digest.size != entry.size:
+                report.problems.append(Problem(entry.path, "size", str(entry.size), str(digest.size)))
+            elif digest.xxh3_128 != entry.xxh3_128:
+                report.problems.append(Problem(entry.path, "xxh3_128", entry.xxh3_128, digest.xxh3_128))
+            elif check_sha256 and digest.sha256 != entry.sha256:
+                report.problems.append(Problem(entry.path, "sha256", entry.sha256, digest.sha256))
+    finally:
+        for _, fd in opened:
+            os.close(fd)

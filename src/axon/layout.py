@@ -7,19 +7,50 @@ itself (staging, locks, partial downloads, history, audit log) lives under ``<ro
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from axon.errors import BusyError
+from axon.errors import AxonError, BusyError
 from axon.spec import ModelSpec
 
-__all__ = ["MANIFEST_NAME", "StoreLayout", "VersionEntry"]
+__all__ = ["MANIFEST_NAME", "StagingName", "StoreLayout", "VersionEntry", "parse_staging_name", "staging_prefix",
+           "version_key"]
 
 MANIFEST_NAME = "manifest.yaml"
 INTERNAL_DIR = ".axon"
+
+# <key>.<pid>.[x<digest>.]<random>: the pid says whether its writer is alive; "x<digest>" marks a
+# staging directory that may hold, after an interrupted --force, the replaced copy with that digest.
+_STAGING_RE = re.compile(r"^(?P<key>.+)\.(?P<pid>\d+)\.(?:x(?P<replaces>[0-9a-f]{8,64})\.)?(?P<rand>[A-Za-z0-9_]+)$")
+
+
+def version_key(spec: ModelSpec) -> str:
+    """One flat name per version (``ns--name…--version``): lock files, staging and history."""
+    return "--".join(spec.parts)
+
+
+def staging_prefix(spec: ModelSpec, *, replaces: str | None = None) -> str:
+    """mkdtemp prefix of a staging directory for *spec*, written by this process."""
+    return f"{version_key(spec)}.{os.getpid()}." + (f"x{replaces}." if replaces else "")
+
+
+@dataclass(frozen=True, slots=True)
+class StagingName:
+    pid: int | None
+    replaces: str | None
+
+
+def parse_staging_name(name: str) -> StagingName:
+    m = _STAGING_RE.match(name)
+    if m is None:
+        return StagingName(None, None)
+    return StagingName(int(m["pid"]), m["replaces"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +103,23 @@ class StoreLayout:
     def lock(self, spec: ModelSpec, *, wait: bool = False) -> Iterator[None]:
         """Exclusive per-version lock (flock, released by the kernel if the process dies)."""
         self.locks.mkdir(parents=True, exist_ok=True)
-        name = "--".join(spec.parts) + ".lock"
+        name = version_key(spec) + ".lock"
         # Read-only is enough for flock, and lets other members of a shared repository lock
-        # a file someone else created.
-        fd = os.open(self.locks / name, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o664)
+        # a file someone else created. Never through a symlink (a planted one would make a root
+        # process create or open a file elsewhere), never a FIFO (an open would block).
         try:
+            fd = os.open(self.locks / name, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         0o664)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise AxonError(f"Lock file {str(self.locks / name)!r} is a symlink; refusing to follow it.",
+                            hint=f"Someone planted it: remove it (rm {self.locks / name}) and check who did.") \
+                from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise AxonError(f"Lock file {str(self.locks / name)!r} is not a regular file; refusing it.",
+                                hint=f"Remove it (rm {self.locks / name}) and run the command again.")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:

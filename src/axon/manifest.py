@@ -6,7 +6,9 @@ A manifest whose file list holds an absolute path, a ``..`` segment, or a path t
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +29,7 @@ __all__ = [
     "TensorSpec",
     "compute_integrity_digest",
     "load_manifest",
+    "parse_manifest",
     "safe_relative_path",
     "write_manifest",
 ]
@@ -254,20 +257,44 @@ def manifest_from_dict(data: Any, *, version_dir: Path | None = None) -> Manifes
     return manifest
 
 
+def parse_manifest(data: bytes, where: str, *, version_dir: Path | None = None) -> Manifest:
+    """Validate manifest bytes already read (once) from *where*; the caller keeps what it parsed."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidManifestError(f"Manifest {where!r} is not UTF-8 text.") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidManifestError(f"Manifest {where!r} is not valid YAML.") from exc
+    return manifest_from_dict(doc, version_dir=version_dir)
+
+
 def load_manifest(path: str | os.PathLike[str]) -> Manifest:
-    """Read and validate ``manifest.yaml``; file paths are checked against its directory."""
+    """Read and validate ``manifest.yaml``; file paths are checked against its directory.
+
+    The manifest itself is never read through a symlink (``O_NOFOLLOW``).
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise InvalidManifestError(f"No manifest at {str(path)!r}.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidManifestError(f"Cannot read manifest {str(path)!r}: {exc}.") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidManifestError(f"Manifest {str(path)!r} is a symlink; a manifest must be a regular file.") \
+                from None
+        raise InvalidManifestError(f"Cannot read manifest {str(path)!r}: {exc.strerror}.") from exc
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidManifestError(f"Manifest {str(path)!r} is not valid YAML.") from exc
-    return manifest_from_dict(data, version_dir=path.parent)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidManifestError(f"Manifest {str(path)!r} is not a regular file.")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read()
+    except OSError as exc:
+        raise InvalidManifestError(f"Cannot read manifest {str(path)!r}: {exc.strerror}.") from exc
+    finally:
+        os.close(fd)
+    return parse_manifest(data, str(path), version_dir=path.parent)
 
 
 def write_manifest(version_dir: Path, manifest: Manifest) -> Path:

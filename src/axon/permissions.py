@@ -10,13 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from axon.errors import PermissionDeniedError
+from axon.nofollow import open_dir, set_tree_modes
 
-__all__ = ["Caller", "apply_published_modes", "caller", "group_id", "require_publisher"]
+__all__ = ["Caller", "adopt_dir", "apply_published_modes", "caller", "ensure_shared_dirs", "group_id", "owner_name",
+           "require_publisher"]
 
+# The permission model (docs/operations.md has it as a table). A publish-group member adds
+# versions and can rename, remove or replace nothing they do not own: every directory members
+# write into is sticky, axon's state directory is root's, and each version's history is its owner's.
 FILE_MODE = 0o444
-DIR_MODE = 0o2555  # read-only, setgid: nobody edits a published version in place
-SHARED_DIR_MODE = 0o2775  # <root>/<ns>/<name…>/: group members add versions
-
+DIR_MODE = 0o2555  # a published version: read-only, setgid: nobody edits it in place
+SHARED_DIR_MODE = 0o3775  # <root>/, <ns>/, <name…>/, .axon/{staging,locks,history}/: add entries, touch only your own
+STATE_DIR_MODE = 0o2755  # <root>/.axon/: root creates, renames and removes everything directly in it
+HISTORY_KEY_MODE = 0o2755  # .axon/history/<key>/: only the version's owner (and root) moves copies in or out
 
 @dataclass(frozen=True, slots=True)
 class Caller:
@@ -70,37 +76,73 @@ def require_publisher(group: str, who: Caller | None = None) -> int | None:
     return gid
 
 
-def apply_published_modes(version_dir: Path, gid: int | None, *, keep_top_writable: bool = True) -> None:
-    """Files 0444, directories 2555, group *gid*; the version directory itself stays writable by
-    its owner until it has been renamed into place (moving a directory needs write on it)."""
-    for dirpath, dirnames, filenames in os.walk(version_dir, topdown=False):
-        for name in filenames:
-            p = os.path.join(dirpath, name)
-            if gid is not None:
-                os.chown(p, -1, gid, follow_symlinks=False)
-            os.chmod(p, FILE_MODE)
-        for name in dirnames:
-            p = os.path.join(dirpath, name)
-            if gid is not None:
-                os.chown(p, -1, gid, follow_symlinks=False)
-            os.chmod(p, DIR_MODE)
-    if gid is not None:
-        os.chown(version_dir, -1, gid)
-    os.chmod(version_dir, (DIR_MODE | stat.S_IWUSR) if keep_top_writable else DIR_MODE)
+def apply_published_modes(version_dir: Path, gid: int | None, *, uid: int | None = None,
+                          keep_top_writable: bool = True) -> None:
+    """Files 0444, directories 2555, group *gid* (and owner *uid*, when root takes a copy over);
+    the version directory itself stays writable by its owner until it has been renamed into
+    place (moving a directory needs write on it). Every entry is changed through its own fd:
+    a symlink anywhere in the tree is refused, never followed."""
+    with open_dir(version_dir) as fd:
+        set_tree_modes(fd, file_mode=FILE_MODE, dir_mode=DIR_MODE, gid=gid, uid=uid)
+        if uid is not None or gid is not None:
+            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        os.fchmod(fd, (DIR_MODE | stat.S_IWUSR) if keep_top_writable else DIR_MODE)
 
 
-def ensure_shared_dirs(root: Path, target_parent: Path, gid: int | None) -> None:
-    """Create ``<root>/<ns>/<name…>/`` as group-writable setgid directories."""
-    missing = []
-    p = target_parent
-    while p != root and not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
+def owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def adopt_dir(path: Path, gid: int | None, mode: int) -> None:
+    """Root makes *path* (a real directory, never a symlink) root's own, with *gid* and *mode*."""
+    with open_dir(path) as fd:
+        os.fchown(fd, 0, -1 if gid is None else gid)
+        os.fchmod(fd, mode)
+        ino = os.fstat(fd).st_ino
+    st = os.lstat(path)
+    if st.st_ino != ino or st.st_uid != 0:  # renamed away and replaced while we adopted it
+        raise PermissionDeniedError(f"{str(path)!r} changed while it was being made the repository's; refusing.",
+                                    hint="Check who is writing to the repository, then run the command again.")
+
+
+def ensure_shared_dirs(root: Path, target_parent: Path, gid: int | None, who: Caller | None = None) -> None:
+    """Create or check ``<root>/<ns>/<name…>/``: sticky, group-writable, setgid directories.
+
+    Each must be a real directory owned by root or by the caller: a directory another member
+    owns would let them rename or hide what is published inside it (the sticky bit lets a
+    directory's owner rename any entry). Root adopts such a directory (makes it root's).
+    """
+    who = who or caller()
+    cur = root
+    for part in target_parent.relative_to(root).parts:
+        cur = cur / part
         try:
-            d.mkdir(mode=SHARED_DIR_MODE)
-        except FileExistsError:
-            continue
-        if gid is not None:
-            os.chown(d, -1, gid)
-        os.chmod(d, SHARED_DIR_MODE)  # the umask may have taken group write away
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            try:
+                os.mkdir(cur, SHARED_DIR_MODE)
+            except FileExistsError:
+                st = os.lstat(cur)
+            else:
+                with open_dir(cur) as fd:
+                    if gid is not None:
+                        os.fchown(fd, -1, gid)
+                    os.fchmod(fd, SHARED_DIR_MODE)  # the umask may have taken group write away
+                continue
+        if not stat.S_ISDIR(st.st_mode):
+            what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            raise PermissionDeniedError(f"{str(cur)!r} is {what}; refusing to publish through it.",
+                                        hint=f"An administrator removes it: sudo rm {cur}")
+        if st.st_uid not in (0, who.uid):
+            if not who.is_root:
+                raise PermissionDeniedError(
+                    f"{str(cur)!r} belongs to {owner_name(st.st_uid)!r}, who could rename or hide what you publish "
+                    "there.",
+                    hint=f"An administrator makes it the repository's: sudo axon setup-production --dir {root}")
+            adopt_dir(cur, gid, SHARED_DIR_MODE)
+        elif stat.S_IMODE(st.st_mode) != SHARED_DIR_MODE:
+            with open_dir(cur) as fd:
+                os.fchmod(fd, SHARED_DIR_MODE)  # an older repository's 2775: add the sticky bit

@@ -1,19 +1,31 @@
-"""``axon setup-production``: the one-time, as-root creation of the production repository."""
+"""The production repository's own settings and its one-time, as-root set-up (``axon setup-production``).
+
+``<root>/.axon/repository.yaml`` (root's, 0644) records the repository's group: a member of that
+group publishes without any configuration of their own.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from axon.errors import AxonError, PermissionDeniedError
-from axon.permissions import SHARED_DIR_MODE, group_id
+import yaml
 
-__all__ = ["setup_production"]
+from axon.atomic import atomic_write_text
+from axon.errors import AxonError, PermissionDeniedError
+from axon.layout import INTERNAL_DIR, StoreLayout
+from axon.nofollow import open_dir, read_regular
+from axon.permissions import HISTORY_KEY_MODE, SHARED_DIR_MODE, STATE_DIR_MODE, group_id
+
+__all__ = ["RECORD_NAME", "read_repository_group", "setup_production"]
 
 STATE_DIRS = ("staging", "locks", "history")
+RECORD_NAME = "repository.yaml"
 
 
 def _create_group(group: str) -> int:
@@ -30,14 +42,64 @@ def _create_group(group: str) -> int:
 
 
 def _own(path: Path, gid: int, mode: int) -> None:
-    os.chown(path, 0, gid)
-    os.chmod(path, mode)
+    """root:gid and *mode* on a real directory or file, through its fd (never a symlink)."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise AxonError(f"{str(path)!r} is a symlink; refusing to set up the repository through it.",
+                        hint=f"Remove it (rm {path}) and run setup-production again.")
+    if stat.S_ISDIR(st.st_mode):
+        with open_dir(path) as fd:
+            os.fchown(fd, 0, gid)
+            os.fchmod(fd, mode)
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchown(fd, 0, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def read_repository_group(root: Path) -> str | None:
+    """The group recorded by ``setup-production`` (None for a repository set up by hand)."""
+    try:
+        with open_dir(root / INTERNAL_DIR) as fd:
+            data, _ = read_regular(fd, RECORD_NAME, limit=1 << 16)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None
+        raise AxonError(f"Cannot read {str(root / INTERNAL_DIR / RECORD_NAME)!r}: {exc.strerror}.",
+                        hint=f"An administrator repairs it: sudo axon setup-production --dir {root}") from None
+    try:
+        doc = yaml.safe_load(data.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        doc = None
+    group = doc.get("group") if isinstance(doc, dict) else None
+    if not isinstance(group, str) or not group:
+        raise AxonError(f"{str(root / INTERNAL_DIR / RECORD_NAME)!r} does not name the repository's group.",
+                        hint=f"An administrator repairs it: sudo axon setup-production --dir {root}")
+    return group
+
+
+def _adopt_shared_dirs(root: Path, gid: int) -> int:
+    """Make every <ns>/ and <name…>/ directory root's, sticky and group-writable; returns how many."""
+    count = 0
+    for entry in StoreLayout(root).iter_versions():
+        d = entry.path.parent
+        while d != root:
+            st = os.lstat(d)
+            if st.st_uid != 0 or stat.S_IMODE(st.st_mode) != SHARED_DIR_MODE or st.st_gid != gid:
+                _own(d, gid, SHARED_DIR_MODE)
+                count += 1
+            d = d.parent
+    return count
 
 
 def setup_production(root: Path, group: str) -> dict[str, Any]:
-    """Create *group* if missing, then ``root`` (root:group, 2775) and ``root/.axon/`` state.
+    """Create *group* if missing, then ``root`` and ``root/.axon/`` with the permission model.
 
-    Idempotent: running it again fixes ownership and modes and changes nothing else.
+    Idempotent: running it again repairs ownership and modes (an older repository gets its sticky
+    bits; namespace directories members created become root's) and changes nothing else.
     """
     if os.geteuid() != 0:
         raise PermissionDeniedError("setup-production creates a group and a system directory: it must run as root.",
@@ -49,15 +111,25 @@ def setup_production(root: Path, group: str) -> dict[str, Any]:
         created_group = True
     root.mkdir(parents=True, exist_ok=True)
     _own(root, gid, SHARED_DIR_MODE)
-    internal = root / ".axon"
+    internal = root / INTERNAL_DIR
     internal.mkdir(exist_ok=True)
-    _own(internal, gid, SHARED_DIR_MODE)
+    _own(internal, gid, STATE_DIR_MODE)
     for name in STATE_DIRS:
         d = internal / name
         d.mkdir(exist_ok=True)
         _own(d, gid, SHARED_DIR_MODE)
+    history = internal / "history"
+    for key_dir in history.iterdir():
+        st = os.lstat(key_dir)
+        if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) != HISTORY_KEY_MODE:
+            with open_dir(key_dir) as fd:
+                os.fchmod(fd, HISTORY_KEY_MODE)  # owner kept: each version's history is its owner's
+    adopted = _adopt_shared_dirs(root, gid)
+    record = internal / RECORD_NAME
+    atomic_write_text(record, yaml.safe_dump({"group": group, "gid": gid}, sort_keys=False), mode=0o644)
+    _own(record, gid, 0o644)
     audit = internal / "audit.log"
-    fd = os.open(audit, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o664)
+    fd = os.open(audit, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o664)
     os.close(fd)
     _own(audit, gid, 0o664)
     append_only = False
@@ -65,4 +137,5 @@ def setup_production(root: Path, group: str) -> dict[str, Any]:
         # Kernel-enforced append-only: not even a group member can rewrite history.
         append_only = subprocess.run(["chattr", "+a", str(audit)], capture_output=True, check=False).returncode == 0
     return {"root": str(root), "group": group, "gid": gid, "created_group": created_group,
-            "state_dir": str(internal), "audit_log": str(audit), "audit_append_only": append_only}
+            "state_dir": str(internal), "audit_log": str(audit), "audit_append_only": append_only,
+            "record": str(record), "adopted_dirs": adopted}

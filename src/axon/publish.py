@@ -1,17 +1,21 @@
 """Promotion from the dev cache into the production repository, and its undo.
 
-``publish`` runs, in order: permission check -> verify the cached copy -> copy into a staging
-directory inside the production root (fast copy, hashed) -> fsync -> compare the copy with the
-manifest -> group, read-only modes, setgid directories -> atomic rename (or exchange, with
+``publish`` runs, in order: permission check -> open the cached version without following any
+symlink (``cached_version``) -> check the repository's state tree -> copy every listed file from
+its open descriptor into a staging directory inside the production root (fast copy, hashed) ->
+fsync -> compare the copy (sha256 + xxh3) with the manifest that was parsed, and write those same
+manifest bytes -> group, read-only modes, setgid directories -> atomic rename (or exchange, with
 ``--force``) into ``<root>/<ns>/<name…>/<version>/`` -> fsync the parent -> audit record.
 Every step can fail or be killed; at every instant each version under the root is either the
-old complete copy or the new complete copy.
+old complete copy or the new complete copy, and a replaced copy is never lost: until it is in
+history, its staging directory's name says what it holds and the next run moves it there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,16 +23,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from axon.atomic import fsync_dir, remove_tree
+from axon.atomic import atomic_write_bytes, fsync_dir, remove_tree
 from axon.audit import AuditLog, AuditRecord
-from axon.cache import get_installed
+from axon.cached_version import CachedVersion, open_cached_version
+from axon.crashpoints import crash_point
 from axon.errors import AlreadyInstalledError, AxonError, IntegrityError, PermissionDeniedError
 from axon.fastio import copy_files, rename_exchange
 from axon.install import cleanup_stale_staging, installed_manifest
 from axon.integrity import VerifyReport, verify_version_dir
-from axon.layout import MANIFEST_NAME, StoreLayout
+from axon.layout import MANIFEST_NAME, StoreLayout, staging_prefix, version_key
 from axon.manifest import Manifest, load_manifest
-from axon.permissions import apply_published_modes, ensure_shared_dirs, require_publisher
+from axon.nofollow import fd_path, open_dir
+from axon.permissions import (
+    DIR_MODE,
+    HISTORY_KEY_MODE,
+    SHARED_DIR_MODE,
+    Caller,
+    adopt_dir,
+    apply_published_modes,
+    caller,
+    ensure_shared_dirs,
+    owner_name,
+    require_publisher,
+)
+from axon.production import read_repository_group
 from axon.reporting import NullReporter, Reporter
 from axon.settings import Settings
 from axon.spec import ModelSpec
@@ -70,36 +88,85 @@ class ProductionRepo:
         self.root = settings.publish_dir
         self.layout = StoreLayout(self.root)
         self.audit = AuditLog(self.layout.internal / "audit.log")
+        self._group: str | None = None
+
+    @property
+    def group(self) -> str:
+        """The repository's group: the one setup-production recorded, else the configured one."""
+        if self._group is None:
+            self._group = (read_repository_group(self.root) if self.root.is_dir() else None) \
+                or self.settings.publish_group
+        return self._group
 
     @property
     def history(self) -> Path:
         return self.layout.internal / "history"
 
     def history_dir(self, spec: ModelSpec) -> Path:
-        return self.history / "--".join(spec.parts)
+        return self.history / version_key(spec)
 
-    def history_entries(self, spec: ModelSpec) -> list[Path]:
-        """Replaced copies of *spec*, oldest first (names start with a sortable UTC time)."""
+    def history_entries(self, spec: ModelSpec, trusted: set[int] | None = None) -> list[Path]:
+        """Replaced copies of *spec*, oldest first (names start with a sortable UTC time); with
+        *trusted*, only real directories owned by one of those uids (anything else was planted)."""
         d = self.history_dir(spec)
-        return sorted(p for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+        try:
+            names = sorted(os.listdir(d)) if stat.S_ISDIR(os.lstat(d).st_mode) else []
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            if name.startswith("."):
+                continue
+            st = os.lstat(d / name)
+            if stat.S_ISDIR(st.st_mode) and (trusted is None or st.st_uid in trusted):
+                out.append(d / name)
+        return out
 
-    def check_ready(self) -> None:
+    def check_ready(self, who: Caller) -> None:
+        """The repository exists, the caller can write to it, and its state directory is sound.
+
+        Refuses a state tree that a member could have planted or could still rename, so that
+        what root opens under ``.axon/`` is what setup-production made."""
+        hint = f"sudo axon setup-production --dir {self.root} --group {self.group}"
         if not self.root.is_dir():
-            raise AxonError(
-                f"The production repository {str(self.root)!r} does not exist.",
-                hint="An administrator creates it once with: sudo axon setup-production "
-                f"--dir {self.root} --group {self.settings.publish_group}")
-        if not os.access(self.root, os.W_OK | os.X_OK) or (
-                self.layout.internal.exists() and not os.access(self.layout.internal, os.W_OK | os.X_OK)):
+            raise AxonError(f"The production repository {str(self.root)!r} does not exist.",
+                            hint=f"An administrator creates it once with: {hint}")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PermissionDeniedError(f"Cannot write to the production repository {str(self.root)!r}.",
+                                        hint=f"It should be group {self.group!r} with mode 3775: {hint}")
+        root_st = os.stat(self.root)
+        _require_sticky_if_shared(self.root, root_st, hint)
+        internal = self.layout.internal
+        try:
+            st = os.lstat(internal)
+        except FileNotFoundError:
+            if not (who.is_root or who.uid == root_st.st_uid):
+                raise AxonError(f"The production repository {str(self.root)!r} has no state directory .axon/.",
+                                hint=f"An administrator creates it: {hint}") from None
+            os.mkdir(internal, 0o755)
+            st = os.lstat(internal)
+        trusted = {0, root_st.st_uid}
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid not in trusted:
             raise PermissionDeniedError(
-                f"Cannot write to the production repository {str(self.root)!r}.",
-                hint=f"It should be group {self.settings.publish_group!r} with mode 2775: "
-                f"sudo axon setup-production --dir {self.root} --group {self.settings.publish_group}")
+                f"The state directory {str(internal)!r} is "
+                + ("not a directory" if not stat.S_ISDIR(st.st_mode) else f"owned by {owner_name(st.st_uid)!r}")
+                + "; refusing to trust it.", hint=f"An administrator repairs the repository: {hint}")
+        _require_sticky_if_shared(internal, st, hint)
         for d in (self.layout.staging, self.layout.locks, self.history):
-            if not d.exists():
-                d.mkdir(parents=True, exist_ok=True)
-                with contextlib.suppress(OSError):
-                    os.chmod(d, 0o2775)
+            try:
+                dst = os.lstat(d)
+            except FileNotFoundError:
+                if st.st_uid != who.uid and not who.is_root:
+                    raise PermissionDeniedError(f"{str(d)!r} is missing.",
+                                                hint=f"An administrator repairs it: {hint}") from None
+                os.mkdir(d, SHARED_DIR_MODE)
+                with open_dir(d) as fd:
+                    os.fchmod(fd, SHARED_DIR_MODE)
+                continue
+            if not stat.S_ISDIR(dst.st_mode) or dst.st_uid not in trusted:
+                raise PermissionDeniedError(f"{str(d)!r} is not a directory of the repository's owner; refusing it.",
+                                            hint=f"An administrator repairs the repository: {hint}")
+            _require_sticky_if_shared(d, dst, hint)
 
     def current(self, spec: ModelSpec) -> Manifest | None:
         return installed_manifest(self.layout, spec)
@@ -107,37 +174,133 @@ class ProductionRepo:
     def record(self, action: str, spec: ModelSpec, result: str, **kw: Any) -> None:
         self.audit.append(AuditRecord(action=action, spec=str(spec), result=result, **kw))
 
+    def history_dir_for(self, spec: ModelSpec, who: Caller, gid: int | None) -> tuple[Path, int]:
+        """Create or check the history directory of *spec*; returns it and its owner before this call.
+
+        It belongs to the version's first publisher (or root): only they move copies in and out,
+        so nobody else can plant a copy that a later rollback would restore."""
+        d = self.history_dir(spec)
+        try:
+            st = os.lstat(d)
+        except FileNotFoundError:
+            os.mkdir(d, HISTORY_KEY_MODE)
+            with open_dir(d) as fd:
+                if gid is not None:
+                    os.fchown(fd, -1, gid)
+                os.fchmod(fd, HISTORY_KEY_MODE)
+            return d, who.uid
+        if not stat.S_ISDIR(st.st_mode):
+            raise PermissionDeniedError(f"History of {str(spec)!r} at {str(d)!r} is not a directory; refusing it.",
+                                        hint=f"An administrator removes it: sudo rm {d}")
+        if st.st_uid != who.uid:
+            if not who.is_root:
+                raise PermissionDeniedError(
+                    f"The history of {str(spec)!r} belongs to {owner_name(st.st_uid)!r}: only they or root may "
+                    "publish, replace, unpublish or roll back this version.",
+                    hint="Publish a new version instead, or ask an administrator (sudo).")
+            adopt_dir(d, gid, HISTORY_KEY_MODE)
+        return d, st.st_uid
+
+    def recover_staging(self, staging: Path, replaced_digest: str, who: Caller, gid: int | None) -> bool:
+        """A stale staging directory of an interrupted --force: if it holds the replaced copy
+        (its manifest has the digest named in its name), move it into history instead of deleting it."""
+        try:
+            m = load_manifest(staging / MANIFEST_NAME)
+        except AxonError:
+            return False  # the new copy, incomplete: safe to delete
+        if m.digest != replaced_digest:
+            return False  # the new copy, complete but never swapped in
+        spec = ModelSpec(m.namespace, m.name, m.version)
+        hist, _ = self.history_dir_for(spec, who, gid)
+        dest = hist / _stamp(m.digest)
+        if who.is_root:
+            apply_published_modes(staging, gid, uid=0)
+        os.rename(staging, dest)
+        fsync_dir(hist)
+        self.record("recover", spec, "ok", digest_old=m.digest, source=str(dest),
+                    message="replaced copy of an interrupted --force moved into history")
+        return True
+
+    def cleanup_staging(self, who: Caller, gid: int | None) -> None:
+        cleanup_stale_staging(self.layout, recover=lambda path, digest: self.recover_staging(path, digest, who, gid))
+
+
+def _require_sticky_if_shared(path: Path, st: os.stat_result, hint: str) -> None:
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022 and not mode & stat.S_ISVTX:
+        raise PermissionDeniedError(
+            f"{str(path)!r} lets other users rename anything in it (mode {mode:o}, no sticky bit); refusing to use it.",
+            hint=f"An administrator applies the permission model once: {hint}")
+
 
 def _stamp(digest: str | None) -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:] + f"-{(digest or 'none')[:12]}"
 
 
-def _shared_mkdir(path: Path) -> None:
-    if not path.exists():
-        path.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o2775)  # other members of the group add history here too
-
-
 def _make_movable(path: Path) -> None:
     """Moving a directory to another parent needs write permission on it (to update '..')."""
-    try:
-        os.chmod(path, os.stat(path).st_mode | 0o200)
-    except PermissionError:
-        owner = path.stat().st_uid
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise PermissionDeniedError(f"{str(path)!r} is not a directory; refusing to move it.")
+    if os.geteuid() == 0:
+        return
+    if st.st_uid != os.geteuid():
         raise PermissionDeniedError(
-            f"Version directory {str(path)!r} belongs to uid {owner}; only its publisher or root can move it.",
-            hint="Run the command as root (sudo) or as the user who published that version.") from None
+            f"Version directory {str(path)!r} belongs to {owner_name(st.st_uid)!r}; only its publisher or root can "
+            "move it.", hint="Run the command as root (sudo) or as the user who published that version.")
+    with open_dir(path) as fd:
+        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | 0o200)
 
 
-def _check_copy(manifest: Manifest, results: list[Any]) -> None:
-    for entry, got in zip(manifest.files, results, strict=False):
+def _require_owner(path: Path, who: Caller) -> int:
+    """The owner of version directory *path*, which the caller must be (or root)."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise PermissionDeniedError(f"{str(path)!r} is not a directory; refusing to touch it.",
+                                    hint=f"An administrator removes it: sudo rm {path}")
+    if not who.is_root and st.st_uid != who.uid:
+        raise PermissionDeniedError(
+            f"Version directory {str(path)!r} belongs to {owner_name(st.st_uid)!r}; only its publisher or root can "
+            "replace, unpublish or roll it back.",
+            hint="Run the command as root (sudo) or as the user who published that version.")
+    return st.st_uid
+
+
+def _seal(path: Path) -> None:
+    with open_dir(path) as fd:
+        os.fchmod(fd, DIR_MODE)
+
+
+def _check_copy(spec: ModelSpec, manifest: Manifest, results: list[Any]) -> None:
+    for entry, got in zip(manifest.files, results, strict=True):
         if got.size != entry.size or got.sha256 != entry.sha256 or got.xxh3_128 != entry.xxh3_128:
+            # No digest of what was read: the caller may not have been able to read that file.
             raise IntegrityError(
-                f"The copy of {entry.path!r} in staging does not match the manifest "
-                f"(sha256 {got.sha256}, expected {entry.sha256}); nothing was published.",
-                path=entry.path, expected=entry.sha256, actual=str(got.sha256),
-                hint="Check the disk (dmesg) and run the command again.")
+                f"Integrity check failed for {str(spec)!r}: the copy of {entry.path!r} does not match the manifest "
+                f"(expected sha256 {entry.sha256}); nothing was published.",
+                path=entry.path, expected=entry.sha256,
+                hint=f"Verify the cached copy (axon verify {spec}) and reinstall it if it is damaged.")
+
+
+def _copy_into_staging(source: CachedVersion, staging: Path, reporter: Reporter) -> None:
+    manifest = source.manifest
+    for entry in manifest.files:
+        (staging / entry.path).parent.mkdir(parents=True, exist_ok=True)
+    fds: list[int] = []
+    try:
+        for entry in manifest.files:
+            fds.append(source.open_file(entry))
+        pairs = [(fd_path(fd), staging / e.path) for fd, e in zip(fds, manifest.files, strict=True)]
+        reporter.start(f"publish {source.spec}", manifest.total_size)
+        try:
+            results = copy_files(pairs, verify=True, durable=True, progress=reporter.advance)  # type: ignore[arg-type]
+        finally:
+            reporter.finish()
+    finally:
+        for fd in fds:
+            os.close(fd)
+    _check_copy(source.spec, manifest, results)
+    atomic_write_bytes(staging / MANIFEST_NAME, source.manifest_bytes, mode=0o444)  # exactly what was parsed
 
 
 def publish(spec: ModelSpec, settings: Settings, *, force: bool = False, dry_run: bool = False,
@@ -150,143 +313,191 @@ def publish(spec: ModelSpec, settings: Settings, *, force: bool = False, dry_run
     """
     reporter = reporter or NullReporter()
     t0 = time.perf_counter()
-    gid = require_publisher(settings.publish_group)
+    who = caller()
     repo = ProductionRepo(settings)
-    model = get_installed(settings.cache_dir, spec)
-    manifest = model.manifest
-    repo.check_ready()
-    reporter.stage(f"verifying the cached copy of {spec}")
-    reporter.start(f"verify {spec}", manifest.total_size)
-    try:
-        # xxh3 here catches any corruption; the sha256 of every byte is checked on the copy below,
-        # so a crafted xxh3 collision in the cache cannot reach production either.
-        report: VerifyReport = verify_version_dir(model.path, manifest, progress=reporter.advance, check_sha256=False)
-    finally:
-        reporter.finish()
-    if not report.ok:
-        report.raise_for_problems()
+    gid = require_publisher(repo.group, who)
+    with open_cached_version(settings.cache_dir, spec) as source:
+        return _publish(spec, repo, source, who, gid, force=force, dry_run=dry_run, reporter=reporter,
+                        before_rename=before_rename, t0=t0)
+
+
+def _publish(spec: ModelSpec, repo: ProductionRepo, source: CachedVersion, who: Caller, gid: int | None, *,
+             force: bool, dry_run: bool, reporter: Reporter, before_rename: Callable[[Path], None] | None,
+             t0: float) -> PublishResult:
+    manifest = source.manifest
+    repo.check_ready(who)
     layout = repo.layout
     target = layout.version_dir(spec)
     with layout.lock(spec, wait=True):
-        cleanup_stale_staging(layout)
+        repo.cleanup_staging(who, gid)
         existing = repo.current(spec)
-        old_digest = existing.digest if existing else ("invalid" if target.exists() else None)
+        exists = os.path.lexists(target)
+        old_digest = existing.digest if existing else ("invalid" if exists else None)
         if existing is not None and existing.digest == manifest.digest:
             if not dry_run:
                 repo.record("publish", spec, "unchanged", digest_old=old_digest, digest_new=manifest.digest,
-                            source=str(model.path))
+                            source=str(source.path))
             return PublishResult(spec, target, "unchanged", manifest.digest, old_digest, manifest.total_size,
                                  len(manifest.files))
-        if target.exists() and not force:
+        if exists and not force:
             raise AlreadyPublishedError(
                 f"Version {str(spec)!r} is already published with different content "
                 f"(published {old_digest}, cached {manifest.digest}).",
                 hint=f"Versions are immutable; publish a new version, or replace it with: axon publish {spec} --force "
                 "(the replaced copy is kept for: axon rollback)")
+        target_owner = _require_owner(target, who) if exists else None
+        ensure_shared_dirs(repo.root, target.parent, gid, who)
         if dry_run:
             return PublishResult(spec, target, "dry-run", manifest.digest, old_digest, manifest.total_size,
                                  len(manifest.files))
-        staging = Path(tempfile.mkdtemp(prefix=f"{'--'.join(spec.parts)}.{os.getpid()}.", dir=layout.staging))
+        history_dir, _ = repo.history_dir_for(spec, who, gid)
+        replaces = existing.digest if (exists and existing is not None) else None
+        staging = Path(tempfile.mkdtemp(prefix=staging_prefix(spec, replaces=replaces), dir=layout.staging))
+        holds_old_copy = False
         try:
             reporter.stage(f"copying {len(manifest.files)} files into {repo.root}")
-            for entry in manifest.files:
-                (staging / entry.path).parent.mkdir(parents=True, exist_ok=True)
-            pairs = [(model.path / e.path, staging / e.path) for e in manifest.files]
-            pairs.append((model.path / MANIFEST_NAME, staging / MANIFEST_NAME))
-            reporter.start(f"publish {spec}", manifest.total_size)
-            try:
-                results = copy_files(pairs, verify=True, durable=True, progress=reporter.advance)
-            finally:
-                reporter.finish()
-            _check_copy(manifest, results)
+            _copy_into_staging(source, staging, reporter)
             apply_published_modes(staging, gid)
-            ensure_shared_dirs(repo.root, target.parent, gid)
+            crash_point("publish:before-rename")
             if before_rename is not None:
                 before_rename(staging)
             history = None
-            if target.exists():
+            if exists:
+                if who.is_root and target_owner != 0:
+                    apply_published_modes(target, gid, uid=0)  # root takes the copy it replaces over
                 _make_movable(target)
                 rename_exchange(staging, target)  # readers see the old or the new copy, never neither
-                history = repo.history_dir(spec) / _stamp(old_digest)
-                _shared_mkdir(history.parent)
+                holds_old_copy = True
+                crash_point("publish:after-exchange")
+                history = history_dir / _stamp(old_digest)
                 os.rename(staging, history)  # the replaced copy, kept for rollback
-                fsync_dir(history.parent)
+                holds_old_copy = False
+                crash_point("publish:after-history")
+                fsync_dir(history_dir)
                 status = "replaced"
             else:
                 os.rename(staging, target)
                 status = "published"
-            os.chmod(target, 0o2555)
+            _seal(target)
             fsync_dir(target.parent)
             fsync_dir(layout.staging)
         except BaseException as exc:
-            with contextlib.suppress(OSError):
-                remove_tree(staging)
-            if not isinstance(exc, KeyboardInterrupt):
+            if not holds_old_copy:  # after the exchange staging holds the replaced copy: recovery keeps it
                 with contextlib.suppress(OSError):
+                    remove_tree(staging)
+            if not isinstance(exc, KeyboardInterrupt):
+                with contextlib.suppress(OSError, AxonError):
                     repo.record("publish", spec, "failed", digest_old=old_digest, digest_new=manifest.digest,
-                                source=str(model.path), message=str(exc)[:500])
+                                source=str(source.path), message=str(exc)[:500])
             raise
         repo.record("publish", spec, "ok" if status == "published" else "replaced", digest_old=old_digest,
-                    digest_new=manifest.digest, source=str(model.path))
+                    digest_new=manifest.digest, source=str(source.path))
     return PublishResult(spec, target, status, manifest.digest, old_digest, manifest.total_size, len(manifest.files),
                          time.perf_counter() - t0, history)
 
 
-def _open_for_change(settings: Settings) -> ProductionRepo:
+def _open_for_change(settings: Settings) -> tuple[ProductionRepo, Caller, int | None]:
     """The production repository, once the caller is known to be allowed to change it."""
-    require_publisher(settings.publish_group)
+    who = caller()
     repo = ProductionRepo(settings)
-    repo.check_ready()
-    return repo
+    gid = require_publisher(repo.group, who)
+    repo.check_ready(who)
+    return repo, who, gid
+
+
+def _verified_history_copy(repo: ProductionRepo, spec: ModelSpec, entry: Path, who: Caller,
+                           gid: int | None) -> Manifest:
+    """Re-apply ownership and modes to a history copy, then check it completely (exit 3 if not)."""
+    def refuse(why: str) -> IntegrityError:
+        return IntegrityError(f"The history copy {str(entry)!r} of {str(spec)!r} {why}; nothing was changed.",
+                              path=str(entry), hint=f"Inspect it, or purge it: axon unpublish {spec} --purge --yes")
+
+    try:
+        apply_published_modes(entry, gid, uid=0 if who.is_root else None)
+    except OSError as exc:
+        raise refuse(f"holds something that is not a regular file or directory ({exc.filename}: {exc.strerror})") \
+            from None
+    try:
+        restored = load_manifest(entry / MANIFEST_NAME)
+    except AxonError as exc:
+        raise refuse(f"has no valid manifest ({exc})") from None
+    if (restored.namespace, restored.name, restored.version) != (spec.namespace, spec.name, spec.version):
+        raise refuse(f"is a copy of {restored.spec_text!r}")
+    report = verify_version_dir(entry, restored)
+    if not report.ok:
+        raise refuse(f"does not match its manifest ({report.problems[0].describe()})")
+    return restored
 
 
 def rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
-    """Restore the most recent replaced copy of *spec*; the current copy becomes history."""
-    repo = _open_for_change(settings)
+    """Restore the most recent replaced copy of *spec*; the current copy becomes history.
+
+    The copy is re-owned, made read-only and verified (sha256 of every file) before it is
+    swapped in; a tampered copy is refused (IntegrityError, exit 3) and nothing changes."""
+    repo, who, gid = _open_for_change(settings)
     target = repo.layout.version_dir(spec)
     with repo.layout.lock(spec, wait=True):
-        entries = repo.history_entries(spec)
-        if not entries:
+        repo.cleanup_staging(who, gid)
+        exists = os.path.lexists(target)
+        target_owner = _require_owner(target, who) if exists else None
+        if not repo.history_entries(spec):
             raise AxonError(f"There is no replaced or unpublished copy of {str(spec)!r} to roll back to.",
                             hint=f"See what happened with: axon audit {spec}")
+        history_dir, history_owner = repo.history_dir_for(spec, who, gid)
+        # Copies count only when moved there by the history's owner (the version's publisher) or root.
+        trusted = {0, history_owner} if target_owner in (None, 0, history_owner) else {0}
+        entries = repo.history_entries(spec, trusted)
+        if not entries:
+            raise AxonError(f"There is no replaced or unpublished copy of {str(spec)!r} to roll back to "
+                            "(copies not moved there by its publisher or root are ignored).",
+                            hint=f"See what happened with: axon audit {spec}")
         newest = entries[-1]
-        restored = load_manifest(newest / MANIFEST_NAME)
+        restored = _verified_history_copy(repo, spec, newest, who, gid)
         current = repo.current(spec)
-        _make_movable(newest)
-        if target.exists():
+        moved_to = None
+        if exists:
+            if who.is_root and target_owner != 0:
+                apply_published_modes(target, gid, uid=0)
             _make_movable(target)
             rename_exchange(newest, target)
-            os.rename(newest, repo.history_dir(spec) / _stamp(current.digest if current else None))
+            crash_point("rollback:after-exchange")
+            moved_to = history_dir / _stamp(current.digest if current else None)
+            os.rename(newest, moved_to)
         else:
-            ensure_shared_dirs(repo.root, target.parent, None)
+            ensure_shared_dirs(repo.root, target.parent, gid, who)
             os.rename(newest, target)
-        os.chmod(target, 0o2555)
+        _seal(target)
         fsync_dir(target.parent)
-        fsync_dir(repo.history_dir(spec))
+        fsync_dir(history_dir)
         repo.record("rollback", spec, "ok", digest_old=current.digest if current else None,
                     digest_new=restored.digest, source=str(newest))
     return PublishResult(spec, target, "rolled-back", restored.digest, current.digest if current else None,
-                         restored.total_size, len(restored.files))
+                         restored.total_size, len(restored.files), history=moved_to)
 
 
 def unpublish(spec: ModelSpec, settings: Settings, *, purge: bool = False) -> dict[str, Any]:
     """Move a published version into history (restorable by rollback), or delete it for good."""
-    repo = _open_for_change(settings)
+    repo, who, gid = _open_for_change(settings)
     target = repo.layout.version_dir(spec)
     with repo.layout.lock(spec, wait=True):
+        repo.cleanup_staging(who, gid)
         current = repo.current(spec)
-        if not target.exists():
+        if not os.path.lexists(target):
             if purge and repo.history_entries(spec):
+                repo.history_dir_for(spec, who, gid)
                 for entry in repo.history_entries(spec):
                     remove_tree(entry)
                 repo.record("purge", spec, "ok", message="history only")
                 return {"spec": str(spec), "status": "purged", "path": str(target)}
             raise AxonError(f"Version {str(spec)!r} is not published in {str(repo.root)!r}.",
                             hint="List what is there with: axon published")
+        target_owner = _require_owner(target, who)
+        history_dir, _ = repo.history_dir_for(spec, who, gid)
         digest = current.digest if current else None
+        if who.is_root and target_owner != 0:
+            apply_published_modes(target, gid, uid=0)
         _make_movable(target)
-        moved = repo.history_dir(spec) / _stamp(digest)
-        _shared_mkdir(moved.parent)
+        moved = history_dir / _stamp(digest)
         os.rename(target, moved)  # one atomic step: the version disappears whole
         fsync_dir(target.parent)
         if purge:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mlos_core import __version__
+
+if TYPE_CHECKING:
+    from mlos_core.settings import ServerSettings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,8 +46,18 @@ def cli() -> None:
               "idle cores go back to other processes sooner).")
 @click.option("--request-timeout", "request_timeout_s", type=float, help="Per-request deadline, s (504 after).")
 @click.option("--max-body-bytes", type=int, help="Largest request body (413 above; default 64 MiB).")
+@click.option("--header-timeout", "header_timeout_s", type=float,
+              help="A request head must arrive within this many seconds (408 after; default 10).")
+@click.option("--body-timeout", "body_timeout_s", type=float,
+              help="Longest pause inside a request body, s (408 after; default 30).")
+@click.option("--idle-timeout", "idle_timeout_s", type=float,
+              help="Close a keep-alive connection idle this long, s (default 5).")
+@click.option("--max-header-bytes", type=int, help="Largest request head (431 above; default 64 KiB).")
+@click.option("--max-connections", type=int, help="Open connections per worker; beyond, an immediate 503 "
+              "(default 1024).")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Admin token file (created on first start, mode 0640).")
+              help="Admin token file (created on first start, mode 0640; refused if anyone but root or the "
+              "server's user could have written it).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where registrations persist (default <repository>/.axon/core).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
@@ -60,6 +74,7 @@ def serve(config_file: Path | None, port_file: Path | None, **options: object) -
     import uvicorn
 
     from mlos_core.app import create_app
+    from mlos_core.auth import TokenFileError, load_or_create_token
     from mlos_core.settings import ServerSettings
 
     try:
@@ -72,24 +87,56 @@ def serve(config_file: Path | None, port_file: Path | None, **options: object) -
                    f"hint: create it with: sudo axon setup-production --dir {settings.repository}", err=True)
         sys.exit(1)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # here, so that a planted token stops the server with one line (the lifespan checks again)
+        load_or_create_token(settings.token_file, settings.repository)  # type: ignore[arg-type]
+    except (TokenFileError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    _raise_open_files_limit(settings.max_connections)
     if settings.workers > 1:
         _serve_workers(settings, port_file)
         return
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",  # type: ignore[arg-type]
-                            log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
-                            lifespan="on")
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, **_uvicorn_options(settings))  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     if port_file is not None:
         _write_port_when_started(server, port_file)
     server.run()
 
 
-def _serve_workers(settings: object, port_file: Path | None) -> None:
+def _uvicorn_options(settings: ServerSettings) -> dict[str, Any]:
+    """What the single-process and the --workers paths give uvicorn alike."""
+    from mlos_core.protocol import Limits, protocol_class
+
+    limits = Limits(header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s,
+                    max_header_bytes=settings.max_header_bytes, max_connections=settings.max_connections)
+    return {"loop": "uvloop", "http": protocol_class(limits), "log_level": settings.log_level, "access_log": False,
+            "timeout_graceful_shutdown": 30, "lifespan": "on", "timeout_keep_alive": settings.idle_timeout_s}
+
+
+def _raise_open_files_limit(max_connections: int) -> None:
+    """Each connection is a descriptor: lift the soft RLIMIT_NOFILE to the hard limit so 1000+ fit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < max_connections + 256:
+        logging.getLogger("mlos_core").warning(
+            "open-files limit %d is below --max-connections %d + 256 for models and logs: connections beyond it "
+            "fail to be accepted; raise it (ulimit -n, LimitNOFILE= in the systemd unit)", soft, max_connections)
+
+
+def _serve_workers(settings: ServerSettings, port_file: Path | None) -> None:
     """N processes on one listening socket (bound here, before forking), like uvicorn --workers.
 
-    The token is created here so every worker reads the same one; registrations are shared
-    through the state directory (each worker follows the registrations file)."""
+    The token was created by the caller, so every worker reads the same one; registrations are
+    shared through the state directory (each worker follows the registrations file)."""
     import dataclasses
     import json
     import os
@@ -97,16 +144,11 @@ def _serve_workers(settings: object, port_file: Path | None) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from mlos_core.auth import load_or_create_token
-
     s = settings
-    load_or_create_token(s.token_file, s.repository)  # type: ignore[attr-defined]
     os.environ["MLOS_CORE_SETTINGS"] = json.dumps(
-        {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items()})  # type: ignore[call-overload]
-    config = uvicorn.Config("mlos_core.app:create_app_from_env", factory=True, host=s.host,  # type: ignore[attr-defined]
-                            port=s.port, loop="uvloop", http="httptools", log_level=s.log_level,  # type: ignore[attr-defined]
-                            access_log=False, timeout_graceful_shutdown=30, lifespan="on",
-                            workers=s.workers)  # type: ignore[attr-defined]
+        {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items()})
+    config = uvicorn.Config("mlos_core.app:create_app_from_env", factory=True, host=s.host, port=s.port,
+                            workers=s.workers, **_uvicorn_options(s))
     sock = config.bind_socket()
     sock.listen(config.backlog)  # accept into the backlog at once; workers pick connections up when ready
     if port_file is not None:

@@ -30,6 +30,14 @@ class ServerSettings:
     intra_op_spinning: bool = True
     request_timeout_s: float = 30.0
     max_body_bytes: int = 64 << 20
+    # Connection limits (protocol.py): a request head must arrive within header_timeout_s and
+    # max_header_bytes; a body may pause at most body_timeout_s; an idle keep-alive connection is
+    # closed after idle_timeout_s; beyond max_connections a new connection gets an immediate 503.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 5.0
+    max_header_bytes: int = 64 << 10
+    max_connections: int = 1024
     token_file: Path | None = None
     state_dir: Path | None = None  # type: ignore[assignment]
     log_level: str = "info"
@@ -45,6 +53,14 @@ class ServerSettings:
             raise ValueError(f"precision must be fp32 or fp16, not {self.precision!r}")
         if self.precision == "fp16" and self.device != "cuda":
             raise ValueError("precision fp16 needs --device cuda (onnxruntime's CPU kernels are fp32)")
+        for name in ("request_timeout_s", "header_timeout_s", "body_timeout_s", "idle_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        for name in ("max_body_bytes", "max_header_bytes", "max_connections"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> ServerSettings:

@@ -90,14 +90,30 @@ class LoadedModel:
         return results
 
 
+def _why(exc: Exception) -> str:
+    """One line for the failures list; anything but an ApiError also leaves its traceback at debug level."""
+    if isinstance(exc, ApiError):
+        return exc.message
+    log.debug("loading a saved registration failed", exc_info=exc)
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+Stamp = tuple[int, int, int]  # (st_ino, st_size, st_mtime_ns) of the registrations file; (0, 0, 0) when absent
+
+
 class Registry:
     def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self.models: dict[str, LoadedModel] = {}
+        # Saved registrations that could not be loaded: id (or the registrations file itself) -> why.
         self.failed: dict[str, str] = {}
+        self._failed_at: dict[str, Stamp] = {}  # the registrations file as it was when the load failed
         self._locks: dict[str, asyncio.Lock] = {}
+        self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
         self.state_file = settings.state_dir / "registrations.json"
+        self._saved: tuple[Stamp, list[str], str | None] | None = None
 
     def get(self, model_id: str) -> LoadedModel:
         model = self.models.get(model_id)
@@ -107,14 +123,41 @@ class Registry:
         return model
 
     async def resolve(self, model_id: str) -> LoadedModel:
-        """Like get, but a model another worker registered a moment ago is loaded here first."""
+        """Like get, but a model another worker registered a moment ago is loaded here first.
+
+        A saved registration that failed to load is not retried per request (that would re-hash
+        the whole model each time): it answers 503 until the registrations file changes (someone
+        registered again) or an admin registers it here. Concurrent requests share one load."""
         model = self.models.get(model_id)
-        if model is None and model_id in self.saved_models():
-            await self.register(model_id=model_id, persist=False)
-            model = self.models.get(model_id)
-        if model is None:
+        if model is not None:
+            return model
+        stamp = self._state_stamp()
+        if model_id in self.failed and self._failed_at.get(model_id) == stamp:
+            raise self._failed_error(model_id)
+        if model_id not in self._saved_at(stamp)[0]:
             return self.get(model_id)
-        return model
+        loading = self._loading.get(model_id)
+        if loading is None:
+            loading = self._loading[model_id] = asyncio.ensure_future(self._load_saved(model_id, stamp))
+            loading.add_done_callback(lambda _: self._loading.pop(model_id, None))
+        return await asyncio.shield(loading)
+
+    async def _load_saved(self, model_id: str, stamp: Stamp) -> LoadedModel:
+        try:
+            await self.register(model_id=model_id, persist=False)
+        except Exception as exc:
+            self._mark_failed(model_id, _why(exc), stamp)
+            raise self._failed_error(model_id) from None
+        return self.get(model_id)
+
+    def _mark_failed(self, model_id: str, why: str, stamp: Stamp | None = None) -> None:
+        self.failed[model_id] = why
+        self._failed_at[model_id] = self._state_stamp() if stamp is None else stamp
+        log.error("could not load saved registration %s: %s", model_id, why)
+
+    def _failed_error(self, model_id: str) -> ApiError:
+        return ApiError(503, "model_failed", f"model {model_id!r} is registered but failed to load "
+                        f"({self.failed[model_id]}); fix it, then register it again (axon register SPEC)")
 
     def _lock(self, model_id: str) -> asyncio.Lock:
         return self._locks.setdefault(model_id, asyncio.Lock())
@@ -179,10 +222,19 @@ class Registry:
                 # Same content: a no-op, but the files are re-checked so damage is still caught.
                 await asyncio.to_thread(verify_files, self.settings.repository, located)
                 return {**current.describe(), "status": "unchanged"}
-            loaded = await asyncio.to_thread(self._build, located)
+            try:
+                loaded = await asyncio.to_thread(self._build, located)
+            except ApiError:
+                raise
+            except Exception as exc:  # onnxruntime refusing the graph, a warm-up that fails, ...
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                log.debug("loading %s failed", key, exc_info=True)
+                raise ApiError(422, "model_load_failed", f"model {key!r} passed verification but could not be "
+                               f"loaded: {type(exc).__name__}: {first[:300]}") from None
             loaded.batcher.start()
             self.models[key] = loaded  # new requests go to the new copy from here on
             self.failed.pop(key, None)
+            self._failed_at.pop(key, None)
             if persist:
                 self._persist_change(add=key)
             if current is not None:
@@ -197,15 +249,42 @@ class Registry:
                 raise ApiError(404, "model_not_found", f"model {model_id!r} is not registered")
             if persist:
                 self._persist_change(remove=model_id)
+                self.failed.pop(model_id, None)
+                self._failed_at.pop(model_id, None)
             if model is not None:
                 await model.batcher.close()
         return {"status": "unregistered", "model_id": model_id}
 
-    def saved_models(self) -> list[str]:
+    def _state_stamp(self) -> Stamp:
         try:
-            return list(json.loads(self.state_file.read_text()).get("models", []))
-        except (OSError, ValueError):
-            return []
+            st = self.state_file.stat()
+        except OSError:
+            return (0, 0, 0)
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _saved_at(self, stamp: Stamp) -> tuple[list[str], str | None]:
+        """The saved model ids and, if the file is malformed, why: read once per version of the file."""
+        if self._saved is None or self._saved[0] != stamp:
+            self._saved = (stamp, *self._read_saved())
+        return self._saved[1], self._saved[2]
+
+    def _read_saved(self) -> tuple[list[str], str | None]:
+        try:
+            data = json.loads(self.state_file.read_bytes())
+        except FileNotFoundError:
+            return [], None
+        except (OSError, ValueError) as exc:
+            return [], f"cannot read saved registrations: {str(exc).splitlines()[0]}"
+        models = data.get("models") if isinstance(data, dict) else None
+        if not isinstance(models, list):
+            return [], "saved registrations are malformed: expected {\"models\": [\"ns/name@version\", ...]}"
+        ids = [m for m in models if isinstance(m, str)]
+        bad = [m for m in models if not isinstance(m, str)]
+        return ids, (f"saved registrations hold entries that are not model ids: {json.dumps(bad)[:200]}"
+                     if bad else None)
+
+    def saved_models(self) -> list[str]:
+        return self._saved_at(self._state_stamp())[0]
 
     def _persist_change(self, *, add: str | None = None, remove: str | None = None) -> None:
         """Read-modify-write of the registrations file under a lock: workers share it."""
@@ -226,18 +305,34 @@ class Registry:
             os.close(fd)
 
     async def sync_from_state(self) -> None:
-        """Load what the registrations file lists and unload what it no longer does (other workers)."""
-        saved = set(self.saved_models())
-        for model_id in sorted(saved - set(self.models) - set(self.failed)):
+        """Load what the registrations file lists and unload what it no longer does (other workers).
+        A model that failed to load is retried only once the file has changed since."""
+        stamp = self._state_stamp()
+        saved = set(self._saved_at(stamp)[0])
+        for model_id in sorted(saved - set(self.models)):
+            if model_id in self.failed and self._failed_at.get(model_id) == stamp:
+                continue
             try:
                 await self.register(model_id=model_id, persist=False)
-            except ApiError as exc:
-                self.failed[model_id] = exc.message
+            except Exception as exc:
+                self._mark_failed(model_id, _why(exc), stamp)
         for model_id in sorted(set(self.models) - saved):
             await self.unregister(model_id, persist=False)
         for model_id in list(self.failed):
             if model_id not in saved:
                 self.failed.pop(model_id, None)
+                self._failed_at.pop(model_id, None)
+        self._note_state_error(stamp)
+
+    def _note_state_error(self, stamp: Stamp) -> None:
+        """A malformed registrations file is listed among the failures (as the file's path)."""
+        error = self._saved_at(stamp)[1]
+        key = str(self.state_file)
+        if error is None:
+            self.failed.pop(key, None)
+        elif self.failed.get(key) != error:
+            self.failed[key] = error
+            log.error("%s: %s", key, error)
 
     async def watch_state(self, interval_s: float = 0.5) -> None:
         last = None
@@ -255,20 +350,15 @@ class Registry:
             await asyncio.sleep(interval_s)
 
     async def restore(self) -> None:
-        """Re-register (and so re-verify) what was registered before the restart."""
-        try:
-            saved = json.loads(self.state_file.read_text()).get("models", [])
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.error("cannot read %s: %s", self.state_file, exc)
-            return
-        for model_id in saved:
+        """Re-register (and so re-verify) what was registered before the restart. Nothing saved
+        stops the server from starting: what cannot be loaded is listed as failed (/models, /ready)."""
+        stamp = self._state_stamp()
+        self._note_state_error(stamp)
+        for model_id in self._saved_at(stamp)[0]:
             try:
                 await self.register(model_id=model_id, persist=False)
-            except ApiError as exc:
-                self.failed[model_id] = exc.message
-                log.error("could not restore %s: %s", model_id, exc.message)
+            except Exception as exc:
+                self._mark_failed(model_id, _why(exc), stamp)
 
     async def close(self) -> None:
         for model in list(self.models.values()):

@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 
 from mlos_core.errors import ApiError, error_body
 
-__all__ = ["ClientGone", "FastPath", "FastRoute", "ReadBody", "Reply", "read_asgi_body"]
+__all__ = ["LARGE_BODY_BYTES", "MAX_LARGE_BODIES", "ClientGone", "FastPath", "FastRoute", "ReadBody", "Reply",
+           "read_asgi_body"]
 
 log = logging.getLogger("mlos_core.app")
 
@@ -30,6 +31,12 @@ ReadBody = Callable[[], Awaitable[bytes]]
 Handler = Callable[[str, Headers, ReadBody], Awaitable[Reply]]
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+
+# A body above this is parsed on a worker thread (app.off_loop), and at most MAX_LARGE_BODIES such
+# bodies per process are read or parsed at once: a further one gets 503 before it is read, so
+# memory stays bounded by MAX_LARGE_BODIES x --max-body-bytes however many clients upload.
+LARGE_BODY_BYTES = 256 << 10
+MAX_LARGE_BODIES = 2
 
 
 class FastRoute(NamedTuple):
@@ -46,12 +53,20 @@ class ClientGone(Exception):
     """The client disconnected before its body arrived; there is nobody to answer."""
 
 
-async def read_asgi_body(scope: Message, receive: Receive, limit: int) -> bytes:
-    """The whole request body, refused with 413 as soon as it is known to exceed *limit*."""
+async def read_asgi_body(scope: Message, receive: Receive, limit: int,
+                         on_large: Callable[[], None] | None = None) -> bytes:
+    """The whole request body, refused with 413 as soon as it is known to exceed *limit*.
+    *on_large* is called once, before any more of it is read, when the body is known to exceed
+    LARGE_BODY_BYTES (from Content-Length, or as a chunked body arrives); it may raise."""
     for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise ApiError(413, "body_too_large",
-                           f"request body of {int(value)} bytes exceeds the {limit}-byte limit")
+        if name == b"content-length" and value.isdigit():
+            declared = int(value)
+            if declared > limit:
+                raise ApiError(413, "body_too_large",
+                               f"request body of {declared} bytes exceeds the {limit}-byte limit")
+            if declared > LARGE_BODY_BYTES and on_large is not None:
+                on_large()
+                on_large = None
     message = await receive()
     if message["type"] == "http.disconnect":
         raise ClientGone
@@ -62,6 +77,9 @@ async def read_asgi_body(scope: Message, receive: Receive, limit: int) -> bytes:
         return body
     chunks, size = [body], len(body)
     while True:
+        if size > LARGE_BODY_BYTES and on_large is not None:
+            on_large()
+            on_large = None
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
@@ -82,6 +100,7 @@ class FastPath:
         self.app = app
         self.routes = routes
         self.max_body_bytes = max_body_bytes
+        self.large_bodies = 0  # large bodies being read or handled now
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -93,9 +112,18 @@ class FastPath:
                 break
         else:
             return await self.app(scope, receive, send)
+        large = False
+
+        def take_large_slot() -> None:
+            nonlocal large
+            if self.large_bodies >= MAX_LARGE_BODIES:
+                raise ApiError(503, "busy", f"{MAX_LARGE_BODIES} large request bodies are being processed; retry "
+                               "shortly", headers={"Retry-After": "1"})
+            self.large_bodies += 1
+            large = True
 
         async def read_body() -> bytes:
-            return await read_asgi_body(scope, receive, self.max_body_bytes)
+            return await read_asgi_body(scope, receive, self.max_body_bytes, take_large_slot)
 
         try:
             payload, headers = await route.handler(path[len(route.prefix):-len(route.suffix)], scope["headers"],
@@ -111,6 +139,9 @@ class FastPath:
             log.exception("inference request failed")
             status, payload, headers = 500, error_body("internal", "internal server error (see the server log)"), \
                 JSON_HEADERS
+        finally:
+            if large:
+                self.large_bodies -= 1
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", b"%d" % len(payload))]})
         await send({"type": "http.response.body", "body": payload})

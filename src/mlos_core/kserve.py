@@ -7,10 +7,11 @@ model repository extension (index, load, unload; admin).
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from starlette.requests import Request
@@ -19,11 +20,11 @@ from starlette.routing import Route
 
 from mlos_core import __version__
 from mlos_core.errors import ApiError
-from mlos_core.fastpath import JSON_HEADERS, Handler, Headers, ReadBody, Reply
+from mlos_core.fastpath import JSON_HEADERS, LARGE_BODY_BYTES, Handler, Headers, ReadBody, Reply
 from mlos_core.jsonio import JSONResponse, dumps, loads
 from mlos_core.registry import LoadedModel, Registry
 from mlos_core.settings import ServerSettings
-from mlos_core.tensors import KSERVE_TO_NP, check_against_schema, kserve_datatype
+from mlos_core.tensors import KSERVE_TO_NP, MAX_DIMS, array_from_json, check_against_schema, kserve_datatype
 
 __all__ = ["infer_handler", "routes"]
 
@@ -40,7 +41,8 @@ def _find_model(registry: Registry, name: str, version: str | None) -> LoadedMod
 
 
 def _split(rest: str) -> tuple[str, str | None, str]:
-    """'ns/name[/versions/v][/infer|/ready]' -> (name, version, action)."""
+    """'ns/name[/versions/v][/infer|/ready]' -> (name, version, action); the path arrives
+    percent-decoded once, so a '%' left in it was encoded twice and is refused."""
     action = ""
     for suffix in ("/infer", "/ready", "/config", "/stats"):
         if rest.endswith(suffix):
@@ -49,7 +51,11 @@ def _split(rest: str) -> tuple[str, str | None, str]:
     version = None
     if "/versions/" in rest:
         rest, version = rest.rsplit("/versions/", 1)
-    return rest.strip("/"), version, action
+    name = rest.strip("/")
+    if "%" in name or (version and "%" in version):
+        raise ApiError(400, "bad_model_id", f"model name {name!r} (version {version!r}) in the path still holds '%' "
+                       "after URL decoding (encoded twice?); encode it once: demo%2Fenc or demo/enc")
+    return name, version, action
 
 
 def _metadata(model: LoadedModel) -> dict[str, Any]:
@@ -63,77 +69,188 @@ def _metadata(model: LoadedModel) -> dict[str, Any]:
                         for t in model.manifest.outputs]}
 
 
-def _decode_bytes(raw: bytes) -> list[str]:
-    out, i = [], 0
-    while i < len(raw):
-        (n,) = struct.unpack_from("<I", raw, i)
-        out.append(raw[i + 4 : i + 4 + n].decode("utf-8"))
-        i += 4 + n
+def _decode_bytes(name: str, raw: bytes) -> list[str]:
+    """BYTES binary data: each element a little-endian uint32 length, then that many UTF-8 bytes."""
+    out: list[str] = []
+    i, n = 0, len(raw)
+    while i < n:
+        if n - i < 4:
+            raise ApiError(400, "bad_tensor", f"input {name!r}: BYTES element {len(out)} is truncated (its 4-byte "
+                           f"length prefix has only {n - i} bytes)")
+        (k,) = struct.unpack_from("<I", raw, i)
+        i += 4
+        if k > n - i:
+            raise ApiError(400, "bad_tensor", f"input {name!r}: BYTES element {len(out)} declares {k} bytes but "
+                           f"only {n - i} remain in its parameters.binary_data_size")
+        try:
+            out.append(raw[i : i + k].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ApiError(400, "bad_tensor", f"input {name!r}: BYTES element {len(out)} is not UTF-8 text") from None
+        i += k
     return out
+
+
+def _json_strings(name: str, data: Any) -> list[str]:
+    """BYTES as JSON: a (nested) list of strings, flattened."""
+    out: list[str] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, str):
+            out.append(item)
+        else:
+            raise ApiError(400, "bad_tensor", f"input {name!r}: BYTES 'data' must be a list of strings")
+    return out
+
+
+def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ApiError(400, "bad_request", f"{where}: 'parameters' must be an object")
+    return params
+
+
+def _flag(params: dict[str, Any], key: str, where: str) -> bool | None:
+    value = params.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ApiError(400, "bad_request", f"{where}: parameters.{key} must be true or false")
+    return value
 
 
 def _parse_infer(body: bytes, header_len: str | None) -> tuple[dict[str, Any], bytes]:
     if header_len is not None:
-        try:
-            n = int(header_len)
-        except ValueError:
-            raise ApiError(400, "bad_header", f"{HEADER_LEN} must be an integer") from None
-        if n < 0 or n > len(body):
-            raise ApiError(400, "bad_header", f"{HEADER_LEN} {n} does not fit a {len(body)}-byte body")
+        if not (header_len.isascii() and header_len.isdigit()):
+            raise ApiError(400, "bad_header", f"{HEADER_LEN.decode()} must be a non-negative integer, not "
+                           f"{header_len[:40]!r}")
+        n = int(header_len)
+        if n > len(body):
+            raise ApiError(400, "bad_header", f"{HEADER_LEN.decode()} {n} does not fit a {len(body)}-byte body")
         head, binary = body[:n], body[n:]
     else:
         head, binary = body, b""
     try:
         req = loads(head)
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:  # orjson.JSONDecodeError, also for text that is not UTF-8
         raise ApiError(400, "bad_json", "the inference request header is not valid JSON") from None
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list):
         raise ApiError(400, "bad_request", "an inference request needs an 'inputs' list")
     return req, binary
 
 
-def _input_arrays(model: LoadedModel, req: dict[str, Any], binary: bytes) -> tuple[dict[str, np.ndarray], list[str]]:
+def _requested_outputs(req: dict[str, Any]) -> tuple[dict[str, bool] | None, bool]:
+    """({output name: as binary} from 'outputs', or None for every output; parameters.binary_data_output)."""
+    all_binary = bool(_flag(_params(req, "the request"), "binary_data_output", "the request"))
+    requested = req.get("outputs")
+    if requested is None or requested == []:
+        return None, all_binary
+    if not isinstance(requested, list):
+        raise ApiError(400, "bad_outputs", "'outputs' must be a list of {'name': ...} objects")
+    wanted: dict[str, bool] = {}
+    for i, o in enumerate(requested):
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise ApiError(400, "bad_outputs", f"outputs[{i}] needs a 'name' (a string)")
+        where = f"output {o['name']!r}"
+        binary = _flag(_params(o, where), "binary_data", where)
+        wanted[o["name"]] = all_binary if binary is None else binary
+    return wanted, all_binary
+
+
+def _input_arrays(model: LoadedModel, req: dict[str, Any], binary: bytes,
+                  large: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
     arrays: dict[str, np.ndarray] = {}
     texts: list[str] = []
     offset = 0
     schema = {t.name: t for t in model.manifest.inputs}
-    for spec in req["inputs"]:
+    max_rows = model.batcher.max_batch_size
+    for i, spec in enumerate(req["inputs"]):
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise ApiError(400, "bad_request", "every input needs a 'name'")
+            raise ApiError(400, "bad_request", f"inputs[{i}] needs a 'name' (a string)")
         name, dtype, shape = spec["name"], spec.get("datatype"), spec.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise ApiError(400, "bad_shape", f"input {name!r} needs a 'shape' of non-negative integers")
-        params = spec.get("parameters") or {}
-        size = params.get("binary_data_size")
+        if name in arrays or (name == "text" and texts):
+            raise ApiError(400, "bad_inputs", f"input {name!r} appears more than once")
+        if not isinstance(dtype, str):
+            raise ApiError(400, "bad_dtype", f"input {name!r}: 'datatype' must be a string such as 'FP32' or 'BYTES'")
+        if not isinstance(shape, list) or len(shape) > MAX_DIMS or \
+                not all(type(d) is int and d >= 0 for d in shape):
+            raise ApiError(400, "bad_shape", f"input {name!r} needs a 'shape' of at most {MAX_DIMS} non-negative "
+                           "integers")
+        count = math.prod(shape)  # Python integers: no wrap-around
+        size = _params(spec, f"input {name!r}").get("binary_data_size")
+        if size is not None:
+            if type(size) is not int or size < 0:
+                raise ApiError(400, "bad_tensor", f"input {name!r}: parameters.binary_data_size must be a "
+                               f"non-negative integer number of bytes, not {str(size)[:40]!r}")
+            if size > len(binary) - offset:
+                raise ApiError(400, "bad_tensor", f"input {name!r}: parameters.binary_data_size {size} goes past "
+                               f"the end of the binary data ({len(binary) - offset} bytes left)")
         if dtype == "BYTES":
-            if size is not None:
-                values = _decode_bytes(binary[offset : offset + int(size)])
-                offset += int(size)
-            else:
-                values = [str(v) for v in np.asarray(spec.get("data", [])).reshape(-1)]
             if name != "text" or model.text is None:
                 raise ApiError(400, "bad_input", f"BYTES input {name!r}: only text models take a 'text' input")
+            if size is not None:
+                values = _decode_bytes(name, binary[offset : offset + size])
+                offset += size
+            else:
+                values = _json_strings(name, spec.get("data"))
+            if len(values) != count:
+                raise ApiError(400, "bad_shape", f"input {name!r}: {len(values)} BYTES elements do not fill shape "
+                               f"{shape}")
+            if not values:
+                raise ApiError(400, "bad_shape", f"input {name!r}: no texts")
             texts.extend(values)
             continue
-        if dtype not in KSERVE_TO_NP:
-            raise ApiError(400, "bad_dtype", f"input {name!r} has unsupported datatype {dtype!r}")
-        np_type = KSERVE_TO_NP[dtype]
-        count = int(np.prod(shape)) if shape else 1
+        np_type = KSERVE_TO_NP.get(dtype)
+        if np_type is None:
+            raise ApiError(400, "bad_dtype", f"input {name!r} has unsupported datatype {dtype[:40]!r}")
+        if name not in schema:
+            raise ApiError(400, "bad_inputs", f"unknown input {name!r}; the model takes {sorted(schema)}")
+        if shape and shape[0] > max_rows:  # before converting anything
+            raise ApiError(400, "too_many_inputs", f"input {name!r}: at most {max_rows} rows per request, "
+                           f"shape {shape}")
         if size is not None:
-            size = int(size)
-            if offset + size > len(binary) or size != count * np.dtype(np_type).itemsize:
-                raise ApiError(400, "bad_tensor", f"input {name!r}: binary data does not hold {count} {dtype} values")
+            need = count * np.dtype(np_type).itemsize
+            if size != need:
+                raise ApiError(400, "bad_tensor", f"input {name!r}: parameters.binary_data_size is {size} bytes, "
+                               f"shape {shape} of {dtype} needs {need}")
             arr = np.frombuffer(binary, dtype=np_type, count=count, offset=offset).reshape(shape)
             offset += size
         else:
-            try:
-                arr = np.asarray(spec.get("data"), dtype=np_type).reshape(shape)
-            except (ValueError, TypeError):
-                raise ApiError(400, "bad_tensor", f"input {name!r}: data does not fill shape {shape}") from None
-        if name not in schema:
-            raise ApiError(400, "bad_inputs", f"unknown input {name!r}; the model takes {sorted(schema)}")
+            data = spec.get("data")
+            if data is None:
+                raise ApiError(400, "bad_tensor", f"input {name!r} has neither 'data' nor "
+                               "parameters.binary_data_size")
+            if isinstance(data, list) and data and not isinstance(data[0], list) and len(data) != count:
+                raise ApiError(400, "bad_shape", f"input {name!r}: {len(data)} values do not fill shape {shape}")
+            arr = array_from_json(name, data, np_type, pieces=large)
+            if arr.size != count:
+                raise ApiError(400, "bad_shape", f"input {name!r}: {arr.size} values do not fill shape {shape}")
+            arr = arr.reshape(shape)
         arrays[name] = check_against_schema(name, arr, schema[name].shape, schema[name].dtype)
+    if offset != len(binary):
+        raise ApiError(400, "bad_tensor", f"the binary data holds {len(binary) - offset} bytes beyond what the "
+                       "inputs' parameters.binary_data_size declare")
+    if texts and arrays:
+        raise ApiError(400, "bad_inputs", "send either the 'text' input or the model's tensors, not both")
     return arrays, texts
+
+
+class Parsed(NamedTuple):
+    req: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    texts: list[str]
+    wanted: dict[str, bool] | None  # None: every output
+    all_binary: bool
+
+
+def parse_request(model: LoadedModel, body: bytes, header_len: str | None) -> Parsed:
+    """Body -> validated request; on a worker thread when the body is large."""
+    req, binary = _parse_infer(body, header_len)
+    wanted, all_binary = _requested_outputs(req)
+    arrays, texts = _input_arrays(model, req, binary, large=len(body) > LARGE_BODY_BYTES)
+    return Parsed(req, arrays, texts, wanted, all_binary)
 
 
 def routes(settings: ServerSettings, registry: Registry, admin: Callable[[Request], None]) -> list[Route]:
@@ -173,14 +290,18 @@ def routes(settings: ServerSettings, registry: Registry, admin: Callable[[Reques
         admin(request)
         rest = request.path_params["rest"]
         body = await read_json(request, settings.max_body_bytes)
-        params = (body.get("parameters") or {}) if isinstance(body, dict) else {}
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_request", "the body must be a JSON object: {'parameters': {'version': '...'}}")
+        params = _params(body, "the request")
         for action in ("load", "unload"):
             if rest.endswith("/" + action):
-                name = rest[: -len(action) - 1].strip("/")
+                name = _split(rest[: -len(action) - 1])[0]
                 break
         else:
             raise ApiError(404, "not_found", "use /v2/repository/models/{name}/load or /unload")
         version = params.get("version")
+        if version is not None and (not isinstance(version, str) or not version):
+            raise ApiError(400, "bad_request", "parameters.version must be a version label (a non-empty string)")
         if action == "load":
             await registry.register(model_id=f"{name}@{version or 'latest'}")
         else:
@@ -199,7 +320,7 @@ def routes(settings: ServerSettings, registry: Registry, admin: Callable[[Reques
 def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[[LoadedModel], None],
                   run_inference: Callable[[LoadedModel, Any], Awaitable[Any]]) -> Handler:
     """POST /v2/models/{name}[/versions/{v}]/infer, JSON or binary tensors (a FastRoute)."""
-    from mlos_core.app import dtype_name, estimate_tokens, pending_from_arrays
+    from mlos_core.app import dtype_name, estimate_tokens, off_loop, pending_from_arrays
     from mlos_core.batching import Pending
 
     async def infer(tail: str, headers: Headers, read_body: ReadBody) -> Reply:
@@ -209,12 +330,13 @@ def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[
         m = _find_model(registry, name, version)
         admit(m)
         header_len = next((v.decode("latin-1") for k, v in headers if k == HEADER_LEN), None)
-        req, binary = _parse_infer(await read_body(), header_len)
-        arrays, texts = _input_arrays(m, req, binary)
+        body = await read_body()
+        req, arrays, texts, wanted, all_binary = await off_loop(len(body), parse_request, m, body, header_len)
         deadline = time.perf_counter() + settings.request_timeout_s
         if texts:
             if len(texts) > m.batcher.max_batch_size:
-                raise ApiError(400, "too_many_inputs", f"at most {m.batcher.max_batch_size} texts per request")
+                raise ApiError(400, "too_many_inputs", f"input 'text': at most {m.batcher.max_batch_size} texts per "
+                               "request")
             pending = Pending(rows=len(texts), key=("text",), texts=texts, deadline=deadline,
                               tokens=estimate_tokens(texts, m))
         else:
@@ -223,14 +345,7 @@ def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[
                 raise ApiError(400, "bad_inputs", f"missing inputs {missing}")
             pending = pending_from_arrays(m, arrays, deadline)
         result = await run_inference(m, pending)
-        requested = req.get("outputs")
-        all_binary = bool((req.get("parameters") or {}).get("binary_data_output"))
-        wanted: dict[str, bool] = {}
-        if isinstance(requested, list) and requested:
-            for o in requested:
-                if isinstance(o, dict) and isinstance(o.get("name"), str):
-                    wanted[o["name"]] = bool((o.get("parameters") or {}).get("binary_data", all_binary))
-        else:
+        if wanted is None:
             wanted = {k: all_binary for k in result.outputs}
         unknown = sorted(set(wanted) - set(result.outputs))
         if unknown:
@@ -258,4 +373,3 @@ def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[
                                         (HEADER_LEN, b"%d" % len(head))]
 
     return infer
-

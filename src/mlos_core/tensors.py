@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from mlos_core.errors import ApiError
 
-__all__ = ["KSERVE_TO_NP", "NP_TO_KSERVE", "array_from_json", "kserve_datatype", "np_dtype"]
+__all__ = ["KSERVE_TO_NP", "MAX_DIMS", "NP_TO_KSERVE", "array_from_json", "kserve_datatype", "np_dtype"]
 
 NP_NAMES = {
     "float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64, "int32": np.int32,
@@ -34,19 +35,50 @@ def kserve_datatype(dtype: str) -> str:
     return NP_TO_KSERVE.get(np.dtype(dtype).name, "BYTES")
 
 
-def array_from_json(name: str, data: Any, dtype: Any, shape: list[int] | None = None) -> np.ndarray:
+MAX_DIMS = 64  # numpy's limit on dimensions
+PIECE = 1 << 16  # values per numpy call when converting off the event loop (see _asarray)
+
+
+def _leaves(item: Any) -> int:
+    """Values in *item* if it is rectangular (following first elements): a cheap size estimate."""
+    n = 1
+    while isinstance(item, list):
+        n *= len(item)
+        if not item:
+            break
+        item = item[0]
+    return n
+
+
+def _asarray(data: Any, dtype: Any, pieces: bool) -> np.ndarray:
+    """np.asarray, or with *pieces* at most ~PIECE values per numpy call: converting a nested list
+    holds the GIL for the whole call (about a second for 10 M values), so on a worker thread the
+    event loop only gets to run between calls. Ragged data fails either way (ValueError)."""
+    if not pieces or not isinstance(data, list) or len(data) < 2:
+        return np.asarray(data, dtype=dtype)
+    per_item = _leaves(data[0])
+    if per_item > PIECE and isinstance(data[0], list):
+        return np.stack([_asarray(item, dtype, pieces) for item in data])
+    step = max(1, PIECE // max(1, per_item))
+    if step >= len(data):
+        return np.asarray(data, dtype=dtype)
+    return np.concatenate([np.asarray(data[i : i + step], dtype=dtype) for i in range(0, len(data), step)])
+
+
+def array_from_json(name: str, data: Any, dtype: Any, shape: list[int] | None = None, *,
+                    pieces: bool = False) -> np.ndarray:
     """Build an array from nested lists (or a flat list plus *shape*); 400 naming the tensor if not."""
     try:
-        arr = np.asarray(data, dtype=dtype)
+        arr = _asarray(data, dtype, pieces)
     except (ValueError, TypeError, OverflowError):
-        raise ApiError(400, "bad_tensor", f"input {name!r} is not a rectangular array of {np.dtype(dtype).name}") \
-            from None
+        raise ApiError(400, "bad_tensor", f"input {name!r} is not a rectangular array of {np.dtype(dtype).name} "
+                       "(nested lists of numbers)") from None
     if arr.dtype == object:
         raise ApiError(400, "bad_tensor", f"input {name!r} is not a rectangular array")
     if shape is not None:
-        if any((not isinstance(d, int)) or d < 0 for d in shape):
+        if len(shape) > MAX_DIMS or any(type(d) is not int or d < 0 for d in shape):
             raise ApiError(400, "bad_shape", f"input {name!r} has an invalid shape {shape!r}")
-        if int(np.prod(shape)) != arr.size:
+        if math.prod(shape) != arr.size:
             raise ApiError(400, "bad_shape", f"input {name!r}: {arr.size} values do not fill shape {shape}")
         arr = arr.reshape(shape)
     return arr

@@ -16,20 +16,21 @@ from pathlib import Path
 import pytest
 
 from axon.cache import get_installed
-from axon.errors import IntegrityError, InvalidManifestError
+from axon.errors import IntegrityError
 from axon.install import install
-from axon.integrity import verify_version_dir
 from axon.layout import StoreLayout
-from axon.manifest import load_manifest
 from axon.production import setup_production
 from axon.publish import ProductionRepo, publish
 from axon.settings import Settings, set_config_value
 from axon.spec import parse_spec
 from tests.support.mounts import tmpfs
 from tests.support.onnx_models import write_mlp
+from tests.support.publishing import SPEC, install_package, prepare_user, visible_versions_verify
 from tests.support.users import run_cli_as, temp_group, temp_user
 
-SPEC = "acme/ranker@1.0.0"
+_install = install_package
+_visible_versions_verify = visible_versions_verify
+_prepare_user = prepare_user
 
 
 def _settings(env: dict[str, str], **over: str) -> Settings:
@@ -54,26 +55,6 @@ def prod(tmp_path: Path, isolated_env: dict[str, str]) -> Iterator[tuple[Setting
         root.mkdir(parents=True)
         set_config_value(settings.config_file, "publish_group", gname)
         yield _settings(isolated_env), gname
-
-
-def _install(settings: Settings, tmp_path: Path, seed: int = 0, spec: str = SPEC, big: int = 0) -> str:
-    src = tmp_path / f"pkg-{seed}"
-    write_mlp(src / "model.onnx", seed=seed)
-    (src / "tokenizer").mkdir(parents=True, exist_ok=True)
-    (src / "tokenizer" / "vocab.txt").write_text(f"[PAD]\n[UNK]\nhello{seed}\n")
-    for i in range(big):
-        (src / f"weights-{i}.bin").write_bytes(os.urandom(96 << 20))
-    return install(parse_spec(spec), settings, from_=str(src), force=True).manifest.digest
-
-
-def _visible_versions_verify(settings: Settings) -> list[str]:
-    digests = []
-    for entry in StoreLayout(settings.publish_dir).iter_versions():
-        assert entry.has_manifest, f"partial version visible: {entry.path}"
-        m = load_manifest(entry.path / "manifest.yaml")
-        assert verify_version_dir(entry.path, m).ok, f"visible version does not verify: {entry.path}"
-        digests.append(m.digest)
-    return digests
 
 
 def test_publish_modes_group_and_audit(prod: tuple[Settings, str], tmp_path: Path) -> None:
@@ -266,36 +247,6 @@ def test_torn_audit_line_is_tolerated(prod: tuple[Settings, str], tmp_path: Path
 
 
 # --- real users and groups -------------------------------------------------------------------
-
-
-def _user_env(base: Path, user_name: str, prod_root: Path) -> dict[str, str]:
-    home = base / user_name
-    return {"HOME": str(home), "AXON_HOME": str(home / ".axon"), "AXON_CACHE_DIR": str(home / "cache"),
-            "AXON_PUBLISH_DIR": str(prod_root), "PATH": "/usr/bin:/bin"}
-
-
-@pytest.fixture
-def shared_base() -> Iterator[Path]:
-    """A world-traversable directory (pytest's tmp dirs are root-only)."""
-    import shutil
-    import tempfile
-
-    base = Path(tempfile.mkdtemp(prefix="axon-users-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    try:
-        yield base
-    finally:
-        subprocess.run(["chattr", "-a", str(base / "prod" / ".axon" / "audit.log")], check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _prepare_user(base: Path, user: object, prod_root: Path, gname: str, tmp_path: Path) -> dict[str, str]:
-    env = _user_env(base, user.name, prod_root)  # type: ignore[attr-defined]
-    settings = Settings.from_env(env)
-    set_config_value(settings.config_file, "publish_group", gname)
-    _install(settings, tmp_path)
-    subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(base / user.name)], check=True)  # type: ignore[attr-defined]
-    return env
 
 
 def test_non_member_is_refused_and_nothing_changes(shared_base: Path, tmp_path: Path) -> None:

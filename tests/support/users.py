@@ -14,7 +14,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -117,3 +117,28 @@ def run_cli_as(user: User, args: list[str], env: dict[str, str]) -> Result:
         stderr = e.read()
     _, status = os.waitpid(pid, 0)
     return Result(os.waitstatus_to_exitcode(status), stdout.decode(), stderr.decode())
+
+
+def run_as(user: User, fn: Callable[[], object]) -> str:
+    """Run *fn* in a forked child as *user*; returns "ok", or the name of the exception it raised
+    (e.g. "PermissionError"): how a test checks what the kernel lets that user do."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        outcome = "ok"
+        try:
+            os.close(r)
+            os.setgroups(list(user.groups))
+            os.setgid(user.gid)
+            os.setuid(user.uid)
+            fn()
+        except BaseException as exc:
+            outcome = type(exc).__name__
+        finally:
+            os.write(w, outcome.encode())
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        outcome = f.read().decode()
+    os.waitpid(pid, 0)
+    return outcome

@@ -197,9 +197,11 @@ def audit_cmd(spec: str | None, as_json: bool) -> None:
 def setup_production_cmd(group: str | None, root: Path | None, as_json: bool) -> None:
     """One-time, as root: create the publish group and the production repository.
 
-    The repository root becomes root:<group> with mode 2775 (members add versions; new
-    directories inherit the group), plus axon's state directory <root>/.axon/ (staging, locks,
-    history, an append-only audit log).
+    The repository root becomes root:<group> with mode 3775 (members add versions; the sticky
+    bit keeps anyone from renaming or removing what they do not own; new directories inherit the
+    group), plus axon's state directory <root>/.axon/ (root's: staging, locks, history, an
+    append-only audit log, and repository.yaml recording the group, so its members publish with
+    no configuration of their own). Running it again repairs ownership and modes.
 
     \b
     Examples:
@@ -211,7 +213,7 @@ def setup_production_cmd(group: str | None, root: Path | None, as_json: bool) ->
     settings = load_settings()
     info = setup_production(root or settings.publish_dir, group or settings.publish_group)
     Output(json_mode=as_json).result(
-        info, lambda: (f"Production repository ready: {info['root']} (root:{info['group']}, 2775)\n"
+        info, lambda: (f"Production repository ready: {info['root']} (root:{info['group']}, 3775)\n"
                        f"  state:  {info['state_dir']}\n  audit:  {info['audit_log']}"
                        f"{' (append-only)' if info['audit_append_only'] else ''}\n"
                        f"Add publishers with: sudo usermod -aG {info['group']} USER"))

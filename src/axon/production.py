@@ -118,6 +118,10 @@ def setup_production(root: Path, group: str) -> dict[str, Any]:
         d = internal / name
         d.mkdir(exist_ok=True)
         _own(d, gid, SHARED_DIR_MODE)
+    core = internal / "core"  # MLOS Core's token and registrations; left as it is when it exists
+    if not os.path.lexists(core):
+        core.mkdir()
+        _own(core, gid, 0o2750)
     history = internal / "history"
     for key_dir in history.iterdir():
         st = os.lstat(key_dir)

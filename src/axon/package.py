@@ -8,7 +8,7 @@ from typing import Any
 
 from axon.errors import InvalidModelError
 from axon.manifest import FileEntry, Manifest, safe_relative_path
-from axon.onnx_signature import read_signature
+from axon.onnx_signature import check_external_data, load_graph, signature_of
 from axon.sources.base import FetchResult
 from axon.spec import ModelSpec
 
@@ -81,15 +81,12 @@ def build_manifest(spec: ModelSpec, staging: Path, fetched: FetchResult, *, entr
     for rel in names:
         safe_relative_path(rel, where="package")
     entry = pick_entrypoint(names, entrypoint or fetched.entrypoint)
-    sig = read_signature(staging / entry)
-    base = PurePosixPath(entry).parent
-    weights = [entry]
-    for loc in sig.external_data:
-        rel = str(base / loc) if str(base) != "." else loc
-        if rel not in fetched.digests:
-            raise InvalidModelError(f"Model {entry!r} needs external data file {rel!r}, which is not in the package.",
-                                    hint="Put the .onnx file and its external data side by side.")
-        weights.append(rel)
+    model = load_graph(staging / entry)
+    sig = signature_of(model, PurePosixPath(entry).name)
+    # Every tensor's external data (initializers, node attributes, subgraphs, functions) must be a
+    # file of the package, named relative to the entrypoint's directory.
+    weights = [entry, *(p for p in check_external_data(model, entry, fetched.digests) if p != entry)]
+    del model
     files = [FileEntry(rel, d.size, d.sha256, d.xxh3_128) for rel, d in fetched.digests.items()]
     fileset = set(names)
     out_names = [t.name for t in sig.outputs]

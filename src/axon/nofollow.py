@@ -42,9 +42,15 @@ def open_dir(path: str | os.PathLike[str], rel: str | None = None) -> Iterator[i
         os.close(fd)
 
 
-def read_regular(dirfd: int, rel: str, *, limit: int = 64 << 20) -> tuple[bytes, os.stat_result]:
-    """The bytes of regular file *rel* beneath *dirfd* (no symlinks), with its stat."""
-    fd = open_beneath(dirfd, rel, os.O_RDONLY, follow_symlinks=False)
+def read_regular(dirfd: int, rel: str, *, limit: int = 64 << 20, close_dir: bool = False
+                 ) -> tuple[bytes, os.stat_result]:
+    """The bytes of regular file *rel* beneath *dirfd* (no symlinks), with its stat; *close_dir*
+    closes *dirfd* once the file is open."""
+    try:
+        fd = open_beneath(dirfd, rel, os.O_RDONLY | os.O_NONBLOCK, follow_symlinks=False)
+    finally:
+        if close_dir:
+            os.close(dirfd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -33,7 +33,7 @@ from axon.install import cleanup_stale_staging, installed_manifest
 from axon.integrity import VerifyReport, verify_version_dir
 from axon.layout import MANIFEST_NAME, StoreLayout, staging_prefix, version_key
 from axon.manifest import Manifest, load_manifest
-from axon.nofollow import fd_path, open_dir
+from axon.nofollow import fd_path, open_dir, read_regular
 from axon.permissions import (
     DIR_MODE,
     HISTORY_KEY_MODE,
@@ -300,7 +300,18 @@ def _copy_into_staging(source: CachedVersion, staging: Path, reporter: Reporter)
         for fd in fds:
             os.close(fd)
     _check_copy(source.spec, manifest, results)
+    check_model_references(staging, manifest)
     atomic_write_bytes(staging / MANIFEST_NAME, source.manifest_bytes, mode=0o444)  # exactly what was parsed
+
+
+def check_model_references(version_dir: Path, manifest: Manifest) -> None:
+    """Every external-data location anywhere in the (verified) entrypoint names a listed file of
+    the package: nothing outside the version can be pulled in by the graph (exit 2 if not)."""
+    from axon.onnx_signature import check_external_data
+
+    data, _ = read_regular(os.open(version_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), manifest.entrypoint,
+                           limit=1 << 31, close_dir=True)
+    check_external_data(data, manifest.entrypoint, {f.path for f in manifest.files})
 
 
 def publish(spec: ModelSpec, settings: Settings, *, force: bool = False, dry_run: bool = False,
@@ -426,6 +437,7 @@ def _verified_history_copy(repo: ProductionRepo, spec: ModelSpec, entry: Path, w
     report = verify_version_dir(entry, restored)
     if not report.ok:
         raise refuse(f"does not match its manifest ({report.problems[0].describe()})")
+    check_model_references(entry, restored)
     return restored
 
 

@@ -71,6 +71,35 @@ def test_member_of_the_recorded_group_publishes_without_configuration(repo: tupl
         assert os.stat(root / "acme" / "ranker" / "1.0.0").st_gid == gid
 
 
+def test_publish_refuses_a_cached_model_whose_graph_reaches_outside(repo: tuple[Path, str, int],
+                                                                     tmp_path: Path) -> None:
+    """The cache owner rewrites model.onnx after install (hashes fixed up in the manifest) so a
+    subgraph tensor names external data outside the version: publish refuses it (exit 2)."""
+    import dataclasses
+
+    import onnx
+
+    from axon.errors import InvalidModelError
+    from axon.fastio import hash_file
+    from axon.manifest import FileEntry, load_manifest, write_manifest
+    from tests.support.onnx_models import model_with_hidden_tensor
+
+    root, _, _ = repo
+    settings = _root_settings(tmp_path, root)
+    install_package(settings, tmp_path)
+    cached = settings.cache_dir / "acme" / "ranker" / "1.0.0"
+    onnx.save(model_with_hidden_tensor("nested_if", "../../../../../etc/hostname"), cached / "model.onnx")
+    m = load_manifest(cached / "manifest.yaml")
+    d = hash_file(cached / "model.onnx")
+    files = [FileEntry(f.path, d.size, d.sha256, d.xxh3_128) if f.path == "model.onnx" else f for f in m.files]
+    write_manifest(cached, dataclasses.replace(m, files=files, digest=""))
+    with pytest.raises(InvalidModelError, match="names external data .* climbs out") as info:
+        publish(parse_spec(SPEC), settings)
+    assert info.value.exit_code == 2
+    assert visible_versions_verify(settings) == []
+    assert list(StoreLayout(root).staging.iterdir()) == []
+
+
 # --- a member tampering with the repository ----------------------------------------------------
 
 

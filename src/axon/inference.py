@@ -2,21 +2,64 @@
 
 MLOS Core imports this module (axon never imports mlos_core), so ``axon run``, ``axon test``,
 ``axon validate`` and the server agree on what a model's answer is.
+
+Both load a model the same way, and never by path: the entrypoint and every external data file
+its graph names are read through ``open_beneath`` into memory and checked (size, xxh3-128) there
+(:func:`read_verified_model`); onnxruntime gets the serialized graph plus those in-memory files
+(:func:`build_image`, :func:`create_ort_session`), so what was hashed is what loads, and nothing
+is resolved against the process's working directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
+import math
 import os
-from pathlib import Path
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+import xxhash
 
-from axon.errors import UsageError
-from axon.manifest import Manifest, TensorSpec
+from axon.errors import AxonError, IntegrityError, InvalidModelError, UsageError
+from axon.fastio import open_beneath
+from axon.manifest import FileEntry, Manifest, TensorSpec
+from axon.onnx_signature import (
+    ExternalDataOutsideError,
+    ExternalRef,
+    check_external_data,
+    check_operator_domains,
+    external_data_references,
+    iter_tensors,
+    parse_model,
+    resolve_location,
+)
 
-__all__ = ["LocalModel", "TextEncoder", "postprocess", "synthesize_inputs"]
+__all__ = [
+    "LocalModel",
+    "ModelImage",
+    "TextEncoder",
+    "VerifiedModel",
+    "build_image",
+    "create_ort_session",
+    "inline_external_data",
+    "ort_failure",
+    "postprocess",
+    "read_verified_file",
+    "read_verified_model",
+    "synthesize_inputs",
+]
+
+PROTOBUF_LIMIT = (1 << 31) - 1  # a serialized ModelProto is at most this large
+# Main-graph initializers smaller than this are inlined too: onnxruntime infers shapes before it
+# injects in-memory external data, so constant inputs shape inference reads (Reshape's shape,
+# Unsqueeze's axes, ...) must be in the graph. Weights are larger and stay in memory files.
+INLINE_BELOW = 1 << 20
 
 DEFAULT_MAX_LENGTH = 512
 NP_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64,
@@ -87,6 +130,228 @@ def synthesize_inputs(inputs: list[TensorSpec], batch: int = 1, seq: int = 8) ->
     return feeds
 
 
+# --- verified, in-memory loading -------------------------------------------------------------------
+
+
+def read_verified_file(root: Path, entry: FileEntry) -> bytes:
+    """The bytes of *entry*, read through ``open_beneath(root, …)`` into memory, with the size and
+    xxh3-128 of those very bytes checked against the manifest.
+
+    Raises:
+        ExternalDataOutsideError: the path leads outside *root* (a symlink out, even one swapped in).
+        IntegrityError: the file is missing, not a regular file, or its bytes do not match.
+    """
+    try:
+        fd = open_beneath(root, entry.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.ELOOP):
+            raise ExternalDataOutsideError(f"File {entry.path!r} resolves outside {str(root)!r}; refusing it."
+                                           ) from None
+        if exc.errno == errno.ENOENT:
+            raise IntegrityError(f"File {entry.path!r} of {str(root)!r} is missing.", path=entry.path) from None
+        raise AxonError(f"Cannot read {entry.path!r} in {str(root)!r}: {exc.strerror}.") from None
+    with io.FileIO(fd, "rb", closefd=True) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IntegrityError(f"{entry.path!r} in {str(root)!r} is not a regular file.", path=entry.path)
+        if st.st_size != entry.size:
+            raise IntegrityError(f"File {entry.path!r} has {st.st_size} bytes, the manifest says {entry.size}.",
+                                 path=entry.path, expected=str(entry.size), actual=str(st.st_size))
+        data = f.readall()
+    if len(data) != entry.size or xxhash.xxh3_128(data).hexdigest() != entry.xxh3_128:
+        raise IntegrityError(f"File {entry.path!r} does not match its recorded hash (it changed after it was "
+                             "installed or published, or while it was being read).", path=entry.path,
+                             expected=entry.xxh3_128)
+    return data
+
+
+@dataclass
+class VerifiedModel:
+    """A package's model as verified bytes in memory: the parsed graph and its external files."""
+
+    entrypoint: str
+    proto: Any  # onnx.ModelProto, parsed from the verified entrypoint bytes (external data not loaded)
+    data: bytes | None  # those bytes, while *proto* is unchanged (saves a serialization)
+    files: dict[str, bytes] = field(default_factory=dict)  # external data files by package path, verified
+
+    @property
+    def paths(self) -> list[str]:
+        """The package files this model was read (and verified) from."""
+        return [self.entrypoint, *(p for p in self.files if p != self.entrypoint)]
+
+    def replace_proto(self, proto: Any) -> None:
+        """Record a rewrite of the graph (the original bytes no longer describe it)."""
+        self.proto = proto
+        self.data = None
+
+
+def read_verified_model(version_dir: Path, manifest: Manifest) -> VerifiedModel:
+    """Read the entrypoint and every external data file its graph names, each verified in memory.
+
+    Every tensor's external data (initializers, node attributes, subgraphs, sparse tensors, local
+    functions) must name a file the manifest lists, relative to the entrypoint's directory, and
+    every operator domain must be one onnxruntime provides.
+
+    Raises:
+        IntegrityError (a file missing or changed), ExternalDataOutsideError (a location or a
+        symlink leads outside), UnsupportedOperatorError, InvalidModelError.
+    """
+    entry = manifest.file(manifest.entrypoint)
+    name = PurePosixPath(manifest.entrypoint).name
+    if entry is None:
+        raise InvalidModelError(f"The manifest does not list its entrypoint {manifest.entrypoint!r}.")
+    if entry.size > PROTOBUF_LIMIT:
+        raise InvalidModelError(f"Model {manifest.entrypoint!r} is {entry.size} bytes, over protobuf's 2 GiB limit "
+                                "for one .onnx file.", hint="Export the weights as external data.")
+    data = read_verified_file(version_dir, entry)
+    proto = parse_model(data, name)
+    check_operator_domains(proto, name)
+    listed = {f.path: f for f in manifest.files}
+    files: dict[str, bytes] = {}
+    for path in check_external_data(proto, manifest.entrypoint, listed):
+        files[path] = data if path == manifest.entrypoint else read_verified_file(version_dir, listed[path])
+    return VerifiedModel(manifest.entrypoint, proto, data, files)
+
+
+def _tensor_nbytes(tensor: Any) -> int | None:
+    """Bytes of a tensor's raw data from its type and shape (None: not a fixed-size type)."""
+    import onnx
+
+    count = math.prod(tensor.dims)
+    packed = {getattr(onnx.TensorProto, n, -1): per for n, per in
+              (("INT4", 2), ("UINT4", 2), ("FLOAT4E2M1", 2), ("INT2", 4), ("UINT2", 4))}
+    if tensor.data_type in packed:
+        return -(-count // packed[tensor.data_type])
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    try:
+        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _resolved(model: VerifiedModel) -> Iterator[tuple[ExternalRef, bytes]]:
+    """Each external reference of the (possibly rewritten) graph with the verified file it names."""
+    name = PurePosixPath(model.entrypoint).name
+    for ext in external_data_references(model.proto, name):
+        if not ext.external:
+            yield ext, b""
+            continue
+        path = resolve_location(model.entrypoint, ext.location)
+        buf = model.files.get(path)
+        if buf is None:
+            raise InvalidModelError(f"Model {model.entrypoint!r} needs external data file {path!r} (location "
+                                    f"{ext.location!r} of {ext.ref.where}), which was not verified.")
+        length = ext.length if ext.length is not None else _tensor_nbytes(ext.ref.tensor)
+        if length is None or ext.offset + length > len(buf):
+            raise InvalidModelError(f"Model {model.entrypoint!r} reads {length} bytes at offset {ext.offset} of "
+                                    f"{path!r} ({len(buf)} bytes) for {ext.ref.where}: out of bounds.")
+        yield ext, buf
+
+
+def _inline(ext: ExternalRef, buf: bytes) -> None:
+    t = ext.ref.tensor
+    if ext.external:
+        length = ext.length if ext.length is not None else _tensor_nbytes(t)
+        t.raw_data = buf[ext.offset:ext.offset + (length or 0)]
+    del t.external_data[:]
+    t.data_location = 0  # DEFAULT
+
+
+def inline_external_data(model: VerifiedModel, *, everything: bool = True) -> None:
+    """Copy external data into the graph itself: every tensor's, or (``everything=False``) all but
+    the main graph's large dense initializers, which onnxruntime takes from in-memory files. It
+    cannot for tensors in node attributes, subgraphs or sparse tensors, nor for constant inputs
+    it reads while inferring shapes (see INLINE_BELOW), so those are inlined.
+
+    Raises:
+        InvalidModelError: the graph would exceed protobuf's 2 GiB limit.
+    """
+    changed = False
+    for ext, buf in list(_resolved(model)):
+        length = ext.length if ext.length is not None else _tensor_nbytes(ext.ref.tensor)
+        if everything or not ext.ref.main_initializer or not ext.external or (length or 0) < INLINE_BELOW:
+            _inline(ext, buf)
+            changed = True
+    if changed:
+        model.replace_proto(model.proto)
+        size = model.proto.ByteSize()
+        if size > PROTOBUF_LIMIT:
+            raise InvalidModelError(
+                f"Model {model.entrypoint!r} would be {size} bytes with its external data inlined"
+                f"{'' if everything else ' (small tensors and those in node attributes, subgraphs, sparse tensors)'}"
+                ", over "
+                "protobuf's 2 GiB limit.",
+                hint="Keep large weights in the main graph's initializers (onnx.save_model(..., "
+                "save_as_external_data=True)).")
+    if everything:
+        model.files.clear()
+
+
+@dataclass(frozen=True)
+class ModelImage:
+    """What onnxruntime gets: a serialized graph and the in-memory files its external data names."""
+
+    data: bytes
+    external: dict[str, bytes]  # location exactly as written in *data* -> verified bytes
+
+
+def build_image(model: VerifiedModel) -> ModelImage:
+    """Serialize *model* for onnxruntime: the main graph's external initializers name their files
+    by a normalised location that is provided from memory; everything else external is inlined.
+
+    Then, right before serializing, every tensor of the graph is checked again: the only external
+    references left are main-graph initializers whose location is one of the in-memory files (so
+    onnxruntime, loading from bytes, never resolves a location against the working directory).
+
+    Raises:
+        InvalidModelError: a reference cannot be served from the verified files.
+    """
+    inline_external_data(model, everything=False)
+    external: dict[str, bytes] = {}
+    for ext, buf in _resolved(model):
+        t = ext.ref.tensor
+        del t.external_data[:]
+        for key, value in (("location", ext.location), ("offset", str(ext.offset)),
+                           *((("length", str(ext.length)),) if ext.length is not None else ())):
+            e = t.external_data.add()
+            e.key, e.value = key, value
+        external[ext.location] = buf
+    if external:
+        model.data = None
+    for ref in iter_tensors(model.proto):  # the last word: exactly what onnxruntime will see
+        t = ref.tensor
+        if t.data_location == 1 or len(t.external_data):
+            loc = [e.value for e in t.external_data if e.key == "location"]
+            if not ref.main_initializer or t.data_location != 1 or len(loc) != 1 or loc[0] not in external:
+                raise InvalidModelError(f"Model {model.entrypoint!r}: {ref.where} still names external data "
+                                        f"{loc!r} that is not provided from memory; refusing to load it.")
+    data = model.data if model.data is not None else model.proto.SerializeToString()
+    return ModelImage(data, external)
+
+
+def ort_failure(exc: BaseException) -> str:
+    """The first line of onnxruntime's message (what went wrong, without its C++ context)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def create_ort_session(image: ModelImage, opts: Any, providers: list[str]) -> Any:
+    """An onnxruntime session on *image*: bytes, never a path; external data only from memory.
+
+    onnxruntime copies what it needs from the buffers while the session is created, so they can
+    be dropped afterwards; *opts* still points at them and must not create another session (the
+    session is made without onnxruntime's provider fallback, which would re-create it).
+    """
+    import onnxruntime as ort
+
+    if image.external:
+        names = list(image.external)
+        buffers = [np.frombuffer(image.external[n], dtype=np.uint8) for n in names]
+        opts.add_external_initializers_from_files_in_memory(names, buffers, [len(b) for b in buffers])
+    return ort.InferenceSession(image.data, sess_options=opts, providers=providers, enable_fallback=0)
+
+
 def providers_for(device: str) -> list[str]:
     import onnxruntime as ort
 
@@ -101,22 +366,51 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _refused(manifest: Manifest, exc: BaseException) -> InvalidModelError:
+    return InvalidModelError(f"onnxruntime cannot load {manifest.spec_text!r}: {ort_failure(exc)}",
+                             hint="Check the export (python -m onnx.checker / onnxruntime) and reinstall it.")
+
+
 class LocalModel:
     """An onnxruntime session on a package plus its text encoder and postprocessing."""
 
     def __init__(self, version_dir: Path, manifest: Manifest, *, device: str = "auto") -> None:
+        """Load *manifest*'s model from *version_dir*, verified in memory (see the module docstring).
+
+        Raises:
+            IntegrityError (exit 3), InvalidModelError (exit 2: a bad reference, an unsupported
+            domain, or onnxruntime refusing the graph), AxonError (CUDA asked for but unusable).
+        """
         import onnxruntime as ort
 
         self.version_dir = version_dir
         self.manifest = manifest
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(version_dir / manifest.entrypoint), sess_options=opts,
-                                            providers=providers_for(device))
+
+        def session(providers: list[str]) -> Any:
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            return create_ort_session(build_image(read_verified_model(version_dir, manifest)), opts, providers)
+
+        providers = providers_for(device)
+        try:
+            self.session = session(providers)
+        except AxonError:
+            raise
+        except Exception as exc:
+            if providers[0] != "CUDAExecutionProvider":
+                raise _refused(manifest, exc) from None
+            try:  # did CUDA fail, or the model itself?
+                self.session = session(["CPUExecutionProvider"])
+            except AxonError:
+                raise
+            except Exception as cpu_exc:
+                raise _refused(manifest, cpu_exc) from None
+            if device == "cuda":
+                raise AxonError(f"Device 'cuda' was asked for, but CUDA cannot run this model here "
+                                f"({ort_failure(exc)}).", hint="Check the driver and CUDA libraries with: axon doctor"
+                                ) from None
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
-            from axon.errors import AxonError
-
             raise AxonError("Device 'cuda' was asked for, but CUDA cannot run this model here.",
                             hint="Check the driver and CUDA libraries with: axon doctor")
         pre = manifest.preprocessing or {}

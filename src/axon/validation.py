@@ -19,14 +19,14 @@ import numpy as np
 
 from axon.atomic import atomic_write_text
 from axon.cache import get_installed
-from axon.errors import AxonError
+from axon.errors import AxonError, InvalidModelError
 from axon.integrity import verify_version_dir
 from axon.manifest import Manifest
 from axon.reporting import NullReporter, Reporter
 from axon.settings import Settings
 from axon.spec import ModelSpec
 
-__all__ = ["Check", "load_report", "passing_report", "run_tests", "validate"]
+__all__ = ["Check", "ModelRefusedError", "load_report", "passing_report", "run_tests", "validate"]
 
 REFERENCE_PATHS = ("samples/reference.json", "reference.json")
 SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog."
@@ -44,10 +44,21 @@ class Check:
 class TestRun:
     checks: list[Check] = field(default_factory=list)
     model: Any = None
+    refused: InvalidModelError | None = None  # why the model cannot be loaded at all (intact files)
 
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
+
+
+class ModelRefusedError(InvalidModelError):
+    """The package is intact but its model cannot be loaded (bad external data reference, an
+    operator domain onnxruntime lacks, a graph onnxruntime refuses): exit 2. ``run`` holds the checks."""
+
+    def __init__(self, spec: ModelSpec, run: TestRun) -> None:
+        why = run.refused
+        super().__init__(f"Model {str(spec)!r} cannot be loaded: {why}", hint=why.hint if why else None)
+        self.run = run
 
 
 def _timed(run: TestRun, name: str, fn: Callable[[], str]) -> bool:
@@ -94,8 +105,14 @@ def _check_outputs(manifest: Manifest, outputs: dict[str, np.ndarray]) -> str:
     return ", ".join(f"{k} {list(v.shape)} {v.dtype.name}" for k, v in outputs.items())
 
 
-def run_tests(spec: ModelSpec, settings: Settings, *, device: str | None = None) -> TestRun:
-    """Integrity, onnx.checker (full), load in onnxruntime, one inference with sane outputs."""
+def run_tests(spec: ModelSpec, settings: Settings, *, device: str | None = None,
+              raise_refused: bool = True) -> TestRun:
+    """Integrity, onnx.checker (full), load in onnxruntime, one inference with sane outputs.
+
+    Raises:
+        ModelRefusedError: (with *raise_refused*) the files are intact but the model cannot be
+            loaded (exit 2); its ``run`` holds the checks.
+    """
     import onnx
 
     from axon.inference import LocalModel
@@ -109,10 +126,29 @@ def run_tests(spec: ModelSpec, settings: Settings, *, device: str | None = None)
         report.raise_for_problems()
         return f"{report.files_checked} files, sha256 + xxh3-128"
 
+    def refusing(fn: Callable[[], str]) -> Callable[[], str]:
+        def wrapped() -> str:
+            try:
+                return fn()
+            except InvalidModelError as exc:
+                run.refused = run.refused or exc
+                raise
+        return wrapped
+
+    @refusing
     def checker() -> str:
+        from axon.onnx_signature import check_external_data, check_operator_domains, load_graph
+
+        # Every external data reference and operator domain first: onnx.checker reads the files
+        # the graph names, which must be the package's own.
+        graph = load_graph(vdir / manifest.entrypoint)
+        check_operator_domains(graph, Path(manifest.entrypoint).name)
+        check_external_data(graph, manifest.entrypoint, {f.path for f in manifest.files})
+        del graph
         onnx.checker.check_model(str(vdir / manifest.entrypoint), full_check=True)
         return f"opset {manifest.opset}, full check (shapes, external data)"
 
+    @refusing
     def load() -> str:
         run.model = LocalModel(vdir, manifest, device=device or settings.device)
         return f"{run.model.provider}"
@@ -122,12 +158,16 @@ def run_tests(spec: ModelSpec, settings: Settings, *, device: str | None = None)
         outputs = run.model.run(**feeds)
         return _check_outputs(manifest, outputs)
 
-    _timed(run, "integrity", integrity)
+    intact = _timed(run, "integrity", integrity)
     _timed(run, "onnx.checker", checker)
     if _timed(run, "load", load):
         _timed(run, "inference", infer)
     else:
         run.checks.append(Check("inference", False, "skipped: the model did not load"))
+    if not intact:
+        run.refused = None  # damaged files explain everything (exit 3/1, not 2)
+    if raise_refused and run.refused is not None:
+        raise ModelRefusedError(spec, run)
     return run
 
 
@@ -182,7 +222,7 @@ def validate(spec: ModelSpec, settings: Settings, *, reference: Path | None = No
     reporter = reporter or NullReporter()
     rss_before = _vm("VmRSS")
     reporter.stage("functional checks")
-    run = run_tests(spec, settings, device=device)
+    run = run_tests(spec, settings, device=device, raise_refused=False)
     cached = get_installed(settings.cache_dir, spec)
     vdir, manifest = cached.path, cached.manifest
     report: dict[str, Any] = {
@@ -194,6 +234,8 @@ def validate(spec: ModelSpec, settings: Settings, *, reference: Path | None = No
     if model is None or not run.ok:
         report.update(passed=False, provider=getattr(model, "provider", None))
         _write(vdir, report)
+        if run.refused is not None:
+            raise ModelRefusedError(spec, run)
         return report
     report["provider"] = model.provider
 

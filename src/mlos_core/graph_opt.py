@@ -5,6 +5,9 @@
   [batch, seq, hidden] out of the device and pooling it in numpy.
 * fp16 for CUDA: onnxruntime's transformer optimizer (fused attention, LayerNorm, GELU where its
   patterns match) and fp16 weights and activations, inputs and outputs kept in their types.
+
+Both work on the verified ModelProto in memory. Pooling only appends nodes, so a graph whose main
+initializers stay external data (served from memory) is fine; fp16 needs every weight inlined.
 """
 
 from __future__ import annotations
@@ -66,7 +69,20 @@ def fuse_mean_pooling(model: Any, manifest: Manifest) -> bool:
 
 
 def to_fp16(model: Any) -> tuple[Any, str]:
-    """Transformer-optimized fp16 model (graph inputs/outputs keep their types) and how it was made."""
+    """Transformer-optimized fp16 model (graph inputs/outputs keep their types) and how it was made.
+
+    Every weight must be in the graph itself: the converter cannot see external data (inline it
+    first, ``axon.inference.inline_external_data``), and it never reads files.
+
+    Raises:
+        ValueError: *model* still names external data.
+    """
+    from axon.onnx_signature import iter_tensors
+
+    external = next((r.where for r in iter_tensors(model)
+                     if r.tensor.data_location == 1 or len(r.tensor.external_data)), None)
+    if external is not None:
+        raise ValueError(f"fp16 conversion needs every weight in the graph; {external} is external data")
     try:
         from onnxruntime.transformers.optimizer import optimize_model
 

@@ -16,7 +16,7 @@ from axon.manifest import Manifest
 from mlos_core.batching import Batcher, Pending
 from mlos_core.errors import ApiError
 from mlos_core.preprocessing import TextPipeline, postprocess
-from mlos_core.repository import Located, locate, read_verified_model, verify_files
+from mlos_core.repository import Located, VerifiedModel, locate, read_verified_model, verify_files
 from mlos_core.runtime import SessionInfo, create_session, warm_up
 from mlos_core.settings import ServerSettings
 from mlos_core.telemetry import Metrics
@@ -162,33 +162,48 @@ class Registry:
     def _lock(self, model_id: str) -> asyncio.Lock:
         return self._locks.setdefault(model_id, asyncio.Lock())
 
-    def _rewrite(self, model: bytes | str, manifest: Manifest) -> tuple[bytes | str, list[str]]:
-        """fp16 and in-graph pooling, on the verified bytes in memory (never on the published files)."""
-        s = self.settings
-        if not isinstance(model, bytes) or not (s.fuse_postprocessing or s.precision == "fp16"):
-            return model, []
-        import onnx
+    def _rewrite(self, model: VerifiedModel, manifest: Manifest) -> tuple[VerifiedModel, list[str]]:
+        """fp16 and in-graph pooling, on the verified graph in memory (never on the published files).
 
+        Pooling only appends nodes, so external weights stay where they are (served from memory);
+        fp16 converts every weight, so a model with external data is inlined first (refused with
+        a 400 when that would pass protobuf's 2 GiB limit)."""
+        s = self.settings
+        if not (s.fuse_postprocessing or s.precision == "fp16"):
+            return model, []
+        from axon.errors import AxonError
+        from axon.inference import inline_external_data
         from mlos_core.graph_opt import fuse_mean_pooling, to_fp16
 
-        proto = onnx.load_from_string(model)
         notes = []
         if s.precision == "fp16":
-            proto, how = to_fp16(proto)
+            if model.files:
+                try:
+                    inline_external_data(model)
+                except AxonError as exc:
+                    raise ApiError(400, "fp16_unsupported", f"{manifest.spec_text!r}: --precision fp16 "
+                                   f"converts the whole graph in memory and cannot here: {exc.message}") from None
+            proto, how = to_fp16(model.proto)
+            model.replace_proto(proto)
             notes.append(how)
-        if s.fuse_postprocessing and fuse_mean_pooling(proto, manifest):
+        if s.fuse_postprocessing and fuse_mean_pooling(model.proto, manifest):
+            model.replace_proto(model.proto)
             notes.append("mean pooling in the graph")
-        return proto.SerializeToString(), notes
+        return model, notes
 
     def _build(self, located: Located) -> LoadedModel:
-        """Blocking: verify every file, create and warm the session (runs in a thread)."""
+        """Blocking: verify every file, create and warm the session (runs in a thread).
+
+        The model (entrypoint + external data) is read once, into memory, verified there, and
+        only those bytes reach onnxruntime; the other files are hashed in place."""
         t0 = time.perf_counter()
         root = self.settings.repository
-        verify_files(root, located)
-        model_bytes = read_verified_model(located)
-        model_bytes, self_notes = self._rewrite(model_bytes, located.manifest)
-        info = create_session(model_bytes, self.settings.device, intra_op_threads=self.settings.intra_op_threads,
+        verified = read_verified_model(located)
+        verify_files(root, located, already_verified=verified.paths)
+        verified, self_notes = self._rewrite(verified, located.manifest)
+        info = create_session(verified, self.settings.device, intra_op_threads=self.settings.intra_op_threads,
                               intra_op_spinning=self.settings.intra_op_spinning)
+        del verified  # onnxruntime copied what it needs: one copy of the weights, not two
         info.note = "; ".join(n for n in (info.note, *self_notes) if n)
         text = None
         if located.manifest.preprocessing and located.manifest.preprocessing.get("type") == "tokenizer":

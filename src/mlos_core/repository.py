@@ -4,25 +4,31 @@ Containment is checked on resolved paths, component by component (``axon.fastio.
 ``/var/lib/mlos/models-evil`` is not inside ``/var/lib/mlos/models``); files are opened with
 ``open_beneath`` (openat2 RESOLVE_BENEATH), so a symlink swapped in after the check still cannot
 lead out; and every file must match its recorded size and xxh3-128 before anything is loaded.
+
+The model itself is read into memory (:func:`read_verified_model`): the entrypoint and every
+external data file its graph names, each through ``open_beneath`` and checked on the bytes read,
+so what was hashed is what onnxruntime gets, whatever happens to the files afterwards.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import xxhash
-
-from axon.errors import AxonError, InvalidSpecError
-from axon.fastio import hash_files, is_within, open_beneath
+from axon.errors import AxonError, IntegrityError, InvalidModelError, InvalidSpecError
+from axon.fastio import hash_files, is_within
+from axon.inference import VerifiedModel
+from axon.inference import read_verified_model as _read_model
 from axon.layout import MANIFEST_NAME
 from axon.manifest import Manifest, load_manifest
+from axon.onnx_signature import ExternalDataOutsideError, UnsupportedOperatorError
 from axon.spec import ModelSpec, parse_spec
 from mlos_core.errors import ApiError
 
-__all__ = ["Located", "locate", "read_verified_model", "verify_files"]
+__all__ = ["Located", "VerifiedModel", "locate", "model_refusal", "read_verified_model", "verify_files"]
 
 
 @dataclass(frozen=True)
@@ -86,9 +92,12 @@ def locate(root: Path, *, model_id: str | None = None, manifest_path: str | None
     return Located(spec, Path(os.path.realpath(version_dir)), manifest)
 
 
-def verify_files(root: Path, located: Located) -> None:
-    """Every file: inside the repository, a regular file, recorded size and xxh3-128 (409 if not)."""
-    paths = []
+def verify_files(root: Path, located: Located, *, already_verified: Collection[str] = ()) -> None:
+    """Every file: inside the repository, a regular file, recorded size and xxh3-128 (409 if not).
+
+    Files in *already_verified* (read and hashed in memory by :func:`read_verified_model`) get the
+    containment and size checks but are not hashed a second time."""
+    paths, entries = [], []
     for entry in located.manifest.files:
         p = located.version_dir / entry.path
         try:
@@ -100,24 +109,37 @@ def verify_files(root: Path, located: Located) -> None:
         if st.st_size != entry.size:
             raise ApiError(409, "integrity", f"file {entry.path!r} of {str(located.spec)!r} has {st.st_size} bytes, "
                            f"the manifest says {entry.size}")
-        paths.append(p)
-    for entry, digest in zip(located.manifest.files, hash_files(paths, sha256=False), strict=True):
+        if entry.path not in already_verified:
+            paths.append(p)
+            entries.append(entry)
+    for entry, digest in zip(entries, hash_files(paths, sha256=False), strict=True):
         if digest.xxh3_128 != entry.xxh3_128:
             raise ApiError(409, "integrity", f"file {entry.path!r} of {str(located.spec)!r} does not match its "
                            "recorded hash; it was changed after publishing (axon verify --published)")
 
 
-def read_verified_model(located: Located) -> bytes | str:
-    """The entrypoint's bytes, read through open_beneath and re-checked (what we hashed is what loads).
+def model_refusal(exc: AxonError, spec: object) -> ApiError:
+    """The API error for a model axon's checks refuse (never a 500 for a bad model)."""
+    message = f"{str(spec)!r}: {exc.message}"
+    if isinstance(exc, ExternalDataOutsideError):
+        return ApiError(403, "outside_repository", message)
+    if isinstance(exc, IntegrityError):
+        return ApiError(409, "integrity", message + " (axon verify --published)")
+    if isinstance(exc, UnsupportedOperatorError):
+        return ApiError(400, "unsupported_operator", message)
+    if isinstance(exc, InvalidModelError):
+        return ApiError(400, "invalid_model", message)
+    return ApiError(500, "unreadable_model", message)
 
-    Models with external data load by path (onnxruntime reads the weights beside it)."""
-    m = located.manifest
-    entry = m.file(m.entrypoint)
-    if entry is None or (m.requirements or {}).get("memory_bytes", 0) > entry.size * 8 or entry.size > (1 << 31) - 1:
-        return str(located.version_dir / m.entrypoint)
-    fd = open_beneath(located.version_dir, m.entrypoint)
-    with os.fdopen(fd, "rb") as f:
-        data = f.read()
-    if len(data) != entry.size or xxhash.xxh3_128(data).hexdigest() != entry.xxh3_128:
-        raise ApiError(409, "integrity", f"{m.entrypoint!r} changed while it was being loaded")
-    return data
+
+def read_verified_model(located: Located) -> VerifiedModel:
+    """The entrypoint and every external data file its graph names, read through open_beneath into
+    memory and checked there (size, xxh3-128): what we hashed is what loads.
+
+    Every external data reference anywhere in the graph must name a file the manifest lists
+    inside the version directory (403 when it leads outside, 400 when it is not listed, 409 when
+    the bytes differ); operator domains onnxruntime lacks are refused (400)."""
+    try:
+        return _read_model(located.version_dir, located.manifest)
+    except AxonError as exc:
+        raise model_refusal(exc, located.spec) from None

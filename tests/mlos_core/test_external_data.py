@@ -110,12 +110,14 @@ def infer(core: Core, spec: str, x: np.ndarray) -> np.ndarray:
 
 
 def forge(repo: Repo, name: str, files: dict[str, bytes | None], *, entrypoint: str = "model.onnx",
-          base: Path | None = None) -> str:
+          base: Path | None = None, by_path: bool = False) -> str:
     """Copy a published version to demo/<name>/1 and change its files behind axon's back (as root:
     read-only modes lifted), then re-hash the manifest so it matches: only registration can refuse it.
 
     *files* maps package paths to new contents (None: remove). ``requirements.memory_bytes`` is set
-    to the entrypoint's size, which makes the server of before this change load the bytes."""
+    to the entrypoint's size, which made the server before this change load the model from bytes
+    (onnxruntime then resolved relative locations against its working directory), or with
+    *by_path* to the package's size, which made it load by path (locations resolved beside it)."""
     src = base or repo.good
     dest = repo.root / "demo" / name / "1"
     if dest.exists():
@@ -133,7 +135,7 @@ def forge(repo: Repo, name: str, files: dict[str, bytes | None], *, entrypoint: 
     entries = [FileEntry(str(p.relative_to(dest)), *dataclasses.astuple(hash_file(p)))
                for p in sorted(dest.rglob("*")) if p.is_file() and p.name != MANIFEST_NAME
                and ".axon" not in p.relative_to(dest).parts]
-    size = next(e.size for e in entries if e.path == entrypoint)
+    size = sum(e.size for e in entries) if by_path else next(e.size for e in entries if e.path == entrypoint)
     write_manifest(dest, dataclasses.replace(old, name=name, entrypoint=entrypoint, files=entries, digest="",
                                              requirements={"memory_bytes": size, "gpu": "optional"}))
     return f"demo/{name}@1"
@@ -179,7 +181,7 @@ def test_external_data_model_serves_what_onnxruntime_computes_on_the_source(core
 def test_a_forged_reference_leading_out_is_refused_at_registration(core: Core, repo: Repo, place: str,
                                                                    attack: str) -> None:
     location = _location(repo, attack)
-    hostile, _ = external_data_model(seed=1, locations={place: location})
+    hostile, _ = external_data_model(seed=1, locations={place: location}, only=(place,))
     spec = forge(repo, f"out-{place}-{attack}", {"model.onnx": hostile.SerializeToString()})
     if attack == "cwd_relative":
         assert_refused(core, spec, 400, "invalid_model", location, "not in the package")
@@ -191,9 +193,9 @@ def test_a_forged_reference_leading_out_is_refused_at_registration(core: Core, r
 def test_a_hashed_decoy_elsewhere_does_not_cover_the_named_file(core: Core, repo: Repo, place: str) -> None:
     """The model (in onnx/) says weights.bin, the manifest lists and hashes a weights.bin at the top,
     and an unlisted onnx/weights.bin lies where the location really points: refused."""
-    model, blob = external_data_model(seed=1, locations={place: "weights.bin"})
+    model, blob = external_data_model(seed=1, locations={place: "weights.bin"}, only=(place,))
     spec = forge(repo, f"decoy-{place}", {"onnx/model.onnx": model.SerializeToString(), "model.onnx": None},
-                 entrypoint="onnx/model.onnx")
+                 entrypoint="onnx/model.onnx", by_path=True)
     (repo.root / "demo" / f"decoy-{place}" / "1" / "onnx" / "weights.bin").write_bytes(blob)  # unlisted
     assert_refused(core, spec, 400, "invalid_model", "'onnx/weights.bin'", "not in the package")
 
@@ -204,8 +206,8 @@ def test_what_was_hashed_is_what_loads_not_the_file_at_the_working_directory(cor
     """A relative location that also names a file from / (the secret): the package lists and hashes
     its own file at that path, so it is legitimate, and the server must read that one, never /<loc>."""
     location = str(repo.secret).lstrip("/")
-    model, _ = external_data_model(seed=1, locations={place: location})
-    decoy = external_data_model(seed=7)[1]  # the package's own bytes at that path, not the secret's
+    model, _ = external_data_model(seed=1, locations={place: location}, only=(place,))
+    decoy = external_data_model(seed=7, only=(place,))[1]  # the package's own bytes at that path, not the secret's
     spec = forge(repo, f"hashed-{place}", {"model.onnx": model.SerializeToString(), location: decoy})
     status, body = register(core, spec)
     assert status == 201, body
@@ -216,7 +218,6 @@ def test_what_was_hashed_is_what_loads_not_the_file_at_the_working_directory(cor
     (secret_dir / location).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(repo.secret, secret_dir / location)
     (secret_dir / "model.onnx").write_bytes(model.SerializeToString())
-    shutil.copy(repo.good / "weights.bin", secret_dir / "weights.bin")
     assert not np.allclose(infer(core, spec, X_POS), oracle(secret_dir / "model.onnx", X_POS))
 
 

@@ -72,18 +72,21 @@ def external_data_arrays(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def external_data_model(*, seed: int = 0, locations: dict[str, str] | None = None,
-                        arrays: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, bytes]:
+                        arrays: dict[str, np.ndarray] | None = None,
+                        only: tuple[str, ...] = EXTERNAL_PLACES) -> tuple[onnx.ModelProto, bytes]:
     """y = x @ M + mean(W, rows) + C + (T if sum(x) > 0 else E): W a graph initializer (1 MiB), C a
     ``Constant`` node's attribute, T and E initializers of the ``If`` node's two branch subgraphs,
     each one external data (M stays in the graph). Their bytes lie one after the other in the
     returned blob (W at 0, then C, T, E), each named at ``locations.get(place, "weights.bin")``.
+    With *only*, just those places are external (the others stay in the graph).
     Input x float32 [batch, 4], output y float32 [batch, 4]."""
     arrays = arrays or external_data_arrays(seed)
     locations = locations or {}
     tensors = {p: numpy_helper.from_array(arrays[p], n) for p, n in zip(EXTERNAL_PLACES, "WCTE", strict=True)}
     blob = b""
     for place in EXTERNAL_PLACES:
-        blob += make_external(tensors[place], locations.get(place, "weights.bin"), len(blob))
+        if place in only:
+            blob += make_external(tensors[place], locations.get(place, "weights.bin"), len(blob))
 
     def branch(name: str, place: str) -> onnx.GraphProto:
         return helper.make_graph([helper.make_node("Identity", [tensors[place].name], [f"{name}_out"])], name, [],

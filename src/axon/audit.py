@@ -2,6 +2,14 @@
 
 Each record is written with one ``write`` on an ``O_APPEND`` descriptor and fsynced. A torn last
 line (a crash mid-write) is tolerated: readers report it and carry on.
+
+The log is ``chattr +a`` (nobody rewrites it) but every publisher may append to it, so a line's
+``user``/``uid`` is only a claim. Where ``.axon/audit.d/`` exists (setup-production makes it,
+sticky), each record first gets a receipt there: a create-only file holding the same record,
+owned (as the kernel sets it) by whoever wrote it, which others cannot remove or replace.
+Readers mark a record ``attested`` when its receipt exists, is owned by the uid the record
+claims and holds the same record; a forged claim (say, a member appending a "root" record) or a
+removed receipt is reported.
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import socket
 import stat
 from dataclasses import asdict, dataclass, field
@@ -17,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from axon.errors import AxonError
-from axon.permissions import caller
+from axon.permissions import caller, owner_name
 
 __all__ = ["AuditLog", "AuditRecord"]
 
@@ -46,8 +55,28 @@ class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    @property
+    def receipts(self) -> Path:
+        return self.path.parent / "audit.d"
+
+    def _write_receipt(self, body: bytes, record: AuditRecord) -> str | None:
+        if not os.path.isdir(self.receipts) or os.path.islink(self.receipts):
+            return None  # a repository set up by hand: claims only
+        name = f"{record.time.replace(':', '')}-{record.uid}-{secrets.token_hex(6)}.json"
+        fd = os.open(self.receipts / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return name
+
     def append(self, record: AuditRecord) -> None:
-        line = (json.dumps({k: v for k, v in asdict(record).items() if v is not None}, sort_keys=True) + "\n").encode()
+        fields = {k: v for k, v in asdict(record).items() if v is not None}
+        receipt = self._write_receipt(json.dumps(fields, sort_keys=True).encode(), record)
+        if receipt is not None:
+            fields["receipt"] = receipt
+        line = (json.dumps(fields, sort_keys=True) + "\n").encode()
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
                          | os.O_CLOEXEC, 0o664)
@@ -97,5 +126,37 @@ class AuditLog:
                 problems.append(f"{self.path}:{i + 1}: {what}, skipped")
                 continue
             if spec is None or rec.get("spec") == spec:
+                why = self._attest(rec)
+                if why:
+                    problems.append(f"{self.path}:{i + 1}: {why}")
                 records.append(rec)
         return records, problems
+
+    def _attest(self, rec: dict[str, Any]) -> str | None:
+        """Set rec["attested"]; return why a record is not what it claims, if it is not."""
+        name = rec.get("receipt")
+        rec["attested"] = False
+        if not isinstance(name, str) or "/" in name or name.startswith("."):
+            return "no receipt: who wrote this record is not attested" if os.path.isdir(self.receipts) else None
+        try:
+            fd = os.open(self.receipts / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return f"the receipt {name} of this record is missing (removed by its writer?)"
+        try:
+            st = os.fstat(fd)
+            body = os.read(fd, 1 << 20) if stat.S_ISREG(st.st_mode) else b""
+        finally:
+            os.close(fd)
+        claimed = {k: v for k, v in rec.items() if k not in ("attested", "receipt")}
+        if st.st_uid != rec.get("uid"):
+            return f"the record claims uid {rec.get('uid')} but was written by uid {st.st_uid}"
+        if rec.get("user") not in (owner_name(st.st_uid), str(st.st_uid)):
+            return f"the record claims user {rec.get('user')!r} but was written by {owner_name(st.st_uid)!r}"
+        try:
+            same = json.loads(body) == claimed
+        except ValueError:
+            same = False
+        if not same:
+            return f"the record differs from its receipt {name}"
+        rec["attested"] = True
+        return None

@@ -24,7 +24,7 @@ from axon.permissions import HISTORY_KEY_MODE, SHARED_DIR_MODE, STATE_DIR_MODE, 
 
 __all__ = ["RECORD_NAME", "read_repository_group", "setup_production"]
 
-STATE_DIRS = ("staging", "locks", "history")
+STATE_DIRS = ("staging", "locks", "history", "audit.d")
 RECORD_NAME = "repository.yaml"
 
 

@@ -527,7 +527,10 @@ def published(settings: Settings) -> list[dict[str, Any]]:
     repo = ProductionRepo(settings)
     records, _ = repo.audit.read()
     last: dict[str, dict[str, Any]] = {}
+    attesting = repo.audit.receipts.is_dir()
     for rec in records:
+        if attesting and not rec.get("attested"):
+            continue  # a claim nobody can vouch for does not name a publisher
         if rec.get("result") in ("ok", "replaced") and rec.get("action") in ("publish", "rollback"):
             last[rec["spec"]] = rec
     out = []

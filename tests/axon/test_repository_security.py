@@ -23,7 +23,7 @@ import pytest
 from axon.errors import AxonError, IntegrityError
 from axon.layout import StoreLayout
 from axon.production import setup_production
-from axon.publish import ProductionRepo, publish, rollback
+from axon.publish import ProductionRepo, publish, published, rollback
 from axon.settings import Settings, set_config_value
 from axon.spec import parse_spec
 from tests.support.publishing import SPEC, install_package, prepare_user, user_env, visible_versions_verify
@@ -93,7 +93,7 @@ def test_publish_refuses_a_cached_model_whose_graph_reaches_outside(repo: tuple[
     d = hash_file(cached / "model.onnx")
     files = [FileEntry(f.path, d.size, d.sha256, d.xxh3_128) if f.path == "model.onnx" else f for f in m.files]
     write_manifest(cached, dataclasses.replace(m, files=files, digest=""))
-    with pytest.raises(InvalidModelError, match="names external data .* climbs out") as info:
+    with pytest.raises(InvalidModelError, match=r"names external data .* climbs out") as info:
         publish(parse_spec(SPEC), settings)
     assert info.value.exit_code == 2
     assert visible_versions_verify(settings) == []
@@ -135,6 +135,31 @@ def test_member_cannot_rename_state_or_hide_another_members_version(repo: tuple[
         assert outcomes == dict.fromkeys(attempts, "PermissionError")
         assert visible_versions_verify(_root_settings(tmp_path, root)) != []
         assert (root / ".axon" / "audit.log").read_bytes() == audit_before
+
+
+def test_forged_audit_record_is_reported_and_genuine_ones_attested(repo: tuple[Path, str, int], shared_base: Path,
+                                                                    tmp_path: Path) -> None:
+    root, gname, _ = repo
+    with temp_user([gname]) as alice:
+        env = prepare_user(shared_base, alice, root, gname, tmp_path)
+        assert run_cli_as(alice, ["publish", SPEC], env).code == 0
+        forged = {"action": "publish", "spec": "acme/other@1.0.0", "result": "ok", "user": "root", "uid": 0,
+                  "host": "x", "time": "2026-01-01T00:00:00.000000Z", "digest_new": "f" * 32,
+                  "receipt": "nonexistent.json"}
+
+        def append_forgery() -> None:
+            with open(root / ".axon" / "audit.log", "a") as f:
+                f.write(json.dumps(forged) + "\n")
+                f.write(json.dumps({**forged, "receipt": None}) + "\n")
+
+        assert run_as(alice, append_forgery) == "ok"  # members may append: that is how they publish
+        records, problems = ProductionRepo(_root_settings(tmp_path, root)).audit.read()
+        assert [r["attested"] for r in records] == [True, False, False]
+        assert records[0]["uid"] == alice.uid
+        assert any("receipt nonexistent.json of this record is missing" in p for p in problems)
+        assert any("no receipt" in p for p in problems)
+        rows = {r["spec"]: r for r in published(_root_settings(tmp_path, root))}
+        assert rows[SPEC]["publisher"] == alice.name
 
 
 def test_member_cannot_publish_into_a_namespace_another_member_owns(repo: tuple[Path, str, int],

@@ -51,7 +51,8 @@ def _root_settings(tmp_path: Path, prod_root: Path, cache: Path | None = None) -
 def test_setup_production_modes_and_group_record(repo: tuple[Path, str, int]) -> None:
     root, gname, gid = repo
     expected = {root: 0o3775, root / ".axon": 0o2755, root / ".axon" / "staging": 0o3775,
-                root / ".axon" / "locks": 0o3775, root / ".axon" / "history": 0o3775}
+                root / ".axon" / "locks": 0o3775, root / ".axon" / "history": 0o3775,
+                root / ".axon" / "audit.d": 0o3775, root / ".axon" / "core": 0o2750}
     for path, mode in expected.items():
         st = os.lstat(path)
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, gid, mode), path

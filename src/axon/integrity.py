@@ -25,7 +25,7 @@ NON_PACKAGE_DIRS = frozenset({".axon"})
 @dataclass(frozen=True, slots=True)
 class Problem:
     path: str
-    kind: str  # missing | size | sha256 | xxh3_128 | unexpected | not-a-file | unreadable
+    kind: str  # missing | size | sha256 | xxh3_128 | unexpected | not-a-file | unreadable | unrecorded
     expected: str = ""
     actual: str = ""
 
@@ -34,6 +34,9 @@ class Problem:
             return f"{self.path}: missing"
         if self.kind == "unexpected":
             return f"{self.path}: not listed in the manifest"
+        if self.kind == "unrecorded":
+            return (f"{self.path}: digest {self.actual} is not the {self.expected} its last publish recorded "
+                    "(changed in place after publishing)")
         if self.kind in ("not-a-file", "unreadable"):
             return f"{self.path}: {self.kind} ({self.actual})" if self.actual else f"{self.path}: {self.kind}"
         # The digest found is never shown: the file may be one the caller could not read itself

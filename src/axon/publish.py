@@ -30,7 +30,7 @@ from axon.crashpoints import crash_point
 from axon.errors import AlreadyInstalledError, AxonError, IntegrityError, PermissionDeniedError
 from axon.fastio import copy_files, rename_exchange
 from axon.install import cleanup_stale_staging, installed_manifest
-from axon.integrity import VerifyReport, verify_version_dir
+from axon.integrity import Problem, VerifyReport, verify_version_dir
 from axon.layout import MANIFEST_NAME, StoreLayout, staging_prefix, version_key
 from axon.manifest import Manifest, load_manifest
 from axon.nofollow import fd_path, open_dir, read_regular
@@ -547,7 +547,7 @@ def published(settings: Settings) -> list[dict[str, Any]]:
             row.update(publisher=rec.get("user"), published=rec.get("time"))
         else:
             st = entry.path.stat()
-            row.update(publisher=_user_name(st.st_uid), published=time.strftime(
+            row.update(publisher=owner_name(st.st_uid), published=time.strftime(
                 "%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)))
         out.append(row)
     return out
@@ -560,14 +560,26 @@ def verify_published(spec: ModelSpec, settings: Settings, *, progress: Callable[
     if not (target / MANIFEST_NAME).is_file():
         raise AxonError(f"Version {str(spec)!r} is not published in {str(repo.root)!r}.",
                         hint="List what is there with: axon published")
-    return verify_version_dir(target, load_manifest(target / MANIFEST_NAME), progress=progress)
+    manifest = load_manifest(target / MANIFEST_NAME)
+    report = verify_version_dir(target, manifest, progress=progress)
+    recorded = _recorded_digest(repo, spec)
+    if recorded is not None and recorded != manifest.digest:
+        # Files and manifest agree, but not with what the last publish recorded: changed in place.
+        report.problems.append(Problem(MANIFEST_NAME, "unrecorded", recorded, manifest.digest))
+    return report
 
 
-def _user_name(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+def _recorded_digest(repo: ProductionRepo, spec: ModelSpec) -> str | None:
+    """The digest the last (attested, where receipts exist) publish or rollback of *spec* put in place."""
+    records, _ = repo.audit.read(str(spec))
+    attesting = repo.audit.receipts.is_dir()
+    digest = None
+    for rec in records:
+        if attesting and not rec.get("attested"):
+            continue
+        if rec.get("action") in ("publish", "rollback", "recover") and rec.get("result") in ("ok", "replaced"):
+            digest = rec.get("digest_new") if rec.get("action") != "recover" else digest
+        elif rec.get("action") in ("unpublish", "purge") and rec.get("result") == "ok":
+            digest = None
+    return digest
 

@@ -163,6 +163,39 @@ def test_forged_audit_record_is_reported_and_genuine_ones_attested(repo: tuple[P
         assert rows[SPEC]["publisher"] == alice.name
 
 
+def test_version_rewritten_in_place_by_its_publisher_is_detected(repo: tuple[Path, str, int], shared_base: Path,
+                                                                   tmp_path: Path, axon_cli: object) -> None:
+    """A member owns what they published and can rewrite files and manifest consistently; the
+    audit trail's recorded digest still tells (verify --published, exit 3)."""
+    import dataclasses
+
+    from axon.fastio import hash_file
+    from axon.manifest import FileEntry, load_manifest, write_manifest
+
+    root, gname, _ = repo
+    with temp_user([gname]) as alice:
+        env = prepare_user(shared_base, alice, root, gname, tmp_path)
+        assert run_cli_as(alice, ["publish", SPEC], env).code == 0
+        version = root / "acme" / "ranker" / "1.0.0"
+
+        def rewrite() -> None:
+            os.chmod(version, 0o755)
+            os.chmod(version / "tokenizer", 0o755)
+            vocab = version / "tokenizer" / "vocab.txt"
+            os.chmod(vocab, 0o644)
+            vocab.write_text("[PAD]\n[UNK]\nswapped\n")
+            m = load_manifest(version / "manifest.yaml")
+            d = hash_file(vocab)
+            files = [FileEntry(f.path, d.size, d.sha256, d.xxh3_128) if f.path == "tokenizer/vocab.txt" else f
+                     for f in m.files]
+            os.chmod(version / "manifest.yaml", 0o644)
+            write_manifest(version, dataclasses.replace(m, files=files, digest=""))
+
+        assert run_as(alice, rewrite) == "ok"
+        r = axon_cli("verify", "--published", SPEC, env={"AXON_PUBLISH_DIR": str(root)})  # type: ignore[operator]
+        assert r.code == 3 and "changed in place after publishing" in r.stderr, r.stderr
+
+
 def test_member_cannot_publish_into_a_namespace_another_member_owns(repo: tuple[Path, str, int],
                                                                      shared_base: Path, tmp_path: Path) -> None:
     root, _, _ = repo

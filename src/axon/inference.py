@@ -147,7 +147,7 @@ def read_verified_file(root: Path, entry: FileEntry) -> bytes:
         if exc.errno in (errno.EXDEV, errno.ELOOP):
             raise ExternalDataOutsideError(f"File {entry.path!r} resolves outside {str(root)!r}; refusing it."
                                            ) from None
-        if exc.errno == errno.ENOENT:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise IntegrityError(f"File {entry.path!r} of {str(root)!r} is missing.", path=entry.path) from None
         raise AxonError(f"Cannot read {entry.path!r} in {str(root)!r}: {exc.strerror}.") from None
     with io.FileIO(fd, "rb", closefd=True) as f:

@@ -19,6 +19,7 @@ from axon.inference import ModelImage, VerifiedModel, build_image, create_ort_se
 from axon.manifest import Manifest
 from axon.onnx_signature import parse_model
 from mlos_core.errors import ApiError
+from mlos_core.repository import model_refusal
 
 __all__ = ["SessionInfo", "create_session", "warm_up"]
 
@@ -41,8 +42,6 @@ def _ort() -> Any:
 
 def _image(model: VerifiedModel | ModelImage | bytes) -> ModelImage:
     """What onnxruntime gets, every external reference checked once more right before."""
-    from mlos_core.repository import model_refusal
-
     try:
         if isinstance(model, ModelImage):
             return model

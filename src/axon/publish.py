@@ -252,6 +252,20 @@ def _make_movable(path: Path) -> None:
         os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | 0o200)
 
 
+def _version_present(target: Path) -> bool:
+    """Whether a version directory is there; anything else in its place (a symlink planted by the
+    owner of a namespace directory) is refused, never followed."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+        raise PermissionDeniedError(f"{str(target)!r} is {what}, not a version directory; refusing to touch it.",
+                                    hint=f"An administrator removes it: sudo rm {target}")
+    return True
+
+
 def _require_owner(path: Path, who: Caller) -> int:
     """The owner of version directory *path*, which the caller must be (or root)."""
     st = os.lstat(path)
@@ -341,8 +355,8 @@ def _publish(spec: ModelSpec, repo: ProductionRepo, source: CachedVersion, who: 
     target = layout.version_dir(spec)
     with layout.lock(spec, wait=True):
         repo.cleanup_staging(who, gid)
-        existing = repo.current(spec)
-        exists = os.path.lexists(target)
+        exists = _version_present(target)
+        existing = repo.current(spec) if exists else None
         old_digest = existing.digest if existing else ("invalid" if exists else None)
         if existing is not None and existing.digest == manifest.digest:
             if not dry_run:
@@ -450,7 +464,7 @@ def rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
     target = repo.layout.version_dir(spec)
     with repo.layout.lock(spec, wait=True):
         repo.cleanup_staging(who, gid)
-        exists = os.path.lexists(target)
+        exists = _version_present(target)
         target_owner = _require_owner(target, who) if exists else None
         if not repo.history_entries(spec):
             raise AxonError(f"There is no replaced or unpublished copy of {str(spec)!r} to roll back to.",
@@ -493,8 +507,9 @@ def unpublish(spec: ModelSpec, settings: Settings, *, purge: bool = False) -> di
     target = repo.layout.version_dir(spec)
     with repo.layout.lock(spec, wait=True):
         repo.cleanup_staging(who, gid)
-        current = repo.current(spec)
-        if not os.path.lexists(target):
+        present = _version_present(target)
+        current = repo.current(spec) if present else None
+        if not present:
             if purge and repo.history_entries(spec):
                 repo.history_dir_for(spec, who, gid)
                 for entry in repo.history_entries(spec):

@@ -221,6 +221,26 @@ def test_planted_lock_symlink_is_not_followed_by_root(repo: tuple[Path, str, int
         assert visible_versions_verify(settings) == []
 
 
+def test_symlink_planted_as_a_version_is_not_followed_by_root(repo: tuple[Path, str, int], shared_base: Path,
+                                                               tmp_path: Path) -> None:
+    root, gname, _ = repo
+    private = tmp_path / "private-models" / "1.0.0"  # root-only
+    private.mkdir(parents=True)
+    (private / "manifest.yaml").write_text("not for members\n")
+    with temp_user([gname]) as alice:
+        def plant() -> None:
+            os.makedirs(root / "acme" / "ranker")
+            os.symlink(private, root / "acme" / "ranker" / "1.0.0")
+
+        assert run_as(alice, plant) == "ok"
+        settings = _root_settings(tmp_path, root)
+        install_package(settings, tmp_path)
+        for force in (False, True):
+            with pytest.raises(AxonError, match="is a symlink, not a version directory"):
+                publish(parse_spec(SPEC), settings, force=force)
+        assert sorted(os.listdir(private)) == ["manifest.yaml"]
+
+
 def test_planted_history_copy_is_never_restored(repo: tuple[Path, str, int], shared_base: Path,
                                                  tmp_path: Path) -> None:
     """alice squats the history of a version root will publish and plants a self-consistent copy

@@ -277,11 +277,9 @@ def inline_external_data(model: VerifiedModel, *, everything: bool = True) -> No
         model.replace_proto(model.proto)
         size = model.proto.ByteSize()
         if size > PROTOBUF_LIMIT:
+            what = "its external data" if everything else "the external data it cannot serve from memory"
             raise InvalidModelError(
-                f"Model {model.entrypoint!r} would be {size} bytes with its external data inlined"
-                f"{'' if everything else ' (small tensors and those in node attributes, subgraphs, sparse tensors)'}"
-                ", over "
-                "protobuf's 2 GiB limit.",
+                f"Model {model.entrypoint!r} would be {size} bytes with {what} inlined, over protobuf's 2 GiB limit.",
                 hint="Keep large weights in the main graph's initializers (onnx.save_model(..., "
                 "save_as_external_data=True)).")
     if everything:

@@ -57,7 +57,9 @@ class ModelRefusedError(InvalidModelError):
 
     def __init__(self, spec: ModelSpec, run: TestRun) -> None:
         why = run.refused
-        super().__init__(f"Model {str(spec)!r} cannot be loaded: {why}", hint=why.hint if why else None)
+        text = why.message if why else "refused"
+        super().__init__(text if str(spec) in text else f"Model {str(spec)!r} cannot be loaded: {text}",
+                         hint=why.hint if why else None)
         self.run = run
 
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import json
 import logging
+import multiprocessing
 import os
-import threading
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 import numpy as np
@@ -40,7 +44,7 @@ from mlos_core.jsonio import JSONResponse, dumps, loads
 from mlos_core.registry import LoadedModel, Registry
 from mlos_core.settings import ServerSettings
 from mlos_core.telemetry import Metrics
-from mlos_core.tensors import array_from_json, check_against_schema, np_dtype
+from mlos_core.tensors import RequestSchema, array_from_json, check_against_schema, np_dtype
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -65,45 +69,60 @@ def parse_json(body: bytes) -> Any:
         raise ApiError(400, "bad_json", f"request body is not valid JSON ({str(exc).splitlines()[0]})") from None
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    body = await read_body(request, limit)
-    return await off_loop(len(body), parse_json, body)
+ADMIN_BODY_BYTES = 64 << 10  # admin calls carry a model id or a path; nothing bigger is parsed for them
 
 
-class _GcPause:
-    """The cyclic GC stays off while large bodies are parsed: each collection walks every object,
-    and parsing 60 MB of JSON numbers creates millions of lists, so with the GC on the parse took
-    4.1 s instead of 0.7 s (measured). Nested pauses from several threads are counted."""
+async def read_json(request: Request, limit: int = ADMIN_BODY_BYTES) -> Any:
+    return parse_json(await read_body(request, limit))
+
+
+def _helper_init() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # Linux: the helper dies with the server, however it ends
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    gc.disable()  # the helper only parses: nothing it makes has cycles; collected after each request
+
+
+def _in_helper(fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    try:
+        return fn(*args)
+    finally:
+        gc.collect()
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).malloc_trim(0)  # glibc: give the parse's memory back to the system
+
+
+class LargeBodies:
+    """Bodies above LARGE_BODY_BYTES are parsed and converted in a helper process.
+
+    Not a thread: orjson and numpy hold the GIL for a whole call, so a worker thread parsing 60 MB
+    of JSON numbers (about a second, 12 M Python objects) stops the event loop as surely as
+    parsing on it. The helper (spawned at the first large body, one per server process, its
+    cyclic GC off) gets the bytes and returns the validated request (numpy arrays, texts, or the
+    ApiError), so only a memory copy each way happens here. It is spawned from the event loop's
+    thread and killed by the kernel when the server process ends (PR_SET_PDEATHSIG)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._reenable = False
+        self._pool: ProcessPoolExecutor | None = None
 
-    def run(self, fn: Callable[..., T], *args: Any) -> T:
-        with self._lock:
-            if self._depth == 0:
-                self._reenable = gc.isenabled()
-                gc.disable()
-            self._depth += 1
-        try:
+    async def parse(self, size: int, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` here for a body of *size* up to LARGE_BODY_BYTES, else in the helper."""
+        if size <= LARGE_BODY_BYTES:
             return fn(*args)
-        finally:
-            with self._lock:
-                self._depth -= 1
-                if self._depth == 0 and self._reenable:
-                    gc.enable()
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_helper_init)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, _in_helper, fn, args)
+        except BrokenProcessPool:
+            self._pool = None
+            log.error("the large-body parser process died; starting a new one for the next large body")
+            raise ApiError(503, "busy", "the request could not be parsed now; retry shortly",
+                           headers={"Retry-After": "1"}) from None
 
-
-_gc_pause = _GcPause()
-
-
-async def off_loop(size: int, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` here for a small body; for one above LARGE_BODY_BYTES on a worker thread, so
-    parsing and converting it (seconds for 60 MB of JSON numbers) never stalls other clients."""
-    if size <= LARGE_BODY_BYTES:
-        return fn(*args)
-    return await asyncio.to_thread(_gc_pause.run, fn, *args)
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
 
 def model_id_from_path(raw: str) -> str:
@@ -136,81 +155,83 @@ def to_json_outputs(outputs: dict[str, np.ndarray], wanted: list[str] | None) ->
     return out
 
 
+MAX_OUTPUTS = 64  # output names one request may list
+
+
 def requested_outputs(body: dict[str, Any]) -> list[str] | None:
     wanted = body.get("outputs")
     if wanted is None:
         return None
-    if not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted):
-        raise ApiError(400, "bad_request", "'outputs' must be a list of output names (strings)")
+    if not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted) or len(wanted) > MAX_OUTPUTS:
+        raise ApiError(400, "bad_request", f"'outputs' must be a list of at most {MAX_OUTPUTS} output names (strings)")
     return wanted
 
 
-def build_pending(model: LoadedModel, body: Any, deadline: float, *, large: bool = False) -> Pending:
+def build_pending(schema: RequestSchema, body: Any, deadline: float, *, large: bool = False) -> Pending:
     """Validate one request against the model; a bad one fails here, never inside a batch.
-    *large*: the body was big, this runs on a worker thread; convert tensors in pieces."""
+    *large*: the body was big (this runs in the helper process); tensors are converted in pieces."""
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
     wanted = requested_outputs(body)
     if "input" in body:
-        if model.text is None:
-            raise ApiError(400, "not_a_text_model", f"model {model.model_id!r} takes tensors, not text; send "
+        if schema.text_max_length is None:
+            raise ApiError(400, "not_a_text_model", f"model {schema.model_id!r} takes tensors, not text; send "
                            "{'inputs': {name: values}}")
         texts = body["input"]
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise ApiError(400, "bad_input", "'input' must be a non-empty string or list of strings")
-        if len(texts) > model.batcher.max_batch_size:
-            raise ApiError(400, "too_many_inputs", f"'input': at most {model.batcher.max_batch_size} texts per "
-                           "request")
+        if len(texts) > schema.max_rows:
+            raise ApiError(400, "too_many_inputs", f"'input': at most {schema.max_rows} texts per request")
         pending = Pending(rows=len(texts), key=("text",), texts=texts, deadline=deadline,
-                          tokens=estimate_tokens(texts, model))
+                          tokens=estimate_tokens(texts, schema))
     else:
         tensors = body.get("inputs")
         if not isinstance(tensors, dict) or not tensors:
             raise ApiError(400, "bad_request", "send {'input': text} or {'inputs': {name: nested list}}")
-        schema = {t.name: t for t in model.manifest.inputs}
-        missing = sorted(set(schema) - set(tensors))
-        extra = sorted(set(tensors) - set(schema))
+        specs = {t.name: t for t in schema.inputs}
+        missing = sorted(set(specs) - set(tensors))
+        extra = sorted(set(tensors) - set(specs))
         if missing or extra:
-            raise ApiError(400, "bad_inputs", f"'inputs' must be exactly {sorted(schema)}"
-                           + (f"; missing {missing}" if missing else "") + (f"; unknown {extra}" if extra else ""))
+            raise ApiError(400, "bad_inputs", f"'inputs' must be exactly {sorted(specs)}"
+                           + (f"; missing {missing}" if missing else "") + (f"; unknown {extra[:10]}" if extra else ""))
         arrays = {}
         for name, data in tensors.items():
-            if isinstance(data, list) and len(data) > model.batcher.max_batch_size:  # before converting it all
-                raise ApiError(400, "too_many_inputs", f"input {name!r}: at most {model.batcher.max_batch_size} "
-                               f"rows per request, got {len(data)}")
-            spec = schema[name]
+            if isinstance(data, list) and len(data) > schema.max_rows:  # before converting it all
+                raise ApiError(400, "too_many_inputs", f"input {name!r}: at most {schema.max_rows} rows per request, "
+                               f"got {len(data)}")
+            spec = specs[name]
             arr = array_from_json(name, data, np_dtype(spec.dtype), pieces=large)
             arrays[name] = check_against_schema(name, arr, spec.shape, spec.dtype)
-        pending = pending_from_arrays(model, arrays, deadline)
+        pending = pending_from_arrays(schema, arrays, deadline)
     if wanted is not None:
         pending.outputs = frozenset(wanted)
     return pending
 
 
-def parse_native(model: LoadedModel, raw: bytes, deadline: float) -> tuple[Pending, list[str] | None]:
-    """Body bytes -> validated request (on a worker thread when the body is large)."""
+def parse_native(schema: RequestSchema, raw: bytes, deadline: float) -> tuple[Pending, list[str] | None]:
+    """Body bytes -> validated request (in the helper process when the body is large)."""
     body = parse_json(raw)
-    pending = build_pending(model, body, deadline, large=len(raw) > LARGE_BODY_BYTES)
+    pending = build_pending(schema, body, deadline, large=len(raw) > LARGE_BODY_BYTES)
     return pending, body.get("outputs")
 
 
-def estimate_tokens(texts: list[str], model: LoadedModel) -> int:
+def estimate_tokens(texts: list[str], schema: RequestSchema) -> int:
     """A cheap upper-bound guess of the tokens a request adds (words x 1.5 + specials), capped at max_length."""
-    cap = model.text.max_length if model.text is not None else 512
+    cap = schema.text_max_length or 512
     return sum(min(cap, int(len(t.split()) * 1.5) + len(t) // 20 + 2) for t in texts)
 
 
-def pending_from_arrays(model: LoadedModel, arrays: dict[str, np.ndarray], deadline: float) -> Pending:
+def pending_from_arrays(schema: RequestSchema, arrays: dict[str, np.ndarray], deadline: float) -> Pending:
     rows = {a.shape[0] if a.ndim else 1 for a in arrays.values()}
     if len(rows) != 1:
         raise ApiError(400, "bad_shape", "all inputs must have the same batch (first) dimension")
     n = rows.pop()
     if n < 1:
         raise ApiError(400, "bad_shape", "the batch dimension is empty")
-    if n > model.batcher.max_batch_size:
-        raise ApiError(400, "too_many_inputs", f"at most {model.batcher.max_batch_size} rows per request")
+    if n > schema.max_rows:
+        raise ApiError(400, "too_many_inputs", f"at most {schema.max_rows} rows per request")
     key = ("tensor", *sorted((k, a.shape[1:], a.dtype.str) for k, a in arrays.items()))
     return Pending(rows=n, key=key, tensors=arrays, deadline=deadline)
 
@@ -218,6 +239,7 @@ def pending_from_arrays(model: LoadedModel, arrays: dict[str, np.ndarray], deadl
 def create_app(settings: ServerSettings) -> FastPath:
     metrics = Metrics()
     registry = Registry(settings, metrics)
+    large_bodies = LargeBodies()
     token_holder: dict[str, str] = {}
     started = time.time()
 
@@ -261,7 +283,7 @@ def create_app(settings: ServerSettings) -> FastPath:
 
     async def register(request: Request) -> Response:
         admin(request)
-        body = await read_json(request, settings.max_body_bytes)
+        body = await read_json(request)
         if not isinstance(body, dict):
             raise ApiError(400, "bad_request", "the body must be a JSON object: {'model_id': 'ns/name@version'} or "
                            "{'manifest_path': '...'}")
@@ -281,10 +303,11 @@ def create_app(settings: ServerSettings) -> FastPath:
         raw = await read_body()
         deadline = time.perf_counter() + settings.request_timeout_s
         try:
-            pending, wanted = await off_loop(len(raw), parse_native, model, raw, deadline)
+            pending, wanted = await large_bodies.parse(len(raw), parse_native, model.schema, raw, deadline)
         except ApiError as exc:
             metrics.request(model.model_id, "failed", exc.code)
             raise
+        pending.enqueued = time.perf_counter()
         result = await run_inference(model, pending)
         return dumps({"model_id": model.model_id, "outputs": to_json_outputs(result.outputs, wanted),
                       "batch_size": result.batch_size, "inference_time_us": result.compute_us,
@@ -320,6 +343,7 @@ def create_app(settings: ServerSettings) -> FastPath:
         if watcher is not None:
             watcher.cancel()
         await registry.close()  # SIGTERM: uvicorn stops accepting, in-flight requests finish, then this
+        large_bodies.close()
 
     routes = [
         Route("/health", health), Route("/ready", ready), Route("/models", list_models),
@@ -342,7 +366,8 @@ def create_app(settings: ServerSettings) -> FastPath:
     app.state.registry = registry
     app.state.metrics = metrics
     fast_routes = [FastRoute("/models/", "/inference", infer_native),
-                   FastRoute("/v2/models/", "/infer", kserve.infer_handler(settings, registry, admit, run_inference))]
+                   FastRoute("/v2/models/", "/infer", kserve.infer_handler(settings, registry, admit, run_inference,
+                                                                         large_bodies))]
     return FastPath(app, fast_routes, settings.max_body_bytes)
 
 

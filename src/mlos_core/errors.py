@@ -20,6 +20,10 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
 
+    def __reduce__(self) -> tuple[type[ApiError], tuple[int, str, str], dict[str, dict[str, str]]]:
+        # picklable (requests are parsed in a helper process): rebuilt from the constructor's arguments
+        return ApiError, (self.status, self.code, self.message), {"headers": self.headers}
+
 
 def error_body(code: str, message: str) -> bytes:
     return dumps({"status": "error", "code": code, "message": message, "error": message})

@@ -11,7 +11,7 @@ import math
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from starlette.requests import Request
@@ -24,9 +24,21 @@ from mlos_core.fastpath import JSON_HEADERS, LARGE_BODY_BYTES, Handler, Headers,
 from mlos_core.jsonio import JSONResponse, dumps, loads
 from mlos_core.registry import LoadedModel, Registry
 from mlos_core.settings import ServerSettings
-from mlos_core.tensors import KSERVE_TO_NP, MAX_DIMS, array_from_json, check_against_schema, kserve_datatype
+from mlos_core.tensors import (
+    KSERVE_TO_NP,
+    MAX_DIMS,
+    RequestSchema,
+    array_from_json,
+    check_against_schema,
+    kserve_datatype,
+)
 
-__all__ = ["infer_handler", "routes"]
+if TYPE_CHECKING:
+    from mlos_core.app import LargeBodies
+
+__all__ = ["infer_handler", "parse_request", "routes"]
+
+MAX_OUTPUTS = 64  # outputs one request may list
 
 HEADER_LEN = b"inference-header-content-length"
 
@@ -149,6 +161,8 @@ def _requested_outputs(req: dict[str, Any]) -> tuple[dict[str, bool] | None, boo
         return None, all_binary
     if not isinstance(requested, list):
         raise ApiError(400, "bad_outputs", "'outputs' must be a list of {'name': ...} objects")
+    if len(requested) > MAX_OUTPUTS:
+        raise ApiError(400, "bad_outputs", f"'outputs' lists more than {MAX_OUTPUTS} outputs")
     wanted: dict[str, bool] = {}
     for i, o in enumerate(requested):
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
@@ -159,13 +173,13 @@ def _requested_outputs(req: dict[str, Any]) -> tuple[dict[str, bool] | None, boo
     return wanted, all_binary
 
 
-def _input_arrays(model: LoadedModel, req: dict[str, Any], binary: bytes,
+def _input_arrays(model: RequestSchema, req: dict[str, Any], binary: bytes, body_len: int,
                   large: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
     arrays: dict[str, np.ndarray] = {}
     texts: list[str] = []
     offset = 0
-    schema = {t.name: t for t in model.manifest.inputs}
-    max_rows = model.batcher.max_batch_size
+    schema = {t.name: t for t in model.inputs}
+    max_rows = model.max_rows
     for i, spec in enumerate(req["inputs"]):
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise ApiError(400, "bad_request", f"inputs[{i}] needs a 'name' (a string)")
@@ -179,6 +193,9 @@ def _input_arrays(model: LoadedModel, req: dict[str, Any], binary: bytes,
             raise ApiError(400, "bad_shape", f"input {name!r} needs a 'shape' of at most {MAX_DIMS} non-negative "
                            "integers")
         count = math.prod(shape)  # Python integers: no wrap-around
+        if count > body_len:  # every value takes at least a byte of the request
+            raise ApiError(400, "bad_shape", f"input {name!r}: shape {shape} holds {count} values, more than a "
+                           f"{body_len}-byte request can carry")
         size = _params(spec, f"input {name!r}").get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0:
@@ -188,7 +205,7 @@ def _input_arrays(model: LoadedModel, req: dict[str, Any], binary: bytes,
                 raise ApiError(400, "bad_tensor", f"input {name!r}: parameters.binary_data_size {size} goes past "
                                f"the end of the binary data ({len(binary) - offset} bytes left)")
         if dtype == "BYTES":
-            if name != "text" or model.text is None:
+            if name != "text" or model.text_max_length is None:
                 raise ApiError(400, "bad_input", f"BYTES input {name!r}: only text models take a 'text' input")
             if size is not None:
                 values = _decode_bytes(name, binary[offset : offset + size])
@@ -238,19 +255,24 @@ def _input_arrays(model: LoadedModel, req: dict[str, Any], binary: bytes,
 
 
 class Parsed(NamedTuple):
-    req: dict[str, Any]
+    """A validated infer request: small enough to come back from the helper process cheaply."""
+
+    request_id: str | None
     arrays: dict[str, np.ndarray]
     texts: list[str]
     wanted: dict[str, bool] | None  # None: every output
     all_binary: bool
 
 
-def parse_request(model: LoadedModel, body: bytes, header_len: str | None) -> Parsed:
-    """Body -> validated request; on a worker thread when the body is large."""
+def parse_request(schema: RequestSchema, body: bytes, header_len: str | None) -> Parsed:
+    """Body -> validated request (in the helper process when the body is large)."""
     req, binary = _parse_infer(body, header_len)
+    request_id = req.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ApiError(400, "bad_request", "'id' must be a string")
     wanted, all_binary = _requested_outputs(req)
-    arrays, texts = _input_arrays(model, req, binary, large=len(body) > LARGE_BODY_BYTES)
-    return Parsed(req, arrays, texts, wanted, all_binary)
+    arrays, texts = _input_arrays(schema, req, binary, len(body), large=len(body) > LARGE_BODY_BYTES)
+    return Parsed(request_id, arrays, texts, wanted, all_binary)
 
 
 def routes(settings: ServerSettings, registry: Registry, admin: Callable[[Request], None]) -> list[Route]:
@@ -289,7 +311,7 @@ def routes(settings: ServerSettings, registry: Registry, admin: Callable[[Reques
     async def repo_action(request: Request) -> Response:
         admin(request)
         rest = request.path_params["rest"]
-        body = await read_json(request, settings.max_body_bytes)
+        body = await read_json(request)
         if not isinstance(body, dict):
             raise ApiError(400, "bad_request", "the body must be a JSON object: {'parameters': {'version': '...'}}")
         params = _params(body, "the request")
@@ -318,9 +340,9 @@ def routes(settings: ServerSettings, registry: Registry, admin: Callable[[Reques
 
 
 def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[[LoadedModel], None],
-                  run_inference: Callable[[LoadedModel, Any], Awaitable[Any]]) -> Handler:
+                  run_inference: Callable[[LoadedModel, Any], Awaitable[Any]], large_bodies: LargeBodies) -> Handler:
     """POST /v2/models/{name}[/versions/{v}]/infer, JSON or binary tensors (a FastRoute)."""
-    from mlos_core.app import dtype_name, estimate_tokens, off_loop, pending_from_arrays
+    from mlos_core.app import dtype_name, estimate_tokens, pending_from_arrays
     from mlos_core.batching import Pending
 
     async def infer(tail: str, headers: Headers, read_body: ReadBody) -> Reply:
@@ -331,19 +353,20 @@ def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[
         admit(m)
         header_len = next((v.decode("latin-1") for k, v in headers if k == HEADER_LEN), None)
         body = await read_body()
-        req, arrays, texts, wanted, all_binary = await off_loop(len(body), parse_request, m, body, header_len)
+        request_id, arrays, texts, wanted, all_binary = await large_bodies.parse(len(body), parse_request, m.schema,
+                                                                                 body, header_len)
         deadline = time.perf_counter() + settings.request_timeout_s
         if texts:
             if len(texts) > m.batcher.max_batch_size:
                 raise ApiError(400, "too_many_inputs", f"input 'text': at most {m.batcher.max_batch_size} texts per "
                                "request")
             pending = Pending(rows=len(texts), key=("text",), texts=texts, deadline=deadline,
-                              tokens=estimate_tokens(texts, m))
+                              tokens=estimate_tokens(texts, m.schema))
         else:
             missing = sorted({t.name for t in m.manifest.inputs} - set(arrays))
             if missing:
                 raise ApiError(400, "bad_inputs", f"missing inputs {missing}")
-            pending = pending_from_arrays(m, arrays, deadline)
+            pending = pending_from_arrays(m.schema, arrays, deadline)
         result = await run_inference(m, pending)
         if wanted is None:
             wanted = {k: all_binary for k in result.outputs}
@@ -364,8 +387,8 @@ def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[
                 entry["data"] = arr.reshape(-1)
             outs.append(entry)
         payload = {"model_name": model_name, "model_version": model_version, "outputs": outs}
-        if "id" in req:
-            payload["id"] = req["id"]
+        if request_id is not None:
+            payload["id"] = request_id
         if not blobs:
             return dumps(payload), JSON_HEADERS
         head = dumps(payload)

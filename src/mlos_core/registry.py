@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ from mlos_core.repository import Located, VerifiedModel, locate, read_verified_m
 from mlos_core.runtime import SessionInfo, create_session, warm_up
 from mlos_core.settings import ServerSettings
 from mlos_core.telemetry import Metrics
+from mlos_core.tensors import RequestSchema
 
 __all__ = ["LoadedModel", "Registry"]
 
@@ -46,6 +48,11 @@ class LoadedModel:
     @property
     def manifest(self) -> Manifest:
         return self.located.manifest
+
+    @functools.cached_property
+    def schema(self) -> RequestSchema:
+        return RequestSchema(self.model_id, tuple(self.manifest.inputs),
+                             self.text.max_length if self.text is not None else None, self.batcher.max_batch_size)
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
@@ -88,6 +95,18 @@ class LoadedModel:
             results.append({k: v[start:stop] for k, v in outputs.items()})
             start = stop
         return results
+
+
+def _why(exc: Exception) -> str:
+    """One line for the failures list; anything but an ApiError also leaves its traceback at debug level."""
+    if isinstance(exc, ApiError):
+        return exc.message
+    log.debug("loading a saved registration failed", exc_info=exc)
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+Stamp = tuple[int, int, int]  # (st_ino, st_size, st_mtime_ns) of the registrations file; (0, 0, 0) when absent
 
 
 def _why(exc: Exception) -> str:

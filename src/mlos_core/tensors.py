@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from mlos_core.errors import ApiError
 
-__all__ = ["KSERVE_TO_NP", "MAX_DIMS", "NP_TO_KSERVE", "array_from_json", "kserve_datatype", "np_dtype"]
+if TYPE_CHECKING:
+    from axon.manifest import TensorSpec
+
+__all__ = ["KSERVE_TO_NP", "MAX_DIMS", "NP_TO_KSERVE", "RequestSchema", "array_from_json", "kserve_datatype",
+           "np_dtype"]
 
 NP_NAMES = {
     "float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64, "int32": np.int32,
@@ -22,6 +26,16 @@ KSERVE_TO_NP = {
     "UINT64": np.uint64, "BOOL": np.bool_,
 }
 NP_TO_KSERVE = {np.dtype(v).name: k for k, v in KSERVE_TO_NP.items()}
+
+
+class RequestSchema(NamedTuple):
+    """What validating a request against a model needs: plain data, so that a large body can be
+    parsed and checked in a helper process."""
+
+    model_id: str
+    inputs: tuple[TensorSpec, ...]
+    text_max_length: int | None  # None: not a text model
+    max_rows: int  # rows (texts) per request: the batcher's max_batch_size
 
 
 def np_dtype(name: str) -> Any:

@@ -112,6 +112,7 @@ class AuditLog:
         records: list[dict[str, Any]] = []
         problems: list[str] = []
         lines = data.split(b"\n")
+        seen: set[str] = set()
         torn_tail = data and not data.endswith(b"\n")
         for i, raw in enumerate(lines):
             if not raw.strip():
@@ -125,8 +126,15 @@ class AuditLog:
                 what = "torn last line (a crash mid-write)" if last and torn_tail else "unreadable line"
                 problems.append(f"{self.path}:{i + 1}: {what}, skipped")
                 continue
+            receipt = rec.get("receipt")
+            replayed = isinstance(receipt, str) and receipt in seen
+            if isinstance(receipt, str):
+                seen.add(receipt)
             if spec is None or rec.get("spec") == spec:
                 why = self._attest(rec)
+                if replayed and rec["attested"]:
+                    rec["attested"] = False
+                    why = f"the receipt {receipt} was already used by an earlier record (replayed)"
                 if why:
                     problems.append(f"{self.path}:{i + 1}: {why}")
                 records.append(rec)

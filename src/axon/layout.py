@@ -31,8 +31,11 @@ _STAGING_RE = re.compile(r"^(?P<key>.+)\.(?P<pid>\d+)\.(?:x(?P<replaces>[0-9a-f]
 
 
 def version_key(spec: ModelSpec) -> str:
-    """One flat name per version (``ns--name…--version``): lock files, staging and history."""
-    return "--".join(spec.parts)
+    """One flat name per version (``ns~name…@version``, e.g. ``hf~org~repo@main``): lock files,
+    staging and history. Injective: ``~`` and ``@`` never occur inside a spec's parts (``--`` can,
+    so ``a/b--c@1`` and ``a--b/c@1`` would share a history)."""
+    *path, version = spec.parts
+    return "~".join(path) + "@" + version
 
 
 def staging_prefix(spec: ModelSpec, *, replaces: str | None = None) -> str:
@@ -103,31 +106,43 @@ class StoreLayout:
     def lock(self, spec: ModelSpec, *, wait: bool = False) -> Iterator[None]:
         """Exclusive per-version lock (flock, released by the kernel if the process dies)."""
         self.locks.mkdir(parents=True, exist_ok=True)
-        name = version_key(spec) + ".lock"
-        # Read-only is enough for flock, and lets other members of a shared repository lock
-        # a file someone else created. Never through a symlink (a planted one would make a root
-        # process create or open a file elsewhere), never a FIFO (an open would block).
+        path = self.locks / (version_key(spec) + ".lock")
+        while True:
+            fd = self._open_lock(path)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    raise BusyError(f"Model {str(spec)!r} is busy: another axon process is working on it.",
+                                    hint="Wait for it to finish, then run the command again.") from None
+                try:
+                    same = os.lstat(path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:  # else its owner removed or replaced the file while we waited: lock the new one
+                    yield
+                    return
+            finally:
+                os.close(fd)
+
+    @staticmethod
+    def _open_lock(path: Path) -> int:
+        # Read-only is enough for flock, and lets other members of a shared repository lock a
+        # file someone else created; 0660: nobody outside the group can hold it. Never through a
+        # symlink (a planted one would make a root process create or open a file elsewhere),
+        # never a FIFO (an open would block).
         try:
-            fd = os.open(self.locks / name, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                         0o664)
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o660)
         except OSError as exc:
             if exc.errno != errno.ELOOP:
                 raise
-            raise AxonError(f"Lock file {str(self.locks / name)!r} is a symlink; refusing to follow it.",
-                            hint=f"Someone planted it: remove it (rm {self.locks / name}) and check who did.") \
-                from None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise AxonError(f"Lock file {str(self.locks / name)!r} is not a regular file; refusing it.",
-                                hint=f"Remove it (rm {self.locks / name}) and run the command again.")
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                raise BusyError(f"Model {str(spec)!r} is busy: another axon process is working on it.",
-                                hint="Wait for it to finish, then run the command again.") from None
-            yield
-        finally:
+            raise AxonError(f"Lock file {str(path)!r} is a symlink; refusing to follow it.",
+                            hint=f"Someone planted it: remove it (rm {path}) and check who did.") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
+            raise AxonError(f"Lock file {str(path)!r} is not a regular file; refusing it.",
+                            hint=f"Remove it (rm {path}) and run the command again.")
+        return fd
 
     def iter_versions(self) -> Iterator[VersionEntry]:
         """Every version directory, complete or not, in sorted order.

@@ -277,7 +277,7 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     """
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO never blocks
     except FileNotFoundError:
         raise InvalidManifestError(f"No manifest at {str(path)!r}.") from None
     except OSError as exc:

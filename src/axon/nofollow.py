@@ -151,7 +151,10 @@ def tree_entries(fd: int, prefix: str = "") -> Iterator[tuple[str, int, os.stat_
 def set_tree_modes(fd: int, *, file_mode: int, dir_mode: int, gid: int | None, uid: int | None = None) -> None:
     """chown (when *uid*/*gid* are given) and chmod every entry below directory *fd* through its own
     fd; the directory itself is left to the caller."""
-    for _rel, child, st in tree_entries(fd):
+    for rel, child, st in tree_entries(fd):
+        if stat.S_ISREG(st.st_mode) and st.st_nlink != 1:
+            # A hard link would make this chown/chmod land on a file elsewhere too.
+            raise OSError(errno.EMLINK, "has other hard links; refusing to change its owner or mode", rel)
         if (uid is not None and st.st_uid != uid) or (gid is not None and st.st_gid != gid):
             os.fchown(child, -1 if uid is None else uid, -1 if gid is None else gid)
         os.fchmod(child, dir_mode if stat.S_ISDIR(st.st_mode) else file_mode)

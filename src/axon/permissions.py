@@ -108,12 +108,15 @@ def adopt_dir(path: Path, gid: int | None, mode: int) -> None:
                                     hint="Check who is writing to the repository, then run the command again.")
 
 
-def ensure_shared_dirs(root: Path, target_parent: Path, gid: int | None, who: Caller | None = None) -> None:
+def ensure_shared_dirs(root: Path, target_parent: Path, gid: int | None, who: Caller | None = None, *,
+                       create: bool = True) -> None:
     """Create or check ``<root>/<ns>/<name…>/``: sticky, group-writable, setgid directories.
 
     Each must be a real directory owned by root or by the caller: a directory another member
     owns would let them rename or hide what is published inside it (the sticky bit lets a
-    directory's owner rename any entry). Root adopts such a directory (makes it root's).
+    directory's owner rename any entry), or swap it for a symlink between two of root's path
+    lookups. Root adopts such a directory (makes it root's). Once this returns, no one but root
+    and the caller can change what the path resolves to.
     """
     who = who or caller()
     cur = root
@@ -122,6 +125,8 @@ def ensure_shared_dirs(root: Path, target_parent: Path, gid: int | None, who: Ca
         try:
             st = os.lstat(cur)
         except FileNotFoundError:
+            if not create:
+                return
             try:
                 os.mkdir(cur, SHARED_DIR_MODE)
             except FileExistsError:

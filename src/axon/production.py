@@ -18,7 +18,7 @@ import yaml
 
 from axon.atomic import atomic_write_text
 from axon.errors import AxonError, PermissionDeniedError
-from axon.layout import INTERNAL_DIR, StoreLayout
+from axon.layout import INTERNAL_DIR, MANIFEST_NAME
 from axon.nofollow import open_dir, read_regular
 from axon.permissions import HISTORY_KEY_MODE, SHARED_DIR_MODE, STATE_DIR_MODE, group_id
 
@@ -81,18 +81,43 @@ def read_repository_group(root: Path) -> str | None:
     return group
 
 
+def _adopt_below(fd: int, gid: int, depth: int) -> int:
+    """Under an opened shared directory: make each subdirectory that is not a version root's,
+    through its own fd (openat O_NOFOLLOW: a symlink swapped in is never followed)."""
+    count = 0
+    with os.scandir(fd) as it:
+        names = sorted(e.name for e in it if not e.name.startswith("."))
+    for name in names:
+        try:
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            continue  # a file, a symlink, or gone: not a shared directory
+        try:
+            try:
+                os.stat(MANIFEST_NAME, dir_fd=child, follow_symlinks=False)
+                continue  # a version: its publisher's
+            except FileNotFoundError:
+                pass
+            if depth == 3:  # <ns>/<org>/<repo>/ holds versions; <ns>/<name>/<version>/ (partial) files only
+                with os.scandir(child) as it:
+                    if not any(e.is_dir(follow_symlinks=False) for e in it):
+                        continue
+            st = os.fstat(child)
+            if st.st_uid != 0 or st.st_gid != gid or stat.S_IMODE(st.st_mode) != SHARED_DIR_MODE:
+                os.fchown(child, 0, gid)
+                os.fchmod(child, SHARED_DIR_MODE)
+                count += 1
+            if depth < 3:
+                count += _adopt_below(child, gid, depth + 1)
+        finally:
+            os.close(child)
+    return count
+
+
 def _adopt_shared_dirs(root: Path, gid: int) -> int:
     """Make every <ns>/ and <name…>/ directory root's, sticky and group-writable; returns how many."""
-    count = 0
-    for entry in StoreLayout(root).iter_versions():
-        d = entry.path.parent
-        while d != root:
-            st = os.lstat(d)
-            if st.st_uid != 0 or stat.S_IMODE(st.st_mode) != SHARED_DIR_MODE or st.st_gid != gid:
-                _own(d, gid, SHARED_DIR_MODE)
-                count += 1
-            d = d.parent
-    return count
+    with open_dir(root) as fd:
+        return _adopt_below(fd, gid, 1)
 
 
 def setup_production(root: Path, group: str) -> dict[str, Any]:

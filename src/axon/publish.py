@@ -49,7 +49,7 @@ from axon.permissions import (
 from axon.production import read_repository_group
 from axon.reporting import NullReporter, Reporter
 from axon.settings import Settings
-from axon.spec import ModelSpec
+from axon.spec import ModelSpec, parse_spec
 
 __all__ = [
     "AlreadyPublishedError",
@@ -203,18 +203,33 @@ class ProductionRepo:
 
     def recover_staging(self, staging: Path, replaced_digest: str, who: Caller, gid: int | None) -> bool:
         """A stale staging directory of an interrupted --force: if it holds the replaced copy
-        (its manifest has the digest named in its name), move it into history instead of deleting it."""
+        (its manifest has the digest named in its name), move it into history instead of deleting it.
+
+        Only a directory that can be what a killed --force left behind is moved: a real directory
+        named after the spec its manifest names (a valid spec), owned by root or by the owner of
+        that version's existing history. Anything else in staging is deleted like any leftover."""
         try:
+            st = os.lstat(staging)
             m = load_manifest(staging / MANIFEST_NAME)
-        except AxonError:
-            return False  # the new copy, incomplete: safe to delete
-        if m.digest != replaced_digest:
+            spec = parse_spec(f"{m.namespace}/{m.name}@{m.version}")
+        except (OSError, AxonError):
+            return False  # the new copy, incomplete (or junk): safe to delete
+        if m.digest != replaced_digest or not stat.S_ISDIR(st.st_mode):
             return False  # the new copy, complete but never swapped in
-        spec = ModelSpec(m.namespace, m.name, m.version)
-        hist, _ = self.history_dir_for(spec, who, gid)
+        if not staging.name.startswith(version_key(spec) + "."):
+            return False
+        hist = self.history_dir(spec)
+        try:
+            hst = os.lstat(hist)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(hst.st_mode) or st.st_uid not in (0, hst.st_uid):
+            return False
+        if hst.st_uid != who.uid and not who.is_root:
+            return True  # not ours to move: the history's owner (or root) will
         dest = hist / _stamp(m.digest)
-        if who.is_root:
-            apply_published_modes(staging, gid, uid=0)
+        if who.is_root and st.st_uid != 0:
+            apply_published_modes(staging, gid)
         os.rename(staging, dest)
         fsync_dir(hist)
         self.record("recover", spec, "ok", digest_old=m.digest, source=str(dest),
@@ -438,7 +453,9 @@ def _verified_history_copy(repo: ProductionRepo, spec: ModelSpec, entry: Path, w
                               path=str(entry), hint=f"Inspect it, or purge it: axon unpublish {spec} --purge --yes")
 
     try:
-        apply_published_modes(entry, gid, uid=0 if who.is_root else None)
+        # Root keeps a member's copy theirs (restoring it must not launder it into a root-owned
+        # version); a root-owned copy stays root's.
+        apply_published_modes(entry, gid, uid=0 if who.is_root and os.lstat(entry).st_uid == 0 else None)
     except OSError as exc:
         raise refuse(f"holds something that is not a regular file or directory ({exc.filename}: {exc.strerror})") \
             from None
@@ -464,14 +481,16 @@ def rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
     target = repo.layout.version_dir(spec)
     with repo.layout.lock(spec, wait=True):
         repo.cleanup_staging(who, gid)
+        ensure_shared_dirs(repo.root, target.parent, gid, who)  # no member-owned directory on the way
         exists = _version_present(target)
         target_owner = _require_owner(target, who) if exists else None
         if not repo.history_entries(spec):
             raise AxonError(f"There is no replaced or unpublished copy of {str(spec)!r} to roll back to.",
                             hint=f"See what happened with: axon audit {spec}")
         history_dir, history_owner = repo.history_dir_for(spec, who, gid)
-        # Copies count only when moved there by the history's owner (the version's publisher) or root.
-        trusted = {0, history_owner} if target_owner in (None, 0, history_owner) else {0}
+        # Copies count only when moved there by the history's owner (the version's publisher) or
+        # root; a root-owned (or someone else's) live version trusts root's copies only.
+        trusted = {0, history_owner} if target_owner in (None, history_owner) else {0}
         entries = repo.history_entries(spec, trusted)
         if not entries:
             raise AxonError(f"There is no replaced or unpublished copy of {str(spec)!r} to roll back to "
@@ -507,6 +526,7 @@ def unpublish(spec: ModelSpec, settings: Settings, *, purge: bool = False) -> di
     target = repo.layout.version_dir(spec)
     with repo.layout.lock(spec, wait=True):
         repo.cleanup_staging(who, gid)
+        ensure_shared_dirs(repo.root, target.parent, gid, who, create=False)
         present = _version_present(target)
         current = repo.current(spec) if present else None
         if not present:

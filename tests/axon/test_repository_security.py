@@ -128,7 +128,7 @@ def test_member_cannot_rename_state_or_hide_another_members_version(repo: tuple[
             "hide the version": lambda: os.rename(version, version.with_name("hidden")),
             "hide the model": lambda: os.rename(root / "acme" / "ranker", root / "acme" / "gone"),
             "hide the namespace": lambda: os.rename(root / "acme", root / "acme-gone"),
-            "remove history": lambda: os.rename(root / ".axon" / "history" / "acme--ranker--1.0.0",
+            "remove history": lambda: os.rename(root / ".axon" / "history" / "acme~ranker@1.0.0",
                                                 root / ".axon" / "history" / "x"),
             "rewrite the audit log": lambda: open(root / ".axon" / "audit.log", "w").close(),
         }
@@ -211,7 +211,7 @@ def test_planted_lock_symlink_is_not_followed_by_root(repo: tuple[Path, str, int
     root, gname, _ = repo
     with temp_user([gname]) as alice:
         victim = shared_base / "created-by-root"
-        lock = root / ".axon" / "locks" / "acme--ranker--1.0.0.lock"
+        lock = root / ".axon" / "locks" / "acme~ranker@1.0.0.lock"
         assert run_as(alice, lambda: os.symlink(victim, lock)) == "ok"
         settings = _root_settings(tmp_path, root)
         install_package(settings, tmp_path)
@@ -249,7 +249,7 @@ def test_planted_history_copy_is_never_restored(repo: tuple[Path, str, int], sha
     with temp_user([gname]) as alice:
         alice_env = prepare_user(shared_base, alice, root, gname, tmp_path)
         alice_cache = Path(alice_env["AXON_CACHE_DIR"]) / "acme" / "ranker" / "1.0.0"
-        history = root / ".axon" / "history" / "acme--ranker--1.0.0"
+        history = root / ".axon" / "history" / "acme~ranker@1.0.0"
         plant = history / "29991231T235959.999999-evil"
 
         def squat() -> None:
@@ -289,6 +289,170 @@ def test_tampered_history_copy_is_refused_and_nothing_changes(repo: tuple[Path, 
     assert ProductionRepo(settings).history_entries(parse_spec(SPEC)) == [entry]
     records, _ = ProductionRepo(settings).audit.read(SPEC)
     assert records[-1]["action"] == "publish"  # no rollback recorded
+
+
+def _plant_staging(user: User, root: Path, spec_text: str, digest: str, manifest: str, tag: str) -> str:
+    """As *user*: a directory in staging named like a killed --force of a dead process."""
+    from axon.layout import version_key
+    from axon.spec import ModelSpec
+
+    ns, rest = spec_text.split("/", 1)
+    name, version = rest.rsplit("@", 1)
+    key = version_key(ModelSpec(ns, name, version)).replace("/", "_")
+    planted = root / ".axon" / "staging" / f"{key}.999999.x{digest}.{tag}"
+
+    def plant() -> None:
+        planted.mkdir()
+        (planted / "manifest.yaml").write_text(manifest)
+
+    assert run_as(user, plant) == "ok"
+    return str(planted)
+
+
+def test_planted_staging_directory_is_never_recovered_into_anyones_history(repo: tuple[Path, str, int],
+                                                                            shared_base: Path,
+                                                                            tmp_path: Path) -> None:
+    """A member plants "interrupted --force" leftovers: one whose manifest names a spec that
+    climbs out of the repository, one naming root's version. Root's next command removes both
+    and moves neither anywhere."""
+    root, gname, _ = repo
+    settings = _root_settings(tmp_path, root)
+    install_package(settings, tmp_path, seed=1)
+    publish(parse_spec(SPEC), settings)
+    own = (settings.cache_dir / "acme" / "ranker" / "1.0.0" / "manifest.yaml").read_text()
+    digest = publish(parse_spec(SPEC), settings).digest  # unchanged: the published digest
+    outside = tmp_path / "victim"
+    outside.mkdir()
+    before = os.stat(outside)
+    with temp_user([gname]) as alice:
+        climbing = own.replace("version: 1.0.0", "version: 1.0.0/../../../../../../../" + str(outside).strip("/"))
+        plants = [_plant_staging(alice, root, SPEC, digest, own, "a"),
+                  _plant_staging(alice, root, SPEC, digest, climbing, "b")]
+        history = ProductionRepo(settings).history_entries(parse_spec(SPEC))
+        install_package(settings, tmp_path, seed=2)
+        publish(parse_spec(SPEC), settings, force=True)  # takes the lock: cleans staging first
+        assert not any(os.path.lexists(p) for p in plants)
+        after = os.stat(outside)
+        assert (after.st_uid, after.st_mode, sorted(os.listdir(outside))) == (before.st_uid, before.st_mode, [])
+        entries = ProductionRepo(settings).history_entries(parse_spec(SPEC))
+        assert len(entries) == len(history) + 1 and all(os.lstat(e).st_uid == 0 for e in entries)
+        records, _ = ProductionRepo(settings).audit.read()
+        assert "recover" not in [r["action"] for r in records]
+
+
+def test_root_rollback_never_resolves_through_a_member_owned_symlink(repo: tuple[Path, str, int],
+                                                                      shared_base: Path, tmp_path: Path) -> None:
+    """alice owns namespace evil/, swaps it for a symlink to a root-only directory and plants a
+    history copy for evil/etc@target; root's rollback and unpublish refuse to go through it."""
+    root, gname, _ = repo
+    outside = tmp_path / "outside"
+    (outside / "etc" / "target").mkdir(parents=True)
+    (outside / "etc" / "target" / "keep").write_text("root's\n")
+    with temp_user([gname]) as alice:
+        env = prepare_user(shared_base, alice, root, gname, tmp_path)
+        install_package(Settings.from_env(env), tmp_path, spec="evil/x@1")
+        subprocess.run(["chown", "-R", f"{alice.uid}:{alice.gid}", str(shared_base / alice.name)], check=True)
+        assert run_cli_as(alice, ["publish", "evil/x@1"], env).code == 0
+        cached = Path(env["AXON_CACHE_DIR"]) / "evil" / "x" / "1"
+
+        def swap_and_plant() -> None:
+            os.rename(root / "evil", root / "evil.d")
+            os.symlink(outside, root / "evil")
+            hist = root / ".axon" / "history" / "evil~etc@target"
+            os.mkdir(hist)
+            subprocess.run(["cp", "-r", str(cached), str(hist / "29990101T000000.000000-x")], check=True)
+
+        assert run_as(alice, swap_and_plant) == "ok"
+        settings = _root_settings(tmp_path, root)
+        with pytest.raises(AxonError, match="is a symlink; refusing to publish through it"):
+            rollback(parse_spec("evil/etc@target"), settings)
+        from axon.publish import unpublish
+
+        for purge in (False, True):
+            with pytest.raises(AxonError, match="is a symlink; refusing to publish through it"):
+                unpublish(parse_spec("evil/etc@target"), settings, purge=purge)
+        assert sorted(os.listdir(outside / "etc" / "target")) == ["keep"]
+        assert os.stat(outside / "etc" / "target").st_uid == 0
+
+
+def test_root_never_changes_a_file_hard_linked_into_a_members_version(repo: tuple[Path, str, int],
+                                                                       shared_base: Path, tmp_path: Path) -> None:
+    root, gname, _ = repo
+    with temp_user([gname]) as alice, temp_user() as carol:
+        shared = shared_base / "carols-shared-file"
+        shared.write_text("carol's, writable by everyone\n")
+        os.chown(shared, carol.uid, carol.gid)
+        os.chmod(shared, 0o666)
+        env = prepare_user(shared_base, alice, root, gname, tmp_path)
+        assert run_cli_as(alice, ["publish", SPEC], env).code == 0
+        version = root / "acme" / "ranker" / "1.0.0"
+
+        def link_in() -> None:
+            os.chmod(version, 0o755)
+            os.link(shared, version / "linked")
+
+        assert run_as(alice, link_in) == "ok"
+        from axon.publish import unpublish
+
+        with pytest.raises(OSError, match="other hard links"):
+            unpublish(parse_spec(SPEC), _root_settings(tmp_path, root))
+        st = os.stat(shared)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (carol.uid, 0o666)
+
+
+def test_replayed_audit_record_is_not_attested(repo: tuple[Path, str, int], shared_base: Path,
+                                               tmp_path: Path) -> None:
+    root, gname, _ = repo
+    settings = _root_settings(tmp_path, root)
+    install_package(settings, tmp_path)
+    publish(parse_spec(SPEC), settings)
+    line = (root / ".axon" / "audit.log").read_text().splitlines()[0]
+    with temp_user([gname]) as alice:
+        def replay() -> None:
+            with open(root / ".axon" / "audit.log", "a") as f:
+                f.write(line + "\n")
+
+        assert run_as(alice, replay) == "ok"
+    records, problems = ProductionRepo(settings).audit.read()
+    assert [r["attested"] for r in records] == [True, False]
+    assert any("replayed" in p for p in problems)
+
+
+def test_version_keys_are_injective() -> None:
+    from axon.layout import version_key
+
+    specs = ["a/b--c@1", "a--b/c@1", "a/b/c@1", "a/b@c--1", "a/b-@-c"]
+    keys = {version_key(parse_spec(s)) for s in specs if _valid(s)}
+    assert len(keys) == len([s for s in specs if _valid(s)])
+
+
+def _valid(spec: str) -> bool:
+    try:
+        parse_spec(spec)
+    except AxonError:
+        return False
+    return True
+
+
+def test_fifo_planted_in_staging_does_not_hang_root(repo: tuple[Path, str, int], tmp_path: Path) -> None:
+    root, gname, _ = repo
+    settings = _root_settings(tmp_path, root)
+    set_config_value(settings.config_file, "publish_group", gname)
+    install_package(settings, tmp_path)
+    with temp_user([gname]) as alice:
+        planted = root / ".axon" / "staging" / f"acme~ranker@1.0.0.999999.x{'0' * 32}.fifo"
+
+        def plant() -> None:
+            planted.mkdir()
+            os.mkfifo(planted / "manifest.yaml")
+
+        assert run_as(alice, plant) == "ok"
+        env = {**os.environ, "HOME": str(settings.home.parent), "AXON_HOME": str(settings.home),
+               "AXON_CACHE_DIR": str(settings.cache_dir), "AXON_PUBLISH_DIR": str(root)}
+        proc = subprocess.run([sys.executable, "-m", "axon", "publish", SPEC, "-q"], env=env, timeout=120,
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert not planted.exists()
 
 
 # --- root publishing a dev cache its unprivileged owner controls ---------------------------------

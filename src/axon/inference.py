@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from axon.errors import AxonError, IntegrityError, InvalidModelError, UsageError
+from axon.errors import AxonError, IntegrityError, InvalidManifestError, InvalidModelError, UsageError
 from axon.fastio import open_beneath
 from axon.manifest import FileEntry, Manifest, TensorSpec
 from axon.onnx_signature import (
@@ -74,7 +74,12 @@ class TextEncoder:
 
         pre = manifest.preprocessing or {}
         self.max_length = int(pre.get("max_length") or DEFAULT_MAX_LENGTH)
-        self.tokenizer = Tokenizer.from_file(str(version_dir / str(pre.get("tokenizer", "tokenizer.json"))))
+        rel = str(pre.get("tokenizer", "tokenizer.json"))
+        entry = manifest.file(rel)
+        if entry is None:
+            raise InvalidManifestError(f"The manifest's tokenizer {rel!r} is not among its files.")
+        # Read once, beneath the version, and checked: the bytes hashed are the bytes parsed.
+        self.tokenizer = Tokenizer.from_str(read_verified_file(version_dir, entry).decode("utf-8", "replace"))
         self.tokenizer.enable_truncation(max_length=self.max_length)
         pad_token = "[PAD]" if self.tokenizer.token_to_id("[PAD]") is not None else "<pad>"
         pad_id = self.tokenizer.token_to_id(pad_token)

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from axon.errors import UsageError
+from axon.errors import AxonError, UsageError
 from axon.inference import TextEncoder, postprocess
+from axon.manifest import Manifest
 from mlos_core.errors import ApiError
+from mlos_core.repository import model_refusal
 
 __all__ = ["TextPipeline", "postprocess"]
 
 
 class TextPipeline(TextEncoder):
+    def __init__(self, version_dir: Path, manifest: Manifest) -> None:
+        try:
+            super().__init__(version_dir, manifest)  # the tokenizer's verified bytes, read beneath the version
+        except AxonError as exc:
+            raise model_refusal(exc, manifest.spec_text) from None
+
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         try:
             return super().encode(texts)

@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gc
 import json
 import logging
-import multiprocessing
 import os
-import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
@@ -41,6 +35,7 @@ from mlos_core.fastpath import (
     read_asgi_body,
 )
 from mlos_core.jsonio import JSONResponse, dumps, loads
+from mlos_core.parse_helper import LargeBodies
 from mlos_core.registry import LoadedModel, Registry
 from mlos_core.settings import ServerSettings
 from mlos_core.telemetry import Metrics
@@ -51,7 +46,6 @@ __all__ = ["create_app", "create_app_from_env"]
 log = logging.getLogger("mlos_core.app")
 
 
-T = TypeVar("T")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -74,55 +68,6 @@ ADMIN_BODY_BYTES = 64 << 10  # admin calls carry a model id or a path; nothing b
 
 async def read_json(request: Request, limit: int = ADMIN_BODY_BYTES) -> Any:
     return parse_json(await read_body(request, limit))
-
-
-def _helper_init() -> None:
-    with contextlib.suppress(OSError, AttributeError):  # Linux: the helper dies with the server, however it ends
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    gc.disable()  # the helper only parses: nothing it makes has cycles; collected after each request
-
-
-def _in_helper(fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-    try:
-        return fn(*args)
-    finally:
-        gc.collect()
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None).malloc_trim(0)  # glibc: give the parse's memory back to the system
-
-
-class LargeBodies:
-    """Bodies above LARGE_BODY_BYTES are parsed and converted in a helper process.
-
-    Not a thread: orjson and numpy hold the GIL for a whole call, so a worker thread parsing 60 MB
-    of JSON numbers (about a second, 12 M Python objects) stops the event loop as surely as
-    parsing on it. The helper (spawned at the first large body, one per server process, its
-    cyclic GC off) gets the bytes and returns the validated request (numpy arrays, texts, or the
-    ApiError), so only a memory copy each way happens here. It is spawned from the event loop's
-    thread and killed by the kernel when the server process ends (PR_SET_PDEATHSIG)."""
-
-    def __init__(self) -> None:
-        self._pool: ProcessPoolExecutor | None = None
-
-    async def parse(self, size: int, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` here for a body of *size* up to LARGE_BODY_BYTES, else in the helper."""
-        if size <= LARGE_BODY_BYTES:
-            return fn(*args)
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_helper_init)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, _in_helper, fn, args)
-        except BrokenProcessPool:
-            self._pool = None
-            log.error("the large-body parser process died; starting a new one for the next large body")
-            raise ApiError(503, "busy", "the request could not be parsed now; retry shortly",
-                           headers={"Retry-After": "1"}) from None
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
 
 
 def model_id_from_path(raw: str) -> str:
@@ -210,7 +155,7 @@ def build_pending(schema: RequestSchema, body: Any, deadline: float, *, large: b
     return pending
 
 
-def parse_native(schema: RequestSchema, raw: bytes, deadline: float) -> tuple[Pending, list[str] | None]:
+def parse_native(raw: bytes, schema: RequestSchema, deadline: float) -> tuple[Pending, list[str] | None]:
     """Body bytes -> validated request (in the helper process when the body is large)."""
     body = parse_json(raw)
     pending = build_pending(schema, body, deadline, large=len(raw) > LARGE_BODY_BYTES)
@@ -300,10 +245,10 @@ def create_app(settings: ServerSettings) -> FastPath:
         """POST /models/{id}/inference (a FastRoute)."""
         model = await registry.resolve(model_id_from_path(raw_id))
         admit(model)
-        raw = await read_body()
+        chunks = await read_body()
         deadline = time.perf_counter() + settings.request_timeout_s
         try:
-            pending, wanted = await large_bodies.parse(len(raw), parse_native, model.schema, raw, deadline)
+            pending, wanted = await large_bodies.parse(chunks, parse_native, model.schema, deadline)
         except ApiError as exc:
             metrics.request(model.model_id, "failed", exc.code)
             raise

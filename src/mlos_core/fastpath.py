@@ -10,6 +10,9 @@ wrapped app unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
@@ -17,7 +20,7 @@ from typing import Any, NamedTuple
 from mlos_core.errors import ApiError, error_body
 
 __all__ = ["LARGE_BODY_BYTES", "MAX_LARGE_BODIES", "ClientGone", "FastPath", "FastRoute", "ReadBody", "Reply",
-           "read_asgi_body"]
+           "read_asgi_body", "read_asgi_chunks", "release_memory"]
 
 log = logging.getLogger("mlos_core.app")
 
@@ -27,16 +30,29 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 Reply = tuple[bytes, Headers]  # body, response headers (content-type included; content-length is added)
-ReadBody = Callable[[], Awaitable[bytes]]
+ReadBody = Callable[[], Awaitable[list[bytes]]]  # the body in the pieces it arrived in
 Handler = Callable[[str, Headers, ReadBody], Awaitable[Reply]]
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 
-# A body above this is parsed on a worker thread (app.off_loop), and at most MAX_LARGE_BODIES such
-# bodies per process are read or parsed at once: a further one gets 503 before it is read, so
-# memory stays bounded by MAX_LARGE_BODIES x --max-body-bytes however many clients upload.
+# A body above this is parsed in a helper process (parse_helper.py), and at most MAX_LARGE_BODIES
+# such bodies per process are read or parsed at once: a further one gets 503 before it is read,
+# so memory stays bounded by MAX_LARGE_BODIES x --max-body-bytes however many clients upload.
 LARGE_BODY_BYTES = 256 << 10
 MAX_LARGE_BODIES = 2
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None)
+
+
+def release_memory() -> None:
+    """Give freed heap memory back to the system (glibc): after a large body, whose bytes were
+    copied several times on their way, the heap otherwise keeps the high-water mark (measured:
+    server RSS +60% after a minute of 60 MB bodies, flat with this)."""
+    with contextlib.suppress(OSError, AttributeError):
+        _libc().malloc_trim(0)
 
 
 class FastRoute(NamedTuple):
@@ -53,11 +69,12 @@ class ClientGone(Exception):
     """The client disconnected before its body arrived; there is nobody to answer."""
 
 
-async def read_asgi_body(scope: Message, receive: Receive, limit: int,
-                         on_large: Callable[[], None] | None = None) -> bytes:
-    """The whole request body, refused with 413 as soon as it is known to exceed *limit*.
-    *on_large* is called once, before any more of it is read, when the body is known to exceed
-    LARGE_BODY_BYTES (from Content-Length, or as a chunked body arrives); it may raise."""
+async def read_asgi_chunks(scope: Message, receive: Receive, limit: int,
+                           on_large: Callable[[], None] | None = None) -> list[bytes]:
+    """The whole request body, in the pieces it arrived in (a large body is never joined here),
+    refused with 413 as soon as it is known to exceed *limit*. *on_large* is called once, before
+    any more of it is read, when the body is known to exceed LARGE_BODY_BYTES (from
+    Content-Length, or as a chunked body arrives); it may raise."""
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit():
             declared = int(value)
@@ -74,7 +91,7 @@ async def read_asgi_body(scope: Message, receive: Receive, limit: int,
     if not message.get("more_body", False):  # the usual case: one message holds the whole body
         if len(body) > limit:
             raise ApiError(413, "body_too_large", f"request body exceeds the {limit}-byte limit")
-        return body
+        return [body]
     chunks, size = [body], len(body)
     while True:
         if size > LARGE_BODY_BYTES and on_large is not None:
@@ -89,7 +106,13 @@ async def read_asgi_body(scope: Message, receive: Receive, limit: int,
             raise ApiError(413, "body_too_large", f"request body exceeds the {limit}-byte limit")
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return chunks
+
+
+async def read_asgi_body(scope: Message, receive: Receive, limit: int) -> bytes:
+    """The whole request body as one bytes object (small bodies: the Starlette routes)."""
+    chunks = await read_asgi_chunks(scope, receive, limit)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class FastPath:
@@ -122,8 +145,8 @@ class FastPath:
             self.large_bodies += 1
             large = True
 
-        async def read_body() -> bytes:
-            return await read_asgi_body(scope, receive, self.max_body_bytes, take_large_slot)
+        async def read_body() -> list[bytes]:
+            return await read_asgi_chunks(scope, receive, self.max_body_bytes, take_large_slot)
 
         try:
             payload, headers = await route.handler(path[len(route.prefix):-len(route.suffix)], scope["headers"],
@@ -145,3 +168,5 @@ class FastPath:
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", b"%d" % len(payload))]})
         await send({"type": "http.response.body", "body": payload})
+        if large:
+            release_memory()

@@ -34,7 +34,7 @@ from mlos_core.tensors import (
 )
 
 if TYPE_CHECKING:
-    from mlos_core.app import LargeBodies
+    from mlos_core.parse_helper import LargeBodies
 
 __all__ = ["infer_handler", "parse_request", "routes"]
 
@@ -264,7 +264,7 @@ class Parsed(NamedTuple):
     all_binary: bool
 
 
-def parse_request(schema: RequestSchema, body: bytes, header_len: str | None) -> Parsed:
+def parse_request(body: bytes, schema: RequestSchema, header_len: str | None) -> Parsed:
     """Body -> validated request (in the helper process when the body is large)."""
     req, binary = _parse_infer(body, header_len)
     request_id = req.get("id")
@@ -352,9 +352,9 @@ def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[
         m = _find_model(registry, name, version)
         admit(m)
         header_len = next((v.decode("latin-1") for k, v in headers if k == HEADER_LEN), None)
-        body = await read_body()
-        request_id, arrays, texts, wanted, all_binary = await large_bodies.parse(len(body), parse_request, m.schema,
-                                                                                 body, header_len)
+        chunks = await read_body()
+        request_id, arrays, texts, wanted, all_binary = await large_bodies.parse(chunks, parse_request, m.schema,
+                                                                                 header_len)
         deadline = time.perf_counter() + settings.request_timeout_s
         if texts:
             if len(texts) > m.batcher.max_batch_size:

@@ -45,7 +45,10 @@ def note(name: str, value: float, ok: bool, detail: str) -> None:
     print(f"{'PASS' if ok else 'MISS'} {name:<44} {value:8.2f}   {detail}", flush=True)
 
 
-def prepare(work: Path, cfg_name: str) -> Path:
+BENCH_MODELS = ("bench/encoder@1", "bench/tiny@1")
+
+
+def prepare(work: Path, cfg_name: str, *, tiny_only: bool = False) -> Path:
     """Build the packages, install them into a sandbox cache and publish them into a repository."""
     from axon.demo import sandbox_settings
     from axon.example_model import EncoderConfig, build_example_package
@@ -55,7 +58,9 @@ def prepare(work: Path, cfg_name: str) -> Path:
 
     settings = sandbox_settings(work)
     big = EncoderConfig.minilm_l6() if cfg_name == "minilm" else EncoderConfig.bert_base()
-    for spec, cfg in (("bench/encoder@1", big), ("bench/tiny@1", EncoderConfig())):
+    models = [("bench/tiny@1", EncoderConfig())] if tiny_only else [("bench/encoder@1", big),
+                                                                     ("bench/tiny@1", EncoderConfig())]
+    for spec, cfg in models:
         pkg = build_example_package(work / spec.replace("/", "_"), cfg, max_length=128)
         install(parse_spec(spec), settings, from_=str(pkg))
         publish(parse_spec(spec), settings)
@@ -66,13 +71,13 @@ def rss_mib(server: CoreProcess) -> float:
     return psutil.Process(server.proc.pid).memory_info().rss / 2**20
 
 
-def core(repo: Path, work: Path, device: str, *extra: str) -> CoreProcess:
-    """A server with both bench models registered."""
+def core(repo: Path, work: Path, device: str, *extra: str, models: tuple[str, ...] = BENCH_MODELS) -> CoreProcess:
+    """A server with the bench models registered."""
     import urllib.request
 
     s = start_core(repo, work, ["--device", device, "--log-level", "warning", *extra])
     token = (repo / ".axon" / "core" / "token").read_text().strip()
-    for spec in ("bench/encoder@1", "bench/tiny@1"):
+    for spec in models:
         req = urllib.request.Request(s.url + "/models/register", data=json.dumps({"model_id": spec}).encode(),
                                      method="POST", headers={"Authorization": f"Bearer {token}",
                                                              "Content-Type": "application/json"})

@@ -1,0 +1,274 @@
+"""MLOS Core under a hostile mix, against the same server without it, in the same run.
+
+Model: the bundled tiny text encoder (bench/tiny@1). A well-behaved client (its own process: one
+keep-alive connection asking GET /health in a loop, another POSTing a one-sentence inference in a
+loop) is measured alone, then while an attacker process (asyncio) keeps up
+
+  * 1,000 idle sockets (reopened whenever the server closes one),
+  * 50 slow-loris connections (a request head trickled one byte every 0.2 s; reopened when cut off),
+  * one 60 MB JSON body every second (2.6 M rows of numbers for a text model: refused with 400
+    once parsed, or 503 while two large bodies are already being parsed).
+
+  well-behaved /health p99 under attack                   target <= 50 ms
+  well-behaved inference p99 under attack / unloaded      target <= 2x
+  server RSS after the attack vs at start                 target within 10%
+
+  .venv/bin/python benchmarks/bench_hostile.py [--seconds 12] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_server import RESULTS, core, note, prepare, rss_mib
+from loadgen import pct
+
+TINY = "bench/tiny@1"
+INFER_BODY = json.dumps({"input": "Hello, MLOS!", "outputs": ["embeddings"]}).encode()
+IDLE, LORIS, BIG_BYTES = 1000, 50, 60_000_000
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 65536), hard))
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+# --- the well-behaved client ------------------------------------------------------------------------------
+
+
+PACE_S = 0.005  # a well-behaved client: each loop waits 5 ms between requests (it measures, it does not saturate)
+
+
+async def well_behaved(host: str, port: int, seconds: float) -> dict[str, Any]:
+    """Two paced sequential loops on their own keep-alive connections; a request over 10 s counts as an error."""
+    lat: dict[str, list[float]] = {"health": [], "infer": []}
+    errors: list[str] = []
+    statuses: dict[int, int] = {}
+    stop_at = time.perf_counter() + seconds
+    requests = {"health": f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(),
+                "infer": (f"POST /models/{TINY}/inference HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
+                          f"\r\nContent-Length: {len(INFER_BODY)}\r\n\r\n").encode() + INFER_BODY}
+
+    async def loop(kind: str) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                writer.write(requests[kind])
+                status = await asyncio.wait_for(read_response(reader), 10)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, IndexError) as exc:
+                errors.append(f"{kind}: {type(exc).__name__}")
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+                continue
+            lat[kind].append(time.perf_counter() - t0)
+            statuses[status] = statuses.get(status, 0) + 1
+            await asyncio.sleep(PACE_S)
+        writer.close()
+
+    await asyncio.gather(loop("health"), loop("infer"))
+    return {"health_p50_ms": pct(lat["health"], 50) * 1e3, "health_p99_ms": pct(lat["health"], 99) * 1e3,
+            "infer_p50_ms": pct(lat["infer"], 50) * 1e3, "infer_p99_ms": pct(lat["infer"], 99) * 1e3,
+            "health_n": len(lat["health"]), "infer_n": len(lat["infer"]), "statuses": statuses,
+            "errors": errors[:10], "error_count": len(errors)}
+
+
+# --- the attacker -----------------------------------------------------------------------------------------------
+
+
+async def attack(host: str, port: int, seconds: float, mix: str = "idle,loris,big") -> dict[str, Any]:
+    stats = {"idle_open": 0, "idle_closed_by_server": 0, "idle_refused_503": 0, "loris_cut_off": 0,
+             "loris_408": 0, "connect_errors": 0}
+    big_statuses: dict[str, int] = {}
+    stop_at = time.perf_counter() + seconds
+    ready = asyncio.Event()
+
+    async def idle_socket() -> None:
+        while time.perf_counter() < stop_at:
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                stats["connect_errors"] += 1
+                await asyncio.sleep(0.1)
+                continue
+            stats["idle_open"] += 1
+            if stats["idle_open"] >= IDLE:
+                ready.set()
+            try:
+                data = await asyncio.wait_for(reader.read(65536), max(0.01, stop_at - time.perf_counter()))
+                stats["idle_refused_503" if data.startswith(b"HTTP/1.1 503") else "idle_closed_by_server"] += 1
+            except (TimeoutError, OSError):
+                pass
+            finally:
+                stats["idle_open"] -= 1
+                writer.close()
+
+    async def slow_loris() -> None:
+        while time.perf_counter() < stop_at:
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                stats["connect_errors"] += 1
+                await asyncio.sleep(0.1)
+                continue
+            writer.write(f"GET /health HTTP/1.1\r\nHost: {host}\r\nX-Slow: ".encode())
+            try:
+                while time.perf_counter() < stop_at:
+                    writer.write(b"a")
+                    await writer.drain()
+                    try:
+                        data = await asyncio.wait_for(reader.read(65536), 0.2)
+                    except TimeoutError:
+                        continue
+                    stats["loris_cut_off"] += 1
+                    stats["loris_408"] += data.startswith(b"HTTP/1.1 408")
+                    break
+            except OSError:
+                stats["loris_cut_off"] += 1
+            finally:
+                writer.close()
+
+    rows = b"[1.25,-2.5,3.75,4.125],"
+    body = b'{"inputs": {"input_ids": [' + rows * (BIG_BYTES // len(rows)) + b"[1]]}}"
+    big_request = (f"POST /models/{TINY}/inference HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    async def one_big_body() -> None:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(big_request)
+            await writer.drain()
+            status = await asyncio.wait_for(read_response(reader), 60)
+            writer.close()
+            key = str(status)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            key = type(exc).__name__
+        big_statuses[key] = big_statuses.get(key, 0) + 1
+
+    kinds = mix.split(",")
+    tasks = [asyncio.ensure_future(idle_socket()) for _ in range(IDLE if "idle" in kinds else 0)]
+    tasks += [asyncio.ensure_future(slow_loris()) for _ in range(LORIS if "loris" in kinds else 0)]
+    if tasks:
+        await asyncio.wait_for(ready.wait(), 30)
+    print("ready", flush=True)
+    bigs = []
+    while time.perf_counter() < stop_at:
+        if "big" in kinds:
+            bigs.append(asyncio.ensure_future(one_big_body()))
+        await asyncio.sleep(1)
+    await asyncio.gather(*tasks)
+    await asyncio.gather(*bigs)
+    return {**stats, "big_bodies": big_statuses}
+
+
+# --- the run ------------------------------------------------------------------------------------------------------
+
+
+def role(args: argparse.Namespace) -> None:
+    import uvloop
+
+    raise_nofile()
+    if args.role == "attack":
+        os.nice(10)  # the attacker would be another machine: its own CPU use is not the server's cost
+    host, port = args.host_port.split(":")
+    job = well_behaved(host, int(port), args.seconds) if args.role == "client" else \
+        attack(host, int(port), args.seconds, args.mix)
+    print(json.dumps(uvloop.run(job)), flush=True)
+
+
+def spawn(role_name: str, host_port: str, seconds: float, mix: str = "") -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, __file__, "--role", role_name, "--host-port", host_port,
+                             "--seconds", str(seconds), *(["--mix", mix] if mix else [])], stdout=subprocess.PIPE,
+                            text=True)
+
+
+def result(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=300)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def helpers_rss_mib(server_pid: int) -> float:
+    return sum(c.memory_info().rss for c in psutil.Process(server_pid).children(recursive=True)) / 2**20
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=12)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--mix", default="idle,loris,big", help="attacks to run, of idle,loris,big (default: all)")
+    ap.add_argument("--role", choices=["client", "attack"], help=argparse.SUPPRESS)
+    ap.add_argument("--host-port", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.role:
+        role(args)
+        return 0
+    raise_nofile()
+    work = Path(tempfile.mkdtemp(prefix="axon-bench-hostile-", dir="/var/tmp"))
+    print(f"work dir {work}; {os.cpu_count()} CPUs; device {args.device}", flush=True)
+    repo = prepare(work, "minilm", tiny_only=True)
+    s = core(repo, work, args.device, "--max-connections", "2048", models=(TINY,))
+    host_port = s.url.removeprefix("http://")
+    result(spawn("client", host_port, 2))  # warm-up
+    rss0 = rss_mib(s)
+    base = result(spawn("client", host_port, args.seconds))
+    attacker = spawn("attack", host_port, args.seconds + 4, args.mix)
+    assert attacker.stdout is not None
+    assert attacker.stdout.readline().strip() == "ready"  # 1,000 idle sockets and 50 slow-loris are up
+    t0 = time.perf_counter()
+    loaded = result(spawn("client", host_port, args.seconds))
+    peak_helper = helpers_rss_mib(s.proc.pid)
+    hostile = result(attacker)
+    print(f"attack ran {time.perf_counter() - t0:.1f} s alongside the client: {json.dumps(hostile)}")
+    time.sleep(3)  # the attacker's sockets are gone; the last large body is parsed
+    rss1 = rss_mib(s)
+    helper = helpers_rss_mib(s.proc.pid)
+    s.stop()
+    for name, r in (("unloaded", base), ("under attack", loaded)):
+        print(f"{name:>12}: /health p50 {r['health_p50_ms']:.2f} ms p99 {r['health_p99_ms']:.2f} ms "
+              f"({r['health_n']} answers); inference p50 {r['infer_p50_ms']:.2f} ms p99 {r['infer_p99_ms']:.2f} ms "
+              f"({r['infer_n']} answers); statuses {r['statuses']}; errors {r['error_count']} {r['errors']}")
+    note("hostile: /health p99 under attack (ms)", loaded["health_p99_ms"], loaded["health_p99_ms"] <= 50,
+         f"target <= 50 ms; unloaded {base['health_p99_ms']:.2f} ms")
+    ratio = loaded["infer_p99_ms"] / base["infer_p99_ms"]
+    note("hostile: inference p99 attack / unloaded", ratio, ratio <= 2,
+         f"target <= 2; {loaded['infer_p99_ms']:.2f} vs {base['infer_p99_ms']:.2f} ms")
+    growth = (rss1 - rss0) / rss0 * 100
+    note("hostile: server RSS after vs start (%)", growth, abs(growth) <= 10,
+         f"target within 10%; {rss0:.0f} -> {rss1:.0f} MiB; parser helper {peak_helper:.0f} MiB during, "
+         f"{helper:.0f} MiB after")
+    ok_clients = loaded["error_count"] == 0 and set(loaded["statuses"]) == {"200"}
+    note("hostile: well-behaved errors/non-200s", loaded["error_count"] + sum(
+        v for k, v in loaded["statuses"].items() if k != "200"), ok_clients, "target 0")
+    subprocess.run(["rm", "-rf", str(work)], check=False)
+    print("\nsummary:")
+    for name, value, ok in RESULTS:
+        print(f"  {'PASS' if ok else 'MISS'}  {name}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

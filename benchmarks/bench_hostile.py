@@ -1,8 +1,9 @@
 """MLOS Core under a hostile mix, against the same server without it, in the same run.
 
 Model: the bundled tiny text encoder (bench/tiny@1). A well-behaved client (its own process: one
-keep-alive connection asking GET /health in a loop, another POSTing a one-sentence inference in a
-loop) is measured alone, then while an attacker process (asyncio) keeps up
+keep-alive connection asking GET /health, another POSTing a one-sentence inference, each 5 ms
+after its previous answer) is measured alone, then while an attacker process (asyncio, nice 10:
+it stands for other machines, its CPU is not the server's) keeps up
 
   * 1,000 idle sockets (reopened whenever the server closes one),
   * 50 slow-loris connections (a request head trickled one byte every 0.2 s; reopened when cut off),

@@ -4,7 +4,7 @@ Generates a package (three large weight files or --large-files of them, many sma
 model.onnx), installs it
 into a sandbox dev cache, then times (best of --repeat, destination removed and `sync` between):
 
-  axon publish (library call: verify cache, staged copy, fsync, verify copy, modes, rename, audit)
+  axon publish (library call: no-follow opens of the cache, staged copy from the fds, fsync, verify copy, modes, rename, audit)
   cp -r + sync + openssl dgst -sha256 of the copy        (coreutils sha256sum lacks SHA-NI here)
   shutil.copytree + sync + hashlib sha256 of the copy
 
@@ -84,7 +84,7 @@ def main() -> int:
         clean()
         print(f"\nratios: axon publish is {t_cp / t_axon:.2f}x faster than cp+sync+openssl, "
               f"{t_py / t_axon:.2f}x faster than copytree+hashlib "
-              f"(and it also verifies the cache first, sets modes, fsyncs and audits)")
+              f"(and it also verifies the copy against the manifest (sha256 + xxh3), sets modes, fsyncs and audits)")
     finally:
         subprocess.run(["chattr", "-a", str(work / "prod" / ".axon" / "audit.log")], check=False,
                        capture_output=True)

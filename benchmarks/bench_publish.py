@@ -4,7 +4,7 @@ Generates a package (three large weight files or --large-files of them, many sma
 model.onnx), installs it
 into a sandbox dev cache, then times (best of --repeat, destination removed and `sync` between):
 
-  axon publish (library call: no-follow opens of the cache, staged copy from the fds, fsync, verify copy, modes, rename, audit)
+  axon publish (library call: no-follow opens, staged copy from the fds, fsync, verify copy, modes, rename, audit)
   cp -r + sync + openssl dgst -sha256 of the copy        (coreutils sha256sum lacks SHA-NI here)
   shutil.copytree + sync + hashlib sha256 of the copy
 

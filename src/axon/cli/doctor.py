@@ -45,7 +45,9 @@ def doctor_cmd(as_json: bool) -> None:
 
     from axon import __version__
     from axon.fastio import native_available
+    from axon.errors import AxonError
     from axon.permissions import caller, group_id
+    from axon.production import read_repository_group
 
     settings = load_settings()
     checks: list[dict[str, Any]] = []
@@ -80,12 +82,16 @@ def doctor_cmd(as_json: bool) -> None:
     checks.append({**prod, "detail": prod["path"] + (f" (mode {prod.get('mode')})" if prod["exists"] else
                                                        " (missing)")})
     who = caller()
-    gid = group_id(settings.publish_group)
+    try:
+        group = read_repository_group(settings.publish_dir) or settings.publish_group
+    except AxonError:
+        group = settings.publish_group
+    gid = group_id(group)
     member = who.is_root or (gid is not None and gid in who.groups)
     checks.append({"name": "publish group", "ok": member,
                    "detail": f"{who.name} {'is' if member else 'is not'} allowed to publish (group "
-                             f"{settings.publish_group!r}{'' if gid is not None else ', missing'})",
-                   **({} if member else {"hint": f"sudo usermod -aG {settings.publish_group} {who.name}"})})
+                             f"{group!r}{'' if gid is not None else ', missing'})",
+                   **({} if member else {"hint": f"sudo usermod -aG {group} {who.name}"})})
     try:
         from axon.core_client import CoreClient
 

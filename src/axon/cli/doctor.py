@@ -44,8 +44,8 @@ def doctor_cmd(as_json: bool) -> None:
     import onnxruntime as ort
 
     from axon import __version__
-    from axon.fastio import native_available
     from axon.errors import AxonError
+    from axon.fastio import native_available
     from axon.permissions import caller, group_id
     from axon.production import read_repository_group
 

@@ -268,3 +268,15 @@ def test_connections_beyond_the_cap_get_an_immediate_503(published: tuple[Settin
             assert time.monotonic() < deadline
             time.sleep(0.05)
     assert "Traceback" not in c.log.read_text()
+
+
+def test_worker_processes_apply_the_same_limits(published: tuple[Settings, Path], tmp_path: Path) -> None:
+    settings, _ = published
+    with core_server(settings.publish_dir, tmp_path, "--workers", "2", "--max-header-bytes", "2048") as c:
+        for _ in range(4):  # connections land on either worker
+            with socket.create_connection(host_port(c), timeout=GIVE_UP_S) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4096 + b"\r\n\r\n")
+                status, _, body = json_error(read_until_closed(sock))
+            assert (status, body["code"]) == (431, "headers_too_large")
+        assert c.call("GET", "/health")[0] == 200
+    assert "Traceback" not in c.log.read_text()

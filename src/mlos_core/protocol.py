@@ -98,7 +98,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if len(data) > room:  # feed only what fits: the head must end inside it
                 self._head_bytes += room
                 super().data_received(data[:room])
-                if self._in_head and not self.transport.is_closing():
+                if self.transport.is_closing():  # unparsable: uvicorn answered 400
+                    return
+                if self._in_head:
                     self._refuse(431, "Request Header Fields Too Large", "headers_too_large",
                                  f"the request head exceeds {self.limits.max_header_bytes} bytes")
                     return

@@ -109,18 +109,6 @@ def _why(exc: Exception) -> str:
 Stamp = tuple[int, int, int]  # (st_ino, st_size, st_mtime_ns) of the registrations file; (0, 0, 0) when absent
 
 
-def _why(exc: Exception) -> str:
-    """One line for the failures list; anything but an ApiError also leaves its traceback at debug level."""
-    if isinstance(exc, ApiError):
-        return exc.message
-    log.debug("loading a saved registration failed", exc_info=exc)
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
-
-
-Stamp = tuple[int, int, int]  # (st_ino, st_size, st_mtime_ns) of the registrations file; (0, 0, 0) when absent
-
-
 class Registry:
     def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
         self.settings = settings

@@ -39,6 +39,7 @@ from axon.onnx_signature import (
     parse_model,
     resolve_location,
 )
+from axon.pooling import pool, pooling_spec
 
 __all__ = [
     "LocalModel",
@@ -67,7 +68,12 @@ NP_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64
 
 
 class TextEncoder:
-    """Tokenizes a batch, padded to its longest sequence, into the model's named inputs."""
+    """Tokenizes a batch, padded to its longest sequence, into the model's named inputs.
+
+    A sentence-transformers package's manifest also says how its text is prepared: lower-casing
+    (``lowercase``: a Lowercase normalizer in front of the tokenizer's own, as the library adds
+    it) and prompts (``prompts``, ``default_prompt_name``), prepended to every text of a batch.
+    """
 
     def __init__(self, version_dir: Path, manifest: Manifest) -> None:
         from tokenizers import Tokenizer
@@ -78,15 +84,57 @@ class TextEncoder:
         entry = manifest.file(rel)
         if entry is None:
             raise InvalidManifestError(f"The manifest's tokenizer {rel!r} is not among its files.")
+        prompts = pre.get("prompts") or {}
+        default = pre.get("default_prompt_name")
+        if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in prompts.items()):
+            raise InvalidManifestError("Invalid manifest: preprocessing 'prompts' must map names to strings.")
+        if default is not None and default not in prompts:
+            raise InvalidManifestError(f"Invalid manifest: default_prompt_name {default!r} is not one of the prompts.")
+        self.prompts: dict[str, str] = dict(prompts)
+        self.default_prompt_name: str | None = default
         # Read once, beneath the version, and checked: the bytes hashed are the bytes parsed.
         self.tokenizer = Tokenizer.from_str(read_verified_file(version_dir, entry).decode("utf-8", "replace"))
+        if pre.get("lowercase"):
+            _add_lowercase(self.tokenizer)
         self.tokenizer.enable_truncation(max_length=self.max_length)
         pad_token = "[PAD]" if self.tokenizer.token_to_id("[PAD]") is not None else "<pad>"
         pad_id = self.tokenizer.token_to_id(pad_token)
         self.tokenizer.enable_padding(pad_id=pad_id if pad_id is not None else 0, pad_token=pad_token)
         self.inputs = list(manifest.inputs)
+        self._prompt_lengths: dict[str, int] = {}
 
-    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+    def resolve_prompt(self, prompt: str | None = None, prompt_name: str | None = None) -> str | None:
+        """The prompt a request gets: its own, the one it names, else the default (library order).
+
+        Raises:
+            UsageError: *prompt_name* is not one of the model's prompts, or both are given.
+        """
+        if prompt is not None and prompt_name is not None:
+            raise UsageError("Give either a prompt or a prompt_name, not both.")
+        if prompt is not None:
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise UsageError(f"Prompt name {prompt_name!r} is not one of the model's prompts "
+                                 f"({', '.join(sorted(self.prompts)) or 'it has none'}).")
+            return self.prompts[prompt_name]
+        return self.prompts.get(self.default_prompt_name) if self.default_prompt_name is not None else None
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens of *prompt* alone, less a trailing special token (sentence-transformers' count)."""
+        n = self._prompt_lengths.get(prompt)
+        if n is None:
+            enc = self.tokenizer.encode(prompt)
+            n = len(enc.ids) - (1 if enc.special_tokens_mask and enc.special_tokens_mask[-1] else 0)
+            if len(self._prompt_lengths) < 1024:
+                self._prompt_lengths[prompt] = n
+        return n
+
+    def encode(self, texts: list[str], prompt: str | None = None) -> dict[str, np.ndarray]:
+        """The model's inputs for *texts*, each with *prompt* (already resolved) in front."""
+        if prompt:
+            texts = [prompt + t for t in texts]
         encodings = self.tokenizer.encode_batch(texts)
         columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
                    "token_type_ids": [e.type_ids for e in encodings]}
@@ -98,23 +146,34 @@ class TextEncoder:
         return feeds
 
 
+def _add_lowercase(tokenizer: Any) -> None:
+    """A Lowercase normalizer in front, unless one is there (what sentence-transformers does for
+    ``do_lower_case``)."""
+    from tokenizers.normalizers import Lowercase, Sequence
+
+    current = tokenizer.normalizer
+    if isinstance(current, Lowercase) or (isinstance(current, Sequence)
+                                          and any(isinstance(n, Lowercase) for n in current)):
+        return
+    rest = list(current) if isinstance(current, Sequence) else ([current] if current is not None else [])
+    tokenizer.normalizer = Sequence([Lowercase(), *rest])
+
+
 def postprocess(spec: dict[str, Any] | None, outputs: dict[str, np.ndarray],
-                feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Extra outputs from the manifest's postprocessing (raw outputs are kept as they are)."""
+                feeds: dict[str, np.ndarray], *, prompt_length: int | None = None) -> dict[str, np.ndarray]:
+    """Extra outputs from the manifest's postprocessing (raw outputs are kept as they are).
+
+    *prompt_length*: tokens of the prompt in front of every row, left out of pooling when the
+    manifest says ``include_prompt: false``.
+    """
     if not spec or spec.get("type") in (None, "none"):
         return {}
     name = spec.get("output") or next(iter(outputs))
-    if spec.get("type") == "mean_pooling":
+    pooling = pooling_spec(spec)
+    if pooling is not None:
         if "embeddings" in outputs:  # already pooled inside the graph (MLOS Core's fused rewrite)
             return {}
-        hidden = outputs[name].astype(np.float32, copy=False)
-        mask = feeds.get("attention_mask")
-        weights = (mask[..., None].astype(np.float32) if mask is not None
-                   else np.ones((*hidden.shape[:2], 1), np.float32))
-        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        if spec.get("normalize", True):
-            pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-        return {"embeddings": pooled.astype(np.float32)}
+        return {"embeddings": pool(outputs[name], feeds.get("attention_mask"), pooling, prompt_length=prompt_length)}
     if spec.get("type") == "softmax":
         logits = outputs[name].astype(np.float32, copy=False)
         z = np.exp(logits - logits.max(axis=-1, keepdims=True))
@@ -419,18 +478,23 @@ class LocalModel:
         pre = manifest.preprocessing or {}
         self.text = TextEncoder(version_dir, manifest) if pre.get("type") == "tokenizer" else None
 
-    def run(self, *, texts: list[str] | None = None, tensors: dict[str, np.ndarray] | None = None
-            ) -> dict[str, np.ndarray]:
+    def run(self, *, texts: list[str] | None = None, tensors: dict[str, np.ndarray] | None = None,
+            prompt: str | None = None, prompt_name: str | None = None) -> dict[str, np.ndarray]:
+        """Outputs for *texts* (with the model's prompt: *prompt*, *prompt_name*, else its default)
+        or for *tensors*, postprocessed as the manifest says."""
+        prompt_length = None
         if texts is not None:
             if self.text is None:
                 raise UsageError("This model takes tensors, not text.",
                                  hint="Use --input-file with JSON or .npz tensors")
-            feeds = self.text.encode(texts)
+            resolved = self.text.resolve_prompt(prompt, prompt_name)
+            feeds = self.text.encode(texts, resolved)
+            prompt_length = self.text.prompt_length(resolved) if resolved else None
         elif tensors is not None:
             feeds = tensors
         else:
             raise UsageError("Give text or tensors to run the model on.")
         raw = self.session.run(None, feeds)
         outputs = {t.name: a for t, a in zip(self.manifest.outputs, raw, strict=False)}
-        outputs.update(postprocess(self.manifest.postprocessing, outputs, feeds))
+        outputs.update(postprocess(self.manifest.postprocessing, outputs, feeds, prompt_length=prompt_length))
         return outputs

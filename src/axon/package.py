@@ -11,6 +11,7 @@ from axon.manifest import FileEntry, Manifest, safe_relative_path
 from axon.onnx_signature import check_external_data, load_graph, signature_of
 from axon.sources.base import FetchResult
 from axon.spec import ModelSpec
+from axon.st_config import STConfig, read_st_config
 
 __all__ = ["build_manifest", "pick_entrypoint"]
 
@@ -43,25 +44,35 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _preprocessing(staging: Path, files: set[str]) -> dict[str, Any] | None:
+def _preprocessing(staging: Path, files: set[str], st: STConfig | None = None) -> dict[str, Any] | None:
     tokenizer = next((f for f in ("tokenizer.json", "onnx/tokenizer.json") if f in files), None)
     if tokenizer is None:
+        if st is not None:
+            raise InvalidModelError("The package is a sentence-transformers model (modules.json) without a "
+                                    "tokenizer.json, so its text cannot be tokenized as the library does.")
         return None
     max_length = DEFAULT_MAX_LENGTH
     cfg = _read_json(staging / PurePosixPath(tokenizer).with_name("tokenizer_config.json"))
-    if isinstance(cfg, dict) and isinstance(cfg.get("model_max_length"), int) and cfg["model_max_length"] > 0:
-        max_length = min(cfg["model_max_length"], DEFAULT_MAX_LENGTH)
-    return {"type": "tokenizer", "tokenizer": tokenizer, "max_length": max_length, "truncation": True,
-            "padding": "longest"}
+    model_max = cfg.get("model_max_length") if isinstance(cfg, dict) else None
+    if isinstance(model_max, int) and not isinstance(model_max, bool) and model_max > 0:
+        max_length = min(model_max, DEFAULT_MAX_LENGTH)
+    if st is not None:
+        # sentence-transformers: max_seq_length, else the tokenizer's length capped at the positions.
+        config = _read_json(staging / "config.json") if "config.json" in files else None
+        positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
+        limits = [v for v in (model_max, positions) if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+        max_length = st.max_seq_length or (min(limits) if limits else DEFAULT_MAX_LENGTH)
+    pre: dict[str, Any] = {"type": "tokenizer", "tokenizer": tokenizer, "max_length": max_length, "truncation": True,
+                           "padding": "longest"}
+    if st is not None:
+        pre.update({k: v for k, v in st.preprocessing().items() if k != "max_length"})
+    return pre
 
 
-def _postprocessing(staging: Path, files: set[str], output_names: list[str]) -> dict[str, Any] | None:
-    modules = _read_json(staging / "modules.json") if "modules.json" in files else None
-    if isinstance(modules, list):
-        types = " ".join(str(m.get("type", "")) for m in modules if isinstance(m, dict))
-        if "Pooling" in types:
-            return {"type": "mean_pooling", "normalize": "Normalize" in types,
-                    "output": "last_hidden_state" if "last_hidden_state" in output_names else output_names[0]}
+def _postprocessing(staging: Path, files: set[str], output_names: list[str], st: STConfig | None = None
+                    ) -> dict[str, Any] | None:
+    if st is not None:
+        return st.postprocessing("last_hidden_state" if "last_hidden_state" in output_names else output_names[0])
     config = _read_json(staging / "config.json") if "config.json" in files else None
     if isinstance(config, dict) and isinstance(config.get("id2label"), dict):
         archs = " ".join(config.get("architectures") or [])
@@ -91,6 +102,9 @@ def build_manifest(spec: ModelSpec, staging: Path, fetched: FetchResult, *, entr
     fileset = set(names)
     out_names = [t.name for t in sig.outputs]
     extra = fetched.extra
+    # A sentence-transformers repository (modules.json): read its pooling, normalisation,
+    # truncation, lower-casing and prompts, or refuse a module that is not implemented.
+    st = None if extra.get("postprocessing") else read_st_config(staging, fileset)
     return Manifest(
         namespace=spec.namespace,
         name=spec.name,
@@ -103,8 +117,8 @@ def build_manifest(spec: ModelSpec, staging: Path, fetched: FetchResult, *, entr
         files=files,
         inputs=sig.inputs,
         outputs=sig.outputs,
-        preprocessing=extra.get("preprocessing") or _preprocessing(staging, fileset),
-        postprocessing=extra.get("postprocessing") or _postprocessing(staging, fileset, out_names),
+        preprocessing=extra.get("preprocessing") or _preprocessing(staging, fileset, st),
+        postprocessing=extra.get("postprocessing") or _postprocessing(staging, fileset, out_names, st),
         requirements=extra.get("requirements") or {
             "memory_bytes": sum(fetched.digests[w].size for w in weights), "gpu": "optional"},
     )

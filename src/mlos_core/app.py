@@ -129,8 +129,10 @@ def build_pending(schema: RequestSchema, body: Any, deadline: float, *, large: b
             raise ApiError(400, "bad_input", "'input' must be a non-empty string or list of strings")
         if len(texts) > schema.max_rows:
             raise ApiError(400, "too_many_inputs", f"'input': at most {schema.max_rows} texts per request")
-        pending = Pending(rows=len(texts), key=("text",), texts=texts, deadline=deadline,
+        pending = Pending(rows=len(texts), key=prompt_key(body), texts=texts, deadline=deadline,
                           tokens=estimate_tokens(texts, schema))
+    elif "prompt" in body or "prompt_name" in body:
+        raise ApiError(400, "bad_request", "'prompt' and 'prompt_name' go with text ('input'), not tensors")
     else:
         tensors = body.get("inputs")
         if not isinstance(tensors, dict) or not tensors:
@@ -153,6 +155,23 @@ def build_pending(schema: RequestSchema, body: Any, deadline: float, *, large: b
     if wanted is not None:
         pending.outputs = frozenset(wanted)
     return pending
+
+
+MAX_PROMPT_CHARS = 4096
+
+
+def prompt_key(body: dict[str, Any]) -> tuple[str, ...]:
+    """The batching key of a text request: its prompt (``prompt``: the text itself, ``prompt_name``:
+    one of the model's prompts, checked when its batch runs), so one batch has one prompt."""
+    prompt, name = body.get("prompt"), body.get("prompt_name")
+    if prompt is not None and name is not None:
+        raise ApiError(400, "bad_prompt", "give either 'prompt' or 'prompt_name', not both")
+    for key, value in (("prompt", prompt), ("prompt_name", name)):
+        if value is not None:
+            if not isinstance(value, str) or len(value) > MAX_PROMPT_CHARS:
+                raise ApiError(400, "bad_prompt", f"{key!r} must be a string of at most {MAX_PROMPT_CHARS} characters")
+            return ("text", key, value)
+    return ("text",)
 
 
 def parse_native(raw: bytes, schema: RequestSchema, deadline: float) -> tuple[Pending, list[str] | None]:

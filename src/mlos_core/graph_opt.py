@@ -1,6 +1,7 @@
 """Graph rewrites applied when a model is loaded (the published files are never changed).
 
-* Postprocessing inside the graph: mean pooling (+ L2 normalisation) becomes ONNX nodes, so the
+* Postprocessing inside the graph: pooling (cls, mean, max, mean_sqrt_len_tokens, weightedmean,
+  lasttoken, several concatenated; + L2 normalisation) becomes ONNX nodes, so the
   session returns ``embeddings`` [batch, hidden] instead of copying ``last_hidden_state``
   [batch, seq, hidden] out of the device and pooling it in numpy.
 * fp16 for CUDA: onnxruntime's transformer optimizer (fused attention, LayerNorm, GELU where its
@@ -17,55 +18,124 @@ from typing import Any
 
 from axon.manifest import Manifest
 
-__all__ = ["FUSED_EMBEDDINGS", "fuse_mean_pooling", "to_fp16"]
+__all__ = ["FUSED_EMBEDDINGS", "fuse_mean_pooling", "fuse_pooling", "to_fp16"]
 
 log = logging.getLogger("mlos_core.graph_opt")
 FUSED_EMBEDDINGS = "embeddings"
 
 
-def fuse_mean_pooling(model: Any, manifest: Manifest) -> bool:
-    """Append masked mean pooling (and normalisation) to *model* in place; True if it applied."""
+def fuse_pooling(model: Any, manifest: Manifest) -> str | None:
+    """Append the manifest's pooling (every mode, concatenated in its order, then L2 normalisation
+    when asked) to *model* in place, as :func:`axon.pooling.pool` computes it in numpy.
+
+    Returns what was fused ("cls+max pooling"), or None where it does not apply: no pooling, no
+    ``attention_mask`` input, an opset below 13, or ``include_prompt: false`` (the prompt's tokens
+    are left out of pooling per request, which the numpy path does).
+    """
     from onnx import TensorProto, helper, numpy_helper
 
-    post = manifest.postprocessing or {}
-    if post.get("type") != "mean_pooling":
-        return False
+    from axon.pooling import pooling_spec
+
+    spec = pooling_spec(manifest.postprocessing)
+    if spec is None or not spec.include_prompt:
+        return None
     graph = model.graph
-    hidden = post.get("output") or (graph.output[0].name if graph.output else "")
+    hidden = spec.output or (graph.output[0].name if graph.output else "")
     inputs = {i.name for i in graph.input}
     outputs = {o.name: o for o in graph.output}
     if hidden not in outputs or "attention_mask" not in inputs or FUSED_EMBEDDINGS in outputs:
-        return False
+        return None
     dims = outputs[hidden].type.tensor_type.shape.dim
     width = dims[2].dim_value if len(dims) == 3 and dims[2].HasField("dim_value") else None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
-        return False
+        return None
     import numpy as np
 
     p = "mlos_pool"
-    graph.initializer.extend([
-        numpy_helper.from_array(np.asarray([2], np.int64), f"{p}.axis2"),
-        numpy_helper.from_array(np.asarray([1], np.int64), f"{p}.axis1"),
-        numpy_helper.from_array(np.asarray(1e-9, np.float32), f"{p}.eps"),
-    ])
-    nodes = [
-        helper.make_node("Cast", ["attention_mask"], [f"{p}.mask"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", [f"{p}.mask", f"{p}.axis2"], [f"{p}.mask3"]),
-        helper.make_node("Cast", [hidden], [f"{p}.hidden32"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", [f"{p}.hidden32", f"{p}.mask3"], [f"{p}.masked"]),
-        helper.make_node("ReduceSum", [f"{p}.masked", f"{p}.axis1"], [f"{p}.sum"], keepdims=0),
-        helper.make_node("ReduceSum", [f"{p}.mask", f"{p}.axis1"], [f"{p}.count"], keepdims=1),
-        helper.make_node("Max", [f"{p}.count", f"{p}.eps"], [f"{p}.count_safe"]),
-    ]
-    if post.get("normalize", True):
-        nodes += [helper.make_node("Div", [f"{p}.sum", f"{p}.count_safe"], [f"{p}.mean"]),
-                  helper.make_node("LpNormalization", [f"{p}.mean"], [FUSED_EMBEDDINGS], axis=1, p=2)]
+    nodes: list[Any] = []
+
+    def const(name: str, value: Any, dtype: Any) -> str:
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype), f"{p}.{name}"))
+        return f"{p}.{name}"
+
+    def node(op: str, ins: list[str], out: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(op, ins, [f"{p}.{out}"], name=f"{p}.{out}", **attrs))
+        return f"{p}.{out}"
+
+    def reduce(op: str, x: str, out: str, keepdims: int) -> str:  # over axis 1
+        if op == "ReduceSum" or opset >= 18:  # axes became an input (ReduceSum at 13, the others at 18)
+            return node(op, [x, axis1], out, keepdims=keepdims)
+        return node(op, [x], out, axes=[1], keepdims=keepdims)
+
+    def gather_rows(index: str, out: str) -> str:  # hidden[b, index[b], :] for index [B, 1] int64
+        idx3 = node("Unsqueeze", [index, axis2], f"{out}.idx3")  # [B, 1, 1]
+        shape = node("Concat", [one_one, node("Slice", [node("Shape", [h32], f"{out}.shape"), two, three],
+                                                     f"{out}.width")], f"{out}.target", axis=0)
+        expanded = node("Expand", [idx3, shape], f"{out}.idx")  # [B, 1, H]
+        return node("Squeeze", [node("GatherElements", [h32, expanded], f"{out}.rows", axis=1), axis1], out)
+
+    axis1, axis2 = const("axis1", [1], np.int64), const("axis2", [2], np.int64)
+    one_one, two, three = const("one_one", [1, 1], np.int64), const("two", [2], np.int64), const("three", [3], np.int64)
+    eps = const("eps", 1e-9, np.float32)
+    h32 = node("Cast", [hidden], "hidden32", to=TensorProto.FLOAT)
+    mask = node("Cast", ["attention_mask"], "mask", to=TensorProto.FLOAT)  # [B, S]
+    mask3 = node("Unsqueeze", [mask, axis2], "mask3")  # [B, S, 1]
+    mean_parts: dict[str, str] = {}
+
+    def masked_sum() -> tuple[str, str]:
+        if not mean_parts:
+            mean_parts["sum"] = reduce("ReduceSum", node("Mul", [h32, mask3], "masked"), "sum", 0)
+            mean_parts["count"] = node("Max", [reduce("ReduceSum", mask, "count_raw", 1), eps], "count")
+        return mean_parts["sum"], mean_parts["count"]
+
+    parts = []
+    for i, mode in enumerate(spec.modes):
+        if mode == "cls":  # the first attended position
+            parts.append(gather_rows(node("ArgMax", [mask], f"cls{i}.first", axis=1, keepdims=1), f"cls{i}"))
+        elif mode == "lasttoken":  # the last attended position (the last one when none is)
+            last = node("ArgMax", [mask], f"last{i}.pos", axis=1, keepdims=1, select_last_index=1)
+            parts.append(gather_rows(last, f"last{i}"))
+        elif mode == "max":
+            filled = node("Where", [node("Equal", [mask3, const("zero", 0.0, np.float32)], f"max{i}.pad"),
+                                    const("neg_inf", -np.inf, np.float32), h32], f"max{i}.filled")
+            parts.append(reduce("ReduceMax", filled, f"max{i}", 0))
+        elif mode == "mean":
+            total, count = masked_sum()
+            parts.append(node("Div", [total, count], f"mean{i}"))
+        elif mode == "mean_sqrt_len_tokens":
+            total, count = masked_sum()
+            parts.append(node("Div", [total, node("Sqrt", [count], f"sqrt{i}.len")], f"sqrt{i}"))
+        elif mode == "weightedmean":  # weights 1, 2, ... from the first attended position
+            seq = node("Gather", [node("Shape", [mask], f"wm{i}.shape"), const("one", 1, np.int64)], f"wm{i}.seq",
+                       axis=0)
+            seq_f = node("Cast", [seq], f"wm{i}.seq_f", to=TensorProto.FLOAT)
+            one_f = const("one_f", 1.0, np.float32)
+            positions = node("Range", [one_f, node("Add", [seq_f, one_f], f"wm{i}.end"), one_f], f"wm{i}.pos")
+            first = node("Cast", [node("ArgMax", [mask], f"wm{i}.first_i", axis=1, keepdims=1)], f"wm{i}.first",
+                         to=TensorProto.FLOAT)
+            weights = node("Mul", [mask, node("Sub", [positions, first], f"wm{i}.w")], f"wm{i}.weights")
+            total = reduce("ReduceSum", node("Mul", [h32, node("Unsqueeze", [weights, axis2], f"wm{i}.w3")],
+                                             f"wm{i}.weighted"), f"wm{i}.sum", 0)
+            count = node("Max", [reduce("ReduceSum", weights, f"wm{i}.count_raw", 1), eps], f"wm{i}.count")
+            parts.append(node("Div", [total, count], f"wm{i}"))
+        else:
+            return None
+    pooled = parts[0] if len(parts) == 1 else node("Concat", parts, "concat", axis=1)
+    if spec.normalize:
+        nodes.append(helper.make_node("LpNormalization", [pooled], [FUSED_EMBEDDINGS], name=f"{p}.normalize",
+                                      axis=1, p=2))
     else:
-        nodes.append(helper.make_node("Div", [f"{p}.sum", f"{p}.count_safe"], [FUSED_EMBEDDINGS]))
+        nodes.append(helper.make_node("Identity", [pooled], [FUSED_EMBEDDINGS], name=f"{p}.out"))
     graph.node.extend(nodes)
-    graph.output.append(helper.make_tensor_value_info(FUSED_EMBEDDINGS, TensorProto.FLOAT, ["batch", width]))
-    return True
+    out_width = width * len(spec.modes) if width else None
+    graph.output.append(helper.make_tensor_value_info(FUSED_EMBEDDINGS, TensorProto.FLOAT, ["batch", out_width]))
+    return "+".join(spec.modes) + " pooling"
+
+
+def fuse_mean_pooling(model: Any, manifest: Manifest) -> bool:
+    """The older name: fuse whatever pooling the manifest asks for; True if it applied."""
+    return fuse_pooling(model, manifest) is not None
 
 
 def to_fp16(model: Any) -> tuple[Any, str]:

@@ -22,8 +22,14 @@ class TextPipeline(TextEncoder):
         except AxonError as exc:
             raise model_refusal(exc, manifest.spec_text) from None
 
-    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+    def encode(self, texts: list[str], prompt: str | None = None) -> dict[str, np.ndarray]:
         try:
-            return super().encode(texts)
+            return super().encode(texts, prompt)
         except UsageError as exc:
             raise ApiError(400, "not_a_text_model", str(exc)) from None
+
+    def resolve_prompt(self, prompt: str | None = None, prompt_name: str | None = None) -> str | None:
+        try:
+            return super().resolve_prompt(prompt, prompt_name)
+        except UsageError as exc:
+            raise ApiError(400, "bad_prompt", str(exc)) from None

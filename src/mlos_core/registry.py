@@ -67,10 +67,17 @@ class LoadedModel:
 
     # Runs on the batcher's worker thread.
     def run_batch(self, items: list[Pending]) -> list[dict[str, np.ndarray]]:
+        prompt_length: int | None = None
         if items[0].texts is not None:
             if self.text is None:  # the handlers only queue text for text models
                 raise ApiError(400, "not_a_text_model", f"model {self.model_id!r} takes tensors, not text")
-            feeds = self.text.encode([t for item in items for t in (item.texts or [])])
+            # Requests batch together only with the same prompt (their keys hold it), as
+            # sentence-transformers encodes a batch with one prompt; none named: the default.
+            key = items[0].key
+            prompt = self.text.resolve_prompt(key[2] if key[1:2] == ("prompt",) else None,
+                                              key[2] if key[1:2] == ("prompt_name",) else None)
+            feeds = self.text.encode([t for item in items for t in (item.texts or [])], prompt)
+            prompt_length = self.text.prompt_length(prompt) if prompt else None
         else:
             names = list(items[0].tensors or {})
             feeds = {n: np.concatenate([item.tensors[n] for item in items], axis=0)  # type: ignore[index]
@@ -87,7 +94,7 @@ class LoadedModel:
             names = ["embeddings"]  # only the pooled rows leave the device
         raw = self.session.session.run(names, feeds)
         outputs = dict(zip(names, raw, strict=True))
-        outputs.update(postprocess(self.manifest.postprocessing, outputs, feeds))
+        outputs.update(postprocess(self.manifest.postprocessing, outputs, feeds, prompt_length=prompt_length))
         results = []
         start = 0
         for item in items:
@@ -180,7 +187,7 @@ class Registry:
             return model, []
         from axon.errors import AxonError
         from axon.inference import inline_external_data
-        from mlos_core.graph_opt import fuse_mean_pooling, to_fp16
+        from mlos_core.graph_opt import fuse_pooling, to_fp16
 
         notes = []
         if s.precision == "fp16":
@@ -193,9 +200,10 @@ class Registry:
             proto, how = to_fp16(model.proto)
             model.replace_proto(proto)
             notes.append(how)
-        if s.fuse_postprocessing and fuse_mean_pooling(model.proto, manifest):
+        fused = fuse_pooling(model.proto, manifest) if s.fuse_postprocessing else None
+        if fused:
             model.replace_proto(model.proto)
-            notes.append("mean pooling in the graph")
+            notes.append(f"{fused} in the graph")
         return model, notes
 
     def _build(self, located: Located) -> LoadedModel:

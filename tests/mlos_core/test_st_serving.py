@@ -1,0 +1,117 @@
+"""Sentence-transformers packages served by a real ``mlos-core serve``: pooling fused into the
+graph (or in numpy where a prompt is left out of pooling) gives sentence-transformers' numbers.
+One server for every model; the oracle is the library itself."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from axon.demo import sandbox_settings
+from tests.support.core_server import Core, core_server, publish_dir_as
+from tests.support.st_models import (
+    LONG,
+    MIXED,
+    MULTILINGUAL,
+    SHORT,
+    VARIANTS,
+    STModel,
+    assert_same_embeddings,
+    build_all,
+)
+
+
+@pytest.fixture(scope="module")
+def st_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, STModel]:
+    return build_all(tmp_path_factory.getbasetemp() / "st-models")
+
+
+@pytest.fixture(scope="module")
+def core(st_models: dict[str, STModel], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Core, dict]]:
+    tmp = tmp_path_factory.mktemp("st-core")
+    settings = sandbox_settings(tmp)
+    for name, m in st_models.items():
+        publish_dir_as(settings, f"st/{name}@1", m.path)
+    with core_server(settings.publish_dir, tmp, "--max-batch-size", "32") as c:
+        registered = {}
+        for name in st_models:
+            status, body, _ = c.call("POST", "/models/register", {"model_id": f"st/{name}@1"})
+            assert status == 201, body
+            registered[name] = body
+        yield c, registered
+
+
+def embed(c: Core, name: str, texts: list[str], **fields: Any) -> np.ndarray:
+    status, body, _ = c.call("POST", f"/models/st/{name}@1/inference",
+                             {"input": texts, "outputs": ["embeddings"], **fields})
+    assert status == 200, body
+    return np.asarray(body["outputs"]["embeddings"]["data"], np.float32)
+
+
+def test_pooling_is_fused_into_the_graph(core: tuple[Core, dict]) -> None:
+    _, registered = core
+    notes = {name: body["runtime_notes"] or "" for name, body in registered.items()}
+    assert "cls pooling in the graph" in notes["cls"]
+    assert "max pooling in the graph" in notes["max-norm"]
+    assert "mean pooling in the graph" in notes["mean"]
+    assert "mean+cls+max pooling in the graph" in notes["concat"]
+    assert "cls+mean pooling in the graph" in notes["legacy"]
+    assert "weightedmean pooling" in notes["weighted"] and "lasttoken pooling" in notes["last-norm"]
+    assert "pooling" not in notes["prompts-excluded"]  # per-request prompt exclusion: numpy pooling
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_served_embeddings_match_the_library(name: str, core: tuple[Core, dict],
+                                             st_models: dict[str, STModel]) -> None:
+    c, _ = core
+    oracle = st_models[name]
+    for texts in (MIXED, SHORT, [MULTILINGUAL], [LONG]):
+        assert_same_embeddings(embed(c, name, texts), oracle.encode(texts))
+
+
+@pytest.mark.parametrize("name", ["prompts", "prompts-excluded"])
+def test_served_prompts_match_the_library(name: str, core: tuple[Core, dict], st_models: dict[str, STModel]) -> None:
+    c, _ = core
+    oracle = st_models[name]
+    for fields in ({}, {"prompt_name": "query"}, {"prompt_name": "passage"}, {"prompt": "Represent this: "},
+                   {"prompt": ""}):
+        assert_same_embeddings(embed(c, name, MIXED, **fields), oracle.encode(MIXED, **fields))
+
+
+def test_concurrent_requests_with_different_prompts(core: tuple[Core, dict], st_models: dict[str, STModel]) -> None:
+    c, _ = core
+    oracle = st_models["prompts-excluded"]
+    cases = [({"prompt_name": "query"}, [t]) for t in MIXED] + [({"prompt_name": "passage"}, [t]) for t in MIXED] \
+        + [({}, [t]) for t in MIXED]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda case: embed(c, "prompts-excluded", case[1], **case[0]), cases * 2))
+    for (fields, texts), emb in zip(cases * 2, got, strict=True):
+        assert_same_embeddings(emb, oracle.encode(texts, **fields))
+
+
+def test_bad_prompts_are_400(core: tuple[Core, dict]) -> None:
+    c, _ = core
+    url = "/models/st/prompts@1/inference"
+    status, body, _ = c.call("POST", url, {"input": SHORT, "prompt_name": "nope"})
+    assert status == 400 and body["code"] == "bad_prompt" and "not one of the model's prompts" in body["message"]
+    status, body, _ = c.call("POST", url, {"input": SHORT, "prompt_name": "query", "prompt": "x"})
+    assert status == 400 and body["code"] == "bad_prompt"
+    status, body, _ = c.call("POST", url, {"input": SHORT, "prompt": 3})
+    assert status == 400 and body["code"] == "bad_prompt"
+    status, _, _ = c.call("POST", url, {"input": SHORT})  # the model still answers
+    assert status == 200
+
+
+def test_dense_is_refused_at_install(st_models: dict[str, STModel], tmp_path: Path) -> None:
+    from axon.errors import InvalidModelError
+    from axon.install import install
+    from axon.spec import parse_spec
+
+    settings = sandbox_settings(tmp_path)
+    with pytest.raises(InvalidModelError, match="Dense module"):
+        install(parse_spec("st/dense@1"), settings, from_=str(next(iter(st_models.values())).path.parent / "dense"))

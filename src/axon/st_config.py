@@ -136,7 +136,10 @@ def read_st_config(staging: Path, files: set[str]) -> STConfig | None:
         raise InvalidModelError(f"The package's modules.json may end with one Normalize module only (has {types}).")
 
     tr_path = str(entries[0].get("path") or "")
-    sbert = _json(staging, files, _module_file(tr_path, "sentence_bert_config.json"), required=False) or {}
+    # At the root it may be absent (the library's defaults); in a module directory (older
+    # repositories' 0_Transformer/) it holds what the library reads, so it must be there.
+    sbert = _json(staging, files, _module_file(tr_path, "sentence_bert_config.json"),
+                  required=tr_path not in ("", ".", "./")) or {}
     if not isinstance(sbert, dict):
         raise InvalidModelError("The package's sentence_bert_config.json is not a JSON object.")
     max_seq = sbert.get("max_seq_length")

@@ -131,3 +131,17 @@ def test_unimplemented_modules_are_refused_at_install(st_models: dict[str, STMod
     shutil.copy(st_models["mean"].path / "modules.json", other / "modules.json")
     (other / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "median"}))
     _refused(settings, other, "median")
+
+
+def test_hub_install_of_a_sentence_transformers_repo(hub: object, st_models: dict[str, STModel]) -> None:
+    import os
+
+    from tests.support.hub_server import FakeHub
+
+    fake: FakeHub = hub[0]  # type: ignore[index]
+    src = st_models["cls-norm"].path
+    fake.add_commit("org/st-cls", {str(f.relative_to(src)): f.read_bytes() for f in src.rglob("*") if f.is_file()})
+    r = install(parse_spec("hf/org/st-cls"), Settings.from_env(dict(os.environ)))
+    assert r.manifest.postprocessing and r.manifest.postprocessing["modes"] == ["cls"]
+    model = LocalModel(r.path, r.manifest, device="cpu")
+    assert_same_embeddings(model.run(texts=MIXED)["embeddings"], st_models["cls-norm"].encode(MIXED))

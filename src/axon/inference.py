@@ -39,7 +39,7 @@ from axon.onnx_signature import (
     parse_model,
     resolve_location,
 )
-from axon.pooling import pool, pooling_spec
+from axon.pooling import DenseLayer, load_dense, pool, pooling_spec
 
 __all__ = [
     "LocalModel",
@@ -49,6 +49,7 @@ __all__ = [
     "build_image",
     "create_ort_session",
     "inline_external_data",
+    "load_dense_layers",
     "ort_failure",
     "postprocess",
     "read_verified_file",
@@ -159,12 +160,36 @@ def _add_lowercase(tokenizer: Any) -> None:
     tokenizer.normalizer = Sequence([Lowercase(), *rest])
 
 
+def load_dense_layers(version_dir: Path, manifest: Manifest) -> tuple[DenseLayer, ...]:
+    """The verified weights of the Dense layers the manifest's pooling lists (none: empty).
+
+    Raises:
+        InvalidManifestError (a weights file not listed, or a sha256 that is not the listed one),
+        IntegrityError (the file changed), InvalidModelError (not the shapes the layer says).
+    """
+    spec = pooling_spec(manifest.postprocessing)
+    recorded = {d.get("weights"): d.get("sha256") for d in (manifest.postprocessing or {}).get("dense") or []
+                if isinstance(d, dict)}
+
+    def read(path: str) -> bytes:
+        entry = manifest.file(path)
+        if entry is None:
+            raise InvalidManifestError(f"The manifest's Dense weights {path!r} are not among its files.")
+        if recorded.get(path) not in (None, entry.sha256):
+            raise InvalidManifestError(f"The manifest's Dense weights {path!r} name another sha256 than its file list.")
+        return read_verified_file(version_dir, entry)
+
+    return load_dense(spec, read)
+
+
 def postprocess(spec: dict[str, Any] | None, outputs: dict[str, np.ndarray],
-                feeds: dict[str, np.ndarray], *, prompt_length: int | None = None) -> dict[str, np.ndarray]:
+                feeds: dict[str, np.ndarray], *, prompt_length: int | None = None,
+                dense: tuple[DenseLayer, ...] = ()) -> dict[str, np.ndarray]:
     """Extra outputs from the manifest's postprocessing (raw outputs are kept as they are).
 
     *prompt_length*: tokens of the prompt in front of every row, left out of pooling when the
-    manifest says ``include_prompt: false``.
+    manifest says ``include_prompt: false``. *dense*: the verified layers of the pooling's
+    ``dense`` list (:func:`load_dense_layers`).
     """
     if not spec or spec.get("type") in (None, "none"):
         return {}
@@ -173,7 +198,8 @@ def postprocess(spec: dict[str, Any] | None, outputs: dict[str, np.ndarray],
     if pooling is not None:
         if "embeddings" in outputs:  # already pooled inside the graph (MLOS Core's fused rewrite)
             return {}
-        return {"embeddings": pool(outputs[name], feeds.get("attention_mask"), pooling, prompt_length=prompt_length)}
+        return {"embeddings": pool(outputs[name], feeds.get("attention_mask"), pooling, prompt_length=prompt_length,
+                                   dense=dense)}
     if spec.get("type") == "softmax":
         logits = outputs[name].astype(np.float32, copy=False)
         z = np.exp(logits - logits.max(axis=-1, keepdims=True))
@@ -477,6 +503,7 @@ class LocalModel:
                             hint="Check the driver and CUDA libraries with: axon doctor")
         pre = manifest.preprocessing or {}
         self.text = TextEncoder(version_dir, manifest) if pre.get("type") == "tokenizer" else None
+        self.dense = load_dense_layers(version_dir, manifest)
 
     def run(self, *, texts: list[str] | None = None, tensors: dict[str, np.ndarray] | None = None,
             prompt: str | None = None, prompt_name: str | None = None) -> dict[str, np.ndarray]:
@@ -496,5 +523,6 @@ class LocalModel:
             raise UsageError("Give text or tensors to run the model on.")
         raw = self.session.run(None, feeds)
         outputs = {t.name: a for t, a in zip(self.manifest.outputs, raw, strict=False)}
-        outputs.update(postprocess(self.manifest.postprocessing, outputs, feeds, prompt_length=prompt_length))
+        outputs.update(postprocess(self.manifest.postprocessing, outputs, feeds, prompt_length=prompt_length,
+                                   dense=self.dense))
         return outputs

@@ -85,6 +85,13 @@ def _postprocessing(staging: Path, files: set[str], output_names: list[str], st:
     return None
 
 
+def _with_hashes(post: dict[str, Any] | None, fetched: FetchResult) -> dict[str, Any] | None:
+    """Each Dense layer's weights file with its sha256 (it is one of the package's hashed files)."""
+    for layer in (post or {}).get("dense") or []:
+        layer["sha256"] = fetched.digests[layer["weights"]].sha256
+    return post
+
+
 def build_manifest(spec: ModelSpec, staging: Path, fetched: FetchResult, *, entrypoint: str | None = None,
                    description: str | None = None) -> Manifest:
     """Read the ONNX signature and assemble the manifest for a fully staged package."""
@@ -118,7 +125,8 @@ def build_manifest(spec: ModelSpec, staging: Path, fetched: FetchResult, *, entr
         inputs=sig.inputs,
         outputs=sig.outputs,
         preprocessing=extra.get("preprocessing") or _preprocessing(staging, fileset, st),
-        postprocessing=extra.get("postprocessing") or _postprocessing(staging, fileset, out_names, st),
+        postprocessing=extra.get("postprocessing") or _with_hashes(
+            _postprocessing(staging, fileset, out_names, st), fetched),
         requirements=extra.get("requirements") or {
             "memory_bytes": sum(fetched.digests[w].size for w in weights), "gpu": "optional"},
     )

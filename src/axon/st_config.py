@@ -2,9 +2,12 @@
 
 What ``SentenceTransformer(path).encode`` does is spelled out by these files, and each is read:
 
-* ``modules.json``: the module chain. ``Transformer`` (the ONNX graph), then ``Pooling``, then an
-  optional ``Normalize``. Any other module (``Dense``, ``LayerNorm``, ``WordWeights``, ``Router``,
-  ...) is refused at install: serving the chain without it would give wrong numbers with a 200.
+* ``modules.json``: the module chain. ``Transformer`` (the ONNX graph), then ``Pooling``, then any
+  ``Dense`` layers, then an optional ``Normalize``. Any other module (``LayerNorm``,
+  ``WordWeights``, ``Router``, ...) is refused at install: serving the chain without it would give
+  wrong numbers with a 200.
+* ``<Dense path>/config.json`` + ``model.safetensors``: sizes, bias, activation (Tanh, Identity,
+  ReLU, Sigmoid, GELU; others refused), the weights checked against them at install.
 * ``<pooling path>/config.json``: the pooling mode(s) (``pooling_mode``, or the older
   ``pooling_mode_*`` flags, in the library's order) and ``include_prompt``.
 * ``<transformer path>/sentence_bert_config.json``: ``max_seq_length`` (truncation) and
@@ -24,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from axon.errors import InvalidModelError
-from axon.pooling import POOLING_MODES
+from axon.pooling import ACTIVATIONS, POOLING_MODES, DenseSpec, dense_layer
 
 __all__ = ["STConfig", "read_st_config"]
 
@@ -32,9 +35,8 @@ __all__ = ["STConfig", "read_st_config"]
 _LEGACY_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
                  "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
                  "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
-_SUPPORTED = ("Transformer", "Pooling", "Normalize")
-_HINTS = {"Dense": "a Dense layer's weights are not part of the ONNX graph; export the whole pipeline "
-          "(transformer + pooling + Dense) into one ONNX graph and install it without modules.json"}
+_SUPPORTED = ("Transformer", "Pooling", "Dense", "Normalize")
+_HINTS: dict[str, str] = {}
 
 
 @dataclass
@@ -48,6 +50,7 @@ class STConfig:
     do_lower_case: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    dense: list[DenseSpec] = field(default_factory=list)
 
     def preprocessing(self) -> dict[str, Any]:
         """Keys added to the tokenizer preprocessing (max_length only when the config sets it)."""
@@ -63,8 +66,12 @@ class STConfig:
         return pre
 
     def postprocessing(self, output: str) -> dict[str, Any]:
-        return {"type": "pooling", "modes": list(self.modes), "include_prompt": self.include_prompt,
-                "normalize": self.normalize, "output": output, "source": "sentence-transformers"}
+        post: dict[str, Any] = {"type": "pooling", "modes": list(self.modes), "include_prompt": self.include_prompt}
+        if self.dense:
+            post["dense"] = [{"weights": d.weights, "in_features": d.in_features, "out_features": d.out_features,
+                              "bias": d.bias, "activation": d.activation} for d in self.dense]
+        post.update({"normalize": self.normalize, "output": output, "source": "sentence-transformers"})
+        return post
 
 
 def _json(staging: Path, files: set[str], rel: str, *, required: bool) -> Any:
@@ -122,7 +129,7 @@ def read_st_config(staging: Path, files: set[str]) -> STConfig | None:
     types = [_short_type(m) for m in entries]
     for t, entry in zip(types, entries, strict=True):
         if t not in _SUPPORTED:
-            hint = _HINTS.get(t, "only Transformer, Pooling and Normalize are implemented")
+            hint = _HINTS.get(t, "only Transformer, Pooling, Dense and Normalize are implemented")
             where = entry.get("path") or entry["type"]
             raise InvalidModelError(f"The package's modules.json has a {t} module ({where}), which axon and MLOS "
                                     "Core do not implement; serving the model without it would give wrong "
@@ -132,8 +139,10 @@ def read_st_config(staging: Path, files: set[str]) -> STConfig | None:
     if types[1:2] != ["Pooling"] or types.count("Pooling") != 1:
         raise InvalidModelError(f"The package's modules.json must have one Pooling module right after the "
                                 f"Transformer (has {types}).")
-    if types[2:] not in ([], ["Normalize"]):
-        raise InvalidModelError(f"The package's modules.json may end with one Normalize module only (has {types}).")
+    n_dense = next((i for i, t in enumerate(types[2:]) if t != "Dense"), len(types) - 2)
+    if types[2 + n_dense:] not in ([], ["Normalize"]):
+        raise InvalidModelError(f"The package's modules.json may have only Dense modules, then one Normalize, after "
+                                f"its Pooling (has {types}).")
 
     tr_path = str(entries[0].get("path") or "")
     # At the root it may be absent (the library's defaults); in a module directory (older
@@ -157,9 +166,21 @@ def read_st_config(staging: Path, files: set[str]) -> STConfig | None:
     if not isinstance(include_prompt, bool):
         raise InvalidModelError(f"{pool_rel}: include_prompt {include_prompt!r} is not true or false.")
 
-    normalize = len(types) == 3
+    modes = _modes(pool_cfg, pool_rel)
+    dim = pool_cfg.get("embedding_dimension", pool_cfg.get("word_embedding_dimension"))
+    width = dim * len(modes) if isinstance(dim, int) and not isinstance(dim, bool) else None
+    dense = []
+    for entry in entries[2:2 + n_dense]:
+        spec = _dense(staging, files, str(entry.get("path") or ""))
+        if width is not None and spec.in_features != width:
+            raise InvalidModelError(f"{spec.weights}: the Dense layer takes {spec.in_features} features, but what "
+                                    f"comes before it gives {width}.")
+        width = spec.out_features
+        dense.append(spec)
+
+    normalize = types[-1] == "Normalize"
     if normalize:
-        norm_rel = _module_file(str(entries[2].get("path") or ""), "config.json")
+        norm_rel = _module_file(str(entries[-1].get("path") or ""), "config.json")
         norm_cfg = _json(staging, files, norm_rel, required=False) or {}
         if not isinstance(norm_cfg, dict) or norm_cfg.get("module_input_name", "sentence_embedding") != \
                 "sentence_embedding" or norm_cfg.get("module_output_name") not in (None, "sentence_embedding"):
@@ -175,6 +196,37 @@ def read_st_config(staging: Path, files: set[str]) -> STConfig | None:
     if default is not None and (not isinstance(default, str) or default not in prompts):
         raise InvalidModelError(f"config_sentence_transformers.json: default_prompt_name {default!r} is not one of "
                                 f"its prompts ({sorted(prompts)}).")
-    return STConfig(modes=_modes(pool_cfg, pool_rel), include_prompt=include_prompt, normalize=normalize,
+    return STConfig(modes=modes, include_prompt=include_prompt, normalize=normalize,
                     max_seq_length=max_seq, do_lower_case=bool(sbert.get("do_lower_case", False)),
-                    prompts=dict(prompts), default_prompt_name=default)
+                    prompts=dict(prompts), default_prompt_name=default, dense=dense)
+
+
+def _dense(staging: Path, files: set[str], path: str) -> DenseSpec:
+    """A Dense module's config and weights, checked (the weights are read and their shapes compared)."""
+    cfg_rel = _module_file(path, "config.json")
+    cfg = _json(staging, files, cfg_rel, required=True)
+    if not isinstance(cfg, dict):
+        raise InvalidModelError(f"The package's {cfg_rel!r} is not a JSON object.")
+    sizes = [cfg.get("in_features"), cfg.get("out_features")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        raise InvalidModelError(f"{cfg_rel}: in_features and out_features must be positive integers.")
+    if cfg.get("use_residual"):
+        raise InvalidModelError(f"{cfg_rel}: a Dense layer with use_residual is not implemented.")
+    for key in ("module_input_name", "module_output_name"):
+        if cfg.get(key, "sentence_embedding") not in ("sentence_embedding", None):
+            raise InvalidModelError(f"{cfg_rel}: only a Dense layer on the sentence embedding is implemented "
+                                    f"({key} is {cfg[key]!r}).")
+    act_name = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
+    activation = ACTIVATIONS.get(act_name) if isinstance(act_name, str) else None
+    if activation is None:
+        raise InvalidModelError(f"{cfg_rel}: activation {act_name!r} is not implemented (implemented: "
+                                f"{', '.join(k.rsplit('.', 1)[-1] for k in ACTIVATIONS)}).")
+    weights = _module_file(path, "model.safetensors")
+    if weights not in files:
+        old = _module_file(path, "pytorch_model.bin")
+        raise InvalidModelError(f"The Dense module {path!r} has no model.safetensors"
+                                + (" (only pytorch_model.bin, a pickle axon does not load)" if old in files else "")
+                                + ".", hint="Save the model again with safe_serialization=True (the default).")
+    spec = DenseSpec(weights, sizes[0], sizes[1], bool(cfg.get("bias", True)), activation)
+    dense_layer(spec, (staging / weights).read_bytes())  # the shapes must be what the config says
+    return spec

@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 from axon.manifest import Manifest
+from axon.pooling import DenseLayer
 
 __all__ = ["FUSED_EMBEDDINGS", "fuse_mean_pooling", "fuse_pooling", "to_fp16"]
 
@@ -24,9 +25,10 @@ log = logging.getLogger("mlos_core.graph_opt")
 FUSED_EMBEDDINGS = "embeddings"
 
 
-def fuse_pooling(model: Any, manifest: Manifest) -> str | None:
-    """Append the manifest's pooling (every mode, concatenated in its order, then L2 normalisation
-    when asked) to *model* in place, as :func:`axon.pooling.pool` computes it in numpy.
+def fuse_pooling(model: Any, manifest: Manifest, dense: tuple[DenseLayer, ...] = ()) -> str | None:
+    """Append the manifest's pooling (every mode, concatenated in its order, then its Dense layers
+    — *dense*, their verified weights, become initializers — then L2 normalisation when asked) to
+    *model* in place, as :func:`axon.pooling.pool` computes it in numpy.
 
     Returns what was fused ("cls+max pooling"), or None where it does not apply: no pooling, no
     ``attention_mask`` input, an opset below 13, or ``include_prompt: false`` (the prompt's tokens
@@ -37,7 +39,7 @@ def fuse_pooling(model: Any, manifest: Manifest) -> str | None:
     from axon.pooling import pooling_spec
 
     spec = pooling_spec(manifest.postprocessing)
-    if spec is None or not spec.include_prompt:
+    if spec is None or not spec.include_prompt or len(dense) != len(spec.dense):
         return None
     graph = model.graph
     hidden = spec.output or (graph.output[0].name if graph.output else "")
@@ -122,15 +124,32 @@ def fuse_pooling(model: Any, manifest: Manifest) -> str | None:
         else:
             return None
     pooled = parts[0] if len(parts) == 1 else node("Concat", parts, "concat", axis=1)
+    for j, layer in enumerate(dense):
+        pooled = node("MatMul", [pooled, const(f"dense{j}.weight_t", np.ascontiguousarray(layer.weight.T), np.float32)],
+                      f"dense{j}.mm")
+        if layer.bias is not None:
+            pooled = node("Add", [pooled, const(f"dense{j}.bias", layer.bias, np.float32)], f"dense{j}.linear")
+        if layer.activation == "tanh":
+            pooled = node("Tanh", [pooled], f"dense{j}.act")
+        elif layer.activation == "relu":
+            pooled = node("Relu", [pooled], f"dense{j}.act")
+        elif layer.activation == "sigmoid":
+            pooled = node("Sigmoid", [pooled], f"dense{j}.act")
+        elif layer.activation == "gelu":  # exact (erf) GELU, torch.nn.GELU's default
+            half = node("Mul", [pooled, const(f"dense{j}.half", 0.5, np.float32)], f"dense{j}.half_x")
+            erf = node("Erf", [node("Div", [pooled, const(f"dense{j}.sqrt2", np.sqrt(2.0), np.float32)],
+                                    f"dense{j}.scaled")], f"dense{j}.erf")
+            pooled = node("Mul", [half, node("Add", [erf, const(f"dense{j}.one", 1.0, np.float32)], f"dense{j}.1p")],
+                          f"dense{j}.act")
     if spec.normalize:
         nodes.append(helper.make_node("LpNormalization", [pooled], [FUSED_EMBEDDINGS], name=f"{p}.normalize",
                                       axis=1, p=2))
     else:
         nodes.append(helper.make_node("Identity", [pooled], [FUSED_EMBEDDINGS], name=f"{p}.out"))
     graph.node.extend(nodes)
-    out_width = width * len(spec.modes) if width else None
+    out_width = dense[-1].weight.shape[0] if dense else (width * len(spec.modes) if width else None)
     graph.output.append(helper.make_tensor_value_info(FUSED_EMBEDDINGS, TensorProto.FLOAT, ["batch", out_width]))
-    return "+".join(spec.modes) + " pooling"
+    return "+".join(spec.modes) + " pooling" + (f" + {len(dense)} dense" if dense else "")
 
 
 def fuse_mean_pooling(model: Any, manifest: Manifest) -> bool:

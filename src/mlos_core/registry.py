@@ -13,11 +13,14 @@ from typing import Any
 import numpy as np
 
 from axon.atomic import atomic_write_text
+from axon.errors import AxonError
+from axon.inference import load_dense_layers
 from axon.manifest import Manifest
+from axon.pooling import DenseLayer
 from mlos_core.batching import Batcher, Pending
 from mlos_core.errors import ApiError
 from mlos_core.preprocessing import TextPipeline, postprocess
-from mlos_core.repository import Located, VerifiedModel, locate, read_verified_model, verify_files
+from mlos_core.repository import Located, VerifiedModel, locate, model_refusal, read_verified_model, verify_files
 from mlos_core.runtime import SessionInfo, create_session, warm_up
 from mlos_core.settings import ServerSettings
 from mlos_core.telemetry import Metrics
@@ -37,6 +40,7 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     output_names: list[str] = field(default_factory=list)
+    dense: tuple[DenseLayer, ...] = ()  # verified Dense weights (numpy pooling; fused graphs carry their own)
 
     def __post_init__(self) -> None:
         self.output_names = [o.name for o in self.session.session.get_outputs()]
@@ -94,7 +98,8 @@ class LoadedModel:
             names = ["embeddings"]  # only the pooled rows leave the device
         raw = self.session.session.run(names, feeds)
         outputs = dict(zip(names, raw, strict=True))
-        outputs.update(postprocess(self.manifest.postprocessing, outputs, feeds, prompt_length=prompt_length))
+        outputs.update(postprocess(self.manifest.postprocessing, outputs, feeds, prompt_length=prompt_length,
+                                   dense=self.dense))
         results = []
         start = 0
         for item in items:
@@ -176,7 +181,8 @@ class Registry:
     def _lock(self, model_id: str) -> asyncio.Lock:
         return self._locks.setdefault(model_id, asyncio.Lock())
 
-    def _rewrite(self, model: VerifiedModel, manifest: Manifest) -> tuple[VerifiedModel, list[str]]:
+    def _rewrite(self, model: VerifiedModel, manifest: Manifest, dense: tuple[DenseLayer, ...] = ()
+                 ) -> tuple[VerifiedModel, list[str]]:
         """fp16 and in-graph pooling, on the verified graph in memory (never on the published files).
 
         Pooling only appends nodes, so external weights stay where they are (served from memory);
@@ -185,7 +191,6 @@ class Registry:
         s = self.settings
         if not (s.fuse_postprocessing or s.precision == "fp16"):
             return model, []
-        from axon.errors import AxonError
         from axon.inference import inline_external_data
         from mlos_core.graph_opt import fuse_pooling, to_fp16
 
@@ -200,7 +205,7 @@ class Registry:
             proto, how = to_fp16(model.proto)
             model.replace_proto(proto)
             notes.append(how)
-        fused = fuse_pooling(model.proto, manifest) if s.fuse_postprocessing else None
+        fused = fuse_pooling(model.proto, manifest, dense) if s.fuse_postprocessing else None
         if fused:
             model.replace_proto(model.proto)
             notes.append(f"{fused} in the graph")
@@ -215,7 +220,11 @@ class Registry:
         root = self.settings.repository
         verified = read_verified_model(located)
         verify_files(root, located, already_verified=verified.paths)
-        verified, self_notes = self._rewrite(verified, located.manifest)
+        try:
+            dense = load_dense_layers(located.version_dir, located.manifest)
+        except AxonError as exc:
+            raise model_refusal(exc, located.manifest.spec_text) from None
+        verified, self_notes = self._rewrite(verified, located.manifest, dense)
         info = create_session(verified, self.settings.device, intra_op_threads=self.settings.intra_op_threads,
                               intra_op_spinning=self.settings.intra_op_spinning)
         del verified  # onnxruntime copied what it needs: one copy of the weights, not two
@@ -233,7 +242,7 @@ class Registry:
                 self.metrics.request(model_id, "timeout", "deadline_exceeded")
 
         s = self.settings
-        loaded = LoadedModel(located, info, text, None)  # type: ignore[arg-type]
+        loaded = LoadedModel(located, info, text, None, dense=dense)  # type: ignore[arg-type]
         loaded.batcher = Batcher(model_id, loaded.run_batch, max_batch_size=s.max_batch_size,
                                  max_queue_delay_s=s.max_queue_delay_ms / 1000, max_queue_size=s.max_queue_size,
                                  instances=s.instances, observe=observe, max_batch_tokens=s.max_batch_tokens)

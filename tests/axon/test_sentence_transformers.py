@@ -60,6 +60,25 @@ def test_manifest_reads_the_sentence_transformers_files(installed: tuple[Setting
     pre = models["prompts"].manifest.preprocessing or {}
     assert pre["prompts"]["query"] == "query: " and pre["default_prompt_name"] == "query"
     assert models["prompts-excluded"].manifest.postprocessing["include_prompt"] is False  # type: ignore[index]
+    dense = models["dense2"].manifest.postprocessing["dense"]  # type: ignore[index]
+    files = {f.path: f.sha256 for f in models["dense2"].manifest.files}
+    assert [(d["weights"], d["in_features"], d["out_features"], d["bias"], d["activation"]) for d in dense] == [
+        ("2_Dense/model.safetensors", 64, 16, True, "gelu"), ("3_Dense/model.safetensors", 16, 8, False, "identity")]
+    assert all(d["sha256"] == files[d["weights"]] for d in dense)
+
+
+def test_changed_dense_weights_are_refused(installed: tuple[Settings, dict[str, LocalModel]], tmp_path: Path) -> None:
+    from axon.errors import IntegrityError
+
+    model = installed[1]["dense"]
+    copy = tmp_path / "v"
+    shutil.copytree(model.version_dir, copy)
+    weights = copy / "2_Dense" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"2_Dense/model\.safetensors"):
+        LocalModel(copy, model.manifest, device="cpu")
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
@@ -116,10 +135,10 @@ def _refused(settings: Settings, src: Path, match: str) -> None:
 
 def test_unimplemented_modules_are_refused_at_install(st_models: dict[str, STModel], settings: Settings,
                                                       tmp_path: Path, axon_cli: object) -> None:
-    dense = next(iter(st_models.values())).path.parent / "dense"
-    _refused(settings, dense, r"Dense module \(2_Dense\)")
-    r = axon_cli("install", "st/refused@1", "--from", str(dense))  # type: ignore[operator]
-    assert r.code == 2 and "Dense" in r.stderr, r.stderr
+    softsign = next(iter(st_models.values())).path.parent / "dense-softsign"
+    _refused(settings, softsign, "activation 'torch.nn.modules.activation.Softsign' is not implemented")
+    r = axon_cli("install", "st/refused@1", "--from", str(softsign))  # type: ignore[operator]
+    assert r.code == 2 and "Softsign" in r.stderr, r.stderr
     # Any other module type too, and one of the library's pooling modes we do not know.
     other = tmp_path / "other"
     shutil.copytree(st_models["mean"].path, other)

@@ -62,6 +62,8 @@ def test_pooling_is_fused_into_the_graph(core: tuple[Core, dict]) -> None:
     assert "mean+cls+max pooling in the graph" in notes["concat"]
     assert "cls+mean pooling in the graph" in notes["legacy"]
     assert "weightedmean pooling" in notes["weighted"] and "lasttoken pooling" in notes["last-norm"]
+    assert "mean pooling + 1 dense in the graph" in notes["dense"]
+    assert "cls+max pooling + 2 dense in the graph" in notes["dense2"]
     assert "pooling" not in notes["prompts-excluded"]  # per-request prompt exclusion: numpy pooling
 
 
@@ -107,11 +109,12 @@ def test_bad_prompts_are_400(core: tuple[Core, dict]) -> None:
     assert status == 200
 
 
-def test_dense_is_refused_at_install(st_models: dict[str, STModel], tmp_path: Path) -> None:
+def test_unimplemented_dense_activation_is_refused_at_install(st_models: dict[str, STModel], tmp_path: Path) -> None:
     from axon.errors import InvalidModelError
     from axon.install import install
     from axon.spec import parse_spec
 
     settings = sandbox_settings(tmp_path)
-    with pytest.raises(InvalidModelError, match="Dense module"):
-        install(parse_spec("st/dense@1"), settings, from_=str(next(iter(st_models.values())).path.parent / "dense"))
+    src = next(iter(st_models.values())).path.parent / "dense-softsign"
+    with pytest.raises(InvalidModelError, match="Softsign"):
+        install(parse_spec("st/dense@1"), settings, from_=str(src))

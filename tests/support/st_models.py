@@ -4,7 +4,7 @@ One BERT (2 layers, hidden 32, 4 heads, intermediate 37, fixed seed) with a Word
 written here is saved once with ``save_pretrained`` (a ``BertTokenizerFast`` with it, so
 ``tokenizer.json`` exists) and exported once to ONNX (``torch.onnx.export``, TorchScript
 exporter, opset 17, dynamic batch and sequence axes). Each variant is a
-``SentenceTransformer(modules=[Transformer, Pooling(...), (Normalize), (Dense)])`` saved with
+``SentenceTransformer(modules=[Transformer, Pooling(...), (Dense...), (Normalize)])`` saved with
 ``save(dir)``, plus that ``model.onnx`` (or ``onnx/model.onnx``, as Hub repositories have it).
 The oracle is ``SentenceTransformer(dir)`` loaded back from the saved directory, so what the
 library reads from those files is what the expected numbers come from.
@@ -114,7 +114,7 @@ class Variant:
     do_lower_case: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
-    dense: bool = False
+    dense: tuple[str, ...] = ()  # one Dense layer per activation (torch.nn class names), 16 then 8 features
     legacy_pooling_config: bool = False  # pooling_mode_*_token flags instead of pooling_mode
     onnx_subdir: bool = False
 
@@ -150,9 +150,13 @@ def build_variant(base: Path, out: Path, v: Variant) -> STModel:
         modules: list[Any] = [Transformer(str(base / "hf")),
                               Pooling(HIDDEN, pooling_mode=v.modes if len(v.modes) > 1 else v.modes[0],
                                       include_prompt=v.include_prompt)]
-        if v.dense:
-            torch.manual_seed(1)
-            modules.append(Dense(HIDDEN * len(v.modes), 16, activation_function=torch.nn.Tanh()))
+        width = HIDDEN * len(v.modes)
+        for i, activation in enumerate(v.dense):
+            torch.manual_seed(1 + i)
+            features = (16, 8)[i % 2]
+            modules.append(Dense(width, features, bias=i % 2 == 0,
+                                 activation_function=getattr(torch.nn, activation)()))
+            width = features
         if v.normalize:
             modules.append(Normalize())
         st = SentenceTransformer(modules=modules, device="cpu", prompts=v.prompts or None,
@@ -223,6 +227,9 @@ VARIANTS: dict[str, Variant] = {
     "concat": Variant(("mean", "cls", "max"), normalize=True),
     "legacy": Variant(("mean", "cls"), legacy_pooling_config=True),  # flags: cls, then mean
     "prompts": Variant(("mean",), normalize=True, prompts=PROMPTS, default_prompt_name="query"),
+    "dense": Variant(("mean",), dense=("Tanh",), normalize=True),
+    "dense2": Variant(("cls", "max"), dense=("GELU", "Identity")),
+    "dense-relu": Variant(("lasttoken",), dense=("ReLU", "Sigmoid"), normalize=True, max_seq_length=12),
     "prompts-excluded": Variant(("cls", "mean", "lasttoken"), include_prompt=False, prompts=PROMPTS,
                                 max_seq_length=16),
 }
@@ -240,6 +247,6 @@ def build_all(root: Path) -> dict[str, STModel]:
             for name, v in VARIANTS.items():
                 shutil.rmtree(root / name, ignore_errors=True)
                 build_variant(base, root / name, v)
-            build_variant(base, root / "dense", Variant(("mean",), dense=True))
+            build_variant(base, root / "dense-softsign", Variant(("mean",), dense=("Softsign",)))
             (root / ".done").write_text("ok")
     return {name: STModel(root / name, v) for name, v in VARIANTS.items()}

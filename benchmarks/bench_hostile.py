@@ -101,7 +101,8 @@ async def well_behaved(host: str, port: int, seconds: float) -> dict[str, Any]:
 # --- the attacker -----------------------------------------------------------------------------------------------
 
 
-async def attack(host: str, port: int, seconds: float, mix: str = "idle,loris,big") -> dict[str, Any]:
+async def attack(host: str, port: int, seconds: float, mix: str = "idle,loris,big",
+                 sink_port: int = 0) -> dict[str, Any]:
     stats = {"idle_open": 0, "idle_closed_by_server": 0, "idle_refused_503": 0, "loris_cut_off": 0,
              "loris_408": 0, "connect_errors": 0}
     big_statuses: dict[str, int] = {}
@@ -160,6 +161,13 @@ async def attack(host: str, port: int, seconds: float, mix: str = "idle,loris,bi
 
     async def one_big_body() -> None:
         try:
+            if sink_port:  # the floor: the same bytes to a process that only reads and drops them
+                _, w = await asyncio.open_connection(host, sink_port)
+                w.write(big_request)
+                await w.drain()
+                w.close()
+                big_statuses["sunk"] = big_statuses.get("sunk", 0) + 1
+                return
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(big_request)
             await writer.drain()
@@ -197,14 +205,42 @@ def role(args: argparse.Namespace) -> None:
         os.nice(10)  # the attacker would be another machine: its own CPU use is not the server's cost
     host, port = args.host_port.split(":")
     job = well_behaved(host, int(port), args.seconds) if args.role == "client" else \
-        attack(host, int(port), args.seconds, args.mix)
+        attack(host, int(port), args.seconds, args.mix, args.sink_port)
     print(json.dumps(uvloop.run(job)), flush=True)
 
 
-def spawn(role_name: str, host_port: str, seconds: float, mix: str = "") -> subprocess.Popen[str]:
+def spawn(role_name: str, host_port: str, seconds: float, mix: str = "", sink_port: int = 0) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, __file__, "--role", role_name, "--host-port", host_port,
-                             "--seconds", str(seconds), *(["--mix", mix] if mix else [])], stdout=subprocess.PIPE,
-                            text=True)
+                             "--seconds", str(seconds), *(["--mix", mix] if mix else []),
+                             "--sink-port", str(sink_port)], stdout=subprocess.PIPE, text=True)
+
+
+SINK = """
+import socket, sys, threading
+s = socket.create_server(("127.0.0.1", 0)); print(s.getsockname()[1], flush=True)
+def drain(c):
+    with c:
+        while c.recv(1 << 20): pass
+while True:
+    threading.Thread(target=drain, args=(s.accept()[0],), daemon=True).start()
+"""
+
+
+def floor_run(host_port: str, seconds: float) -> dict[str, Any]:
+    """The client measured while the same 60 MB bodies go to a process that only reads and drops
+    them: what moving those bytes over loopback costs this machine, with no server involved."""
+    sink = subprocess.Popen([sys.executable, "-c", SINK], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None
+        port = int(sink.stdout.readline())
+        attacker = spawn("attack", host_port, seconds + 4, "big", sink_port=port)
+        assert attacker.stdout is not None and attacker.stdout.readline().strip() == "ready"
+        measured = result(spawn("client", host_port, seconds))
+        result(attacker)
+        return measured
+    finally:
+        sink.kill()
+        sink.wait()
 
 
 def result(proc: subprocess.Popen[str]) -> dict[str, Any]:
@@ -223,6 +259,7 @@ def main() -> int:
     ap.add_argument("--mix", default="idle,loris,big", help="attacks to run, of idle,loris,big (default: all)")
     ap.add_argument("--role", choices=["client", "attack"], help=argparse.SUPPRESS)
     ap.add_argument("--host-port", help=argparse.SUPPRESS)
+    ap.add_argument("--sink-port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role:
         role(args)
@@ -247,8 +284,9 @@ def main() -> int:
     time.sleep(3)  # the attacker's sockets are gone; the last large body is parsed
     rss1 = rss_mib(s)
     helper = helpers_rss_mib(s.proc.pid)
+    floor = floor_run(host_port, args.seconds) if "big" in args.mix.split(",") else None
     s.stop()
-    for name, r in (("unloaded", base), ("under attack", loaded)):
+    for name, r in (("unloaded", base), ("under attack", loaded), *([("floor", floor)] if floor else [])):
         print(f"{name:>12}: /health p50 {r['health_p50_ms']:.2f} ms p99 {r['health_p99_ms']:.2f} ms "
               f"({r['health_n']} answers); inference p50 {r['infer_p50_ms']:.2f} ms p99 {r['infer_p99_ms']:.2f} ms "
               f"({r['infer_n']} answers); statuses {r['statuses']}; errors {r['error_count']} {r['errors']}")
@@ -257,6 +295,12 @@ def main() -> int:
     ratio = loaded["infer_p99_ms"] / base["infer_p99_ms"]
     note("hostile: inference p99 attack / unloaded", ratio, ratio <= 2,
          f"target <= 2; {loaded['infer_p99_ms']:.2f} vs {base['infer_p99_ms']:.2f} ms")
+    if floor is not None:
+        # On a machine where the attacker is local, the bytes themselves cost the cores the server
+        # needs; this line is that cost alone, measured in the same run.
+        print(f"  floor: the same bodies sent to a do-nothing sink instead: inference p99 "
+              f"{floor['infer_p99_ms']:.2f} ms = {floor['infer_p99_ms'] / base['infer_p99_ms']:.2f}x unloaded; "
+              f"under attack / floor {loaded['infer_p99_ms'] / floor['infer_p99_ms']:.2f}")
     growth = (rss1 - rss0) / rss0 * 100
     note("hostile: server RSS after vs start (%)", growth, abs(growth) <= 10,
          f"target within 10%; {rss0:.0f} -> {rss1:.0f} MiB; parser helper {peak_helper:.0f} MiB during, "

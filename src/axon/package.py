@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from axon.errors import InvalidModelError
 from axon.manifest import FileEntry, Manifest, safe_relative_path
 from axon.onnx_signature import check_external_data, load_graph, signature_of
 from axon.sources.base import FetchResult
 from axon.spec import ModelSpec
-from axon.st_config import STConfig, read_st_config
+
+if TYPE_CHECKING:
+    from axon.st_config import STConfig
 
 __all__ = ["build_manifest", "pick_entrypoint"]
 
@@ -111,6 +113,8 @@ def build_manifest(spec: ModelSpec, staging: Path, fetched: FetchResult, *, entr
     extra = fetched.extra
     # A sentence-transformers repository (modules.json): read its pooling, normalisation,
     # truncation, lower-casing and prompts, or refuse a module that is not implemented.
+    from axon.st_config import read_st_config  # numpy: not loaded for `axon --help`
+
     st = None if extra.get("postprocessing") else read_st_config(staging, fileset)
     return Manifest(
         namespace=spec.namespace,

@@ -118,3 +118,45 @@ def test_unimplemented_dense_activation_is_refused_at_install(st_models: dict[st
     src = next(iter(st_models.values())).path.parent / "dense-softsign"
     with pytest.raises(InvalidModelError, match="Softsign"):
         install(parse_spec("st/dense@1"), settings, from_=str(src))
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18])
+def test_fused_pooling_equals_the_numpy_reference(opset: int) -> None:
+    """Every mode, concatenated, with Dense layers and normalisation, on masks with right and left
+    padding: the appended nodes compute what axon.pooling.pool computes."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from axon.manifest import Manifest
+    from axon.pooling import POOLING_MODES, DenseLayer, pool, pooling_spec
+    from mlos_core.graph_opt import fuse_pooling
+
+    rng = np.random.default_rng(opset)
+    hidden = rng.standard_normal((4, 7, 6)).astype(np.float32)
+    mask = np.asarray([[1] * 7, [1, 1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0, 0]], np.int64)
+    dense = (DenseLayer(rng.standard_normal((5, 6 * 3)).astype(np.float32), rng.standard_normal(5).astype(np.float32),
+                        "gelu"),
+             DenseLayer(rng.standard_normal((4, 5)).astype(np.float32), None, "sigmoid"))
+    cases = [([m], norm, ()) for m in POOLING_MODES for norm in (False, True)]
+    cases += [(["lasttoken", "mean", "weightedmean"], True, dense),
+              (["max", "cls", "mean_sqrt_len_tokens"], False, dense[:1])]
+    for modes, normalize, layers in cases:
+        post: dict[str, Any] = {"type": "pooling", "modes": modes, "normalize": normalize,
+                                "output": "last_hidden_state"}
+        if layers:
+            post["dense"] = [{"weights": f"{i}_Dense/model.safetensors", "in_features": d.weight.shape[1],
+                              "out_features": d.weight.shape[0], "bias": d.bias is not None,
+                              "activation": d.activation} for i, d in enumerate(layers)]
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["h"], ["last_hidden_state"])], "g",
+            [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["b", "s", 6]),
+             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])],
+            [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["b", "s", 6])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        model.ir_version = 8
+        manifest = Manifest("t", "m", "1", {"type": "local"}, "model.onnx", opset, [], postprocessing=post)
+        assert fuse_pooling(model, manifest, layers)
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        (got,) = sess.run(["embeddings"], {"h": hidden, "attention_mask": mask})
+        want = pool(hidden, mask, pooling_spec(post), dense=layers)  # type: ignore[arg-type]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"{modes} {normalize} {len(layers)}")

@@ -164,3 +164,31 @@ def test_hub_install_of_a_sentence_transformers_repo(hub: object, st_models: dic
     assert r.manifest.postprocessing and r.manifest.postprocessing["modes"] == ["cls"]
     model = LocalModel(r.path, r.manifest, device="cpu")
     assert_same_embeddings(model.run(texts=MIXED)["embeddings"], st_models["cls-norm"].encode(MIXED))
+
+
+def test_hub_install_fetches_every_module_directory(hub: object, st_models: dict[str, STModel]) -> None:
+    """A repo with Dense layers (2_Dense/, 3_Dense/ …) arrives with them and serves the library's numbers."""
+    import os
+
+    from tests.support.hub_server import FakeHub
+
+    fake: FakeHub = hub[0]  # type: ignore[index]
+    src = st_models["dense2"].path
+    fake.add_commit("org/st-dense", {str(f.relative_to(src)): f.read_bytes() for f in src.rglob("*") if f.is_file()})
+    r = install(parse_spec("hf/org/st-dense"), Settings.from_env(dict(os.environ)))
+    assert r.manifest.postprocessing and len(r.manifest.postprocessing["dense"]) == 2
+    model = LocalModel(r.path, r.manifest, device="cpu")
+    assert_same_embeddings(model.run(texts=MIXED)["embeddings"], st_models["dense2"].encode(MIXED))
+
+
+def test_axon_run_cli_takes_a_prompt_name(axon_cli: object, st_models: dict[str, STModel],
+                                          installed: tuple[Settings, dict[str, LocalModel]]) -> None:
+    settings, _ = installed
+    env = {"AXON_HOME": str(settings.home), "AXON_CACHE_DIR": str(settings.cache_dir)}
+    args = [a for t in MIXED[:2] for a in ("--input", t)]
+    r = axon_cli("run", "st/prompts@1", *args, "--prompt-name", "passage", "--json", env=env)  # type: ignore[operator]
+    assert r.code == 0, r.stderr
+    got = json.loads(r.stdout)["outputs"]["embeddings"]["data"]
+    assert_same_embeddings(got, st_models["prompts"].encode(MIXED[:2], prompt_name="passage"))
+    r = axon_cli("run", "st/prompts@1", *args, "--prompt-name", "nope", env=env)  # type: ignore[operator]
+    assert r.code == 2 and "nope" in r.stderr

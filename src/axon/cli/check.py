@@ -117,15 +117,18 @@ def _load_input_file(path: Path) -> dict[str, Any]:
               help="JSON ({'input': …} or {'inputs': {name: values}}) or .npz with named tensors.")
 @click.option("--device", type=DEVICE, help="Execution device (default: config 'device').")
 @click.option("--raw", is_flag=True, help="Also print raw graph outputs when postprocessing exists.")
+@click.option("--prompt-name", help="Text models: one of the prompts the model's sentence-transformers config names.")
+@click.option("--prompt", help="Text models: a prompt to put before every input (instead of --prompt-name).")
 @json_option
 def run_cmd(spec: ModelSpec, texts: tuple[str, ...], input_file: Path | None, device: str | None, raw: bool,
-            as_json: bool) -> None:
+            prompt_name: str | None, prompt: str | None, as_json: bool) -> None:
     """Local inference on a cached model, no server needed.
 
     \b
     Examples:
       axon run demo/text-encoder@1.0.0 --input "Hello, MLOS!"
       axon run acme/ranker@2.1.0 --input-file batch.npz --json
+      axon run hf/org/retriever --input "what is MLOS?" --prompt-name query
     """
     import numpy as np
 
@@ -141,7 +144,9 @@ def run_cmd(spec: ModelSpec, texts: tuple[str, ...], input_file: Path | None, de
     if "tensors" in feeds:
         dtypes = {t.name: t.dtype for t in cached.manifest.inputs}
         feeds["tensors"] = {k: np.asarray(v, dtype=dtypes.get(k, "float32")) for k, v in feeds["tensors"].items()}
-    outputs = model.run(**feeds)
+    if (prompt or prompt_name) and "texts" not in feeds:
+        raise UsageError("--prompt and --prompt-name apply to text input (--input).")
+    outputs = model.run(**feeds, prompt=prompt, prompt_name=prompt_name) if "texts" in feeds else model.run(**feeds)
     post = cached.manifest.postprocessing
     if post and post.get("type") not in (None, "none") and not raw:
         outputs = {k: v for k, v in outputs.items() if k not in {t.name for t in cached.manifest.outputs}}

@@ -149,6 +149,12 @@ class HubSource:
         )
         for rf in planned:
             self._download(rf, commit, staging, result, reporter)
+        for rel in _module_files(staging, by_path):  # sentence-transformers modules: 1_Pooling/, 2_Dense/, …
+            if rel not in result.digests:
+                s = by_path[rel]
+                rf = _RemoteFile(rel, s.size if s.lfs is None else s.lfs.size, s.lfs.sha256 if s.lfs else None,
+                                 s.blob_id)
+                self._download(rf, commit, staging, result, reporter)
         from axon.onnx_signature import read_signature
 
         sig = read_signature(staging / entry)
@@ -223,6 +229,28 @@ class HubSource:
             raise
         partial.finish_into(staging / rf.path)
         result.digests[rf.path] = digest
+
+
+_MODULE_FILE_SUFFIXES = (".json", ".safetensors", ".txt")
+
+
+def _module_files(staging: Path, siblings: dict[str, Any]) -> list[str]:
+    """The files of the modules ``modules.json`` lists in sub-directories (their configs and
+    safetensors weights), so sentence-transformers' Pooling, Dense and Normalize arrive with the
+    model; the install step reads them (and refuses what it does not implement)."""
+    import json
+
+    try:
+        modules = json.loads((staging / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    prefixes = []
+    for m in modules if isinstance(modules, list) else []:
+        path = m.get("path") if isinstance(m, dict) else None
+        if isinstance(path, str) and path.strip("/") and ".." not in path.split("/") and not path.startswith("/"):
+            prefixes.append(path.strip("/") + "/")
+    return sorted(name for name in siblings
+                  if any(name.startswith(p) for p in prefixes) and name.endswith(_MODULE_FILE_SUFFIXES))
 
 
 def _card_license(info: Any) -> str | None:

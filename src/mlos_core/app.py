@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from starlette.routing import Route
 
 from mlos_core import __version__, kserve
 from mlos_core.auth import load_or_create_token, require_admin
-from mlos_core.batching import Pending
+from mlos_core.batching import BatchResult, Pending
 from mlos_core.errors import ApiError, api_error_handler, error_response
 from mlos_core.fastpath import (
     JSON_HEADERS,
@@ -127,8 +128,9 @@ def build_pending(schema: RequestSchema, body: Any, deadline: float, *, large: b
             texts = [texts]
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise ApiError(400, "bad_input", "'input' must be a non-empty string or list of strings")
-        if len(texts) > schema.max_rows:
-            raise ApiError(400, "too_many_inputs", f"'input': at most {schema.max_rows} texts per request")
+        if len(texts) > schema.max_texts:
+            raise ApiError(400, "too_many_inputs", f"'input': at most {schema.max_texts} texts per request "
+                           "(--max-request-inputs)")
         pending = Pending(rows=len(texts), key=prompt_key(body), texts=texts, deadline=deadline,
                           tokens=estimate_tokens(texts, schema))
     elif "prompt" in body or "prompt_name" in body:
@@ -187,6 +189,24 @@ def estimate_tokens(texts: list[str], schema: RequestSchema) -> int:
     return sum(min(cap, int(len(t.split()) * 1.5) + len(t) // 20 + 2) for t in texts)
 
 
+def split_pending(pending: Pending, rows: int) -> list[Pending]:
+    """A text request with more texts than a batch holds, as requests of at most *rows* texts."""
+    texts = pending.texts or []
+    parts = []
+    for start in range(0, len(texts), rows):
+        chunk = texts[start:start + rows]
+        share = pending.tokens * len(chunk) // max(1, len(texts))
+        parts.append(dataclasses.replace(pending, rows=len(chunk), texts=chunk, tokens=share, future=None))
+    return parts
+
+
+def join_results(parts: list[BatchResult]) -> BatchResult:
+    """The parts' outputs in order, as one answer (queue time: the longest wait; compute: the sum)."""
+    outputs = {name: np.concatenate([p.outputs[name] for p in parts], axis=0) for name in parts[0].outputs}
+    return BatchResult(outputs, max(p.queue_us for p in parts), sum(p.compute_us for p in parts),
+                       max(p.batch_size for p in parts))
+
+
 def pending_from_arrays(schema: RequestSchema, arrays: dict[str, np.ndarray], deadline: float) -> Pending:
     rows = {a.shape[0] if a.ndim else 1 for a in arrays.values()}
     if len(rows) != 1:
@@ -221,7 +241,11 @@ def create_app(settings: ServerSettings) -> FastPath:
     async def run_inference(model: LoadedModel, pending: Pending) -> Any:
         t0 = time.perf_counter()
         try:
-            result = await model.batcher.submit(pending)
+            if pending.rows > model.batcher.max_batch_size:  # many texts: batches of max_batch_size, one answer
+                result = join_results(await asyncio.gather(
+                    *(model.batcher.submit(part) for part in split_pending(pending, model.batcher.max_batch_size))))
+            else:
+                result = await model.batcher.submit(pending)
         except ApiError as exc:
             metrics.request(model.model_id, "rejected" if exc.status in (503, 504) else "failed", exc.code)
             raise

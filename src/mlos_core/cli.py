@@ -30,6 +30,8 @@ def cli() -> None:
 @click.option("--port", type=int, help="Port (default 8080; 0 picks a free one).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Execution provider choice.")
 @click.option("--max-batch-size", type=int, help="Rows per batch (default 32).")
+@click.option("--max-request-inputs", type=int, help="Texts one request may send (default 2048, as OpenAI allows); "
+              "more than --max-batch-size are split into batches and answered as one.")
 @click.option("--max-queue-delay-ms", type=float, help="Wait this long for a batch to fill (default 0).")
 @click.option("--max-batch-tokens", type=int, help="Text: estimated tokens per batch (default 0 = no budget).")
 @click.option("--max-queue-size", type=int, help="Waiting requests per model before 503 (default 256).")

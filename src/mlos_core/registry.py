@@ -41,6 +41,7 @@ class LoadedModel:
     load_seconds: float = 0.0
     output_names: list[str] = field(default_factory=list)
     dense: tuple[DenseLayer, ...] = ()  # verified Dense weights (numpy pooling; fused graphs carry their own)
+    max_request_inputs: int = 2048  # texts one request may send (split into batches of max_batch_size)
 
     def __post_init__(self) -> None:
         self.output_names = [o.name for o in self.session.session.get_outputs()]
@@ -56,7 +57,8 @@ class LoadedModel:
     @functools.cached_property
     def schema(self) -> RequestSchema:
         return RequestSchema(self.model_id, tuple(self.manifest.inputs),
-                             self.text.max_length if self.text is not None else None, self.batcher.max_batch_size)
+                             self.text.max_length if self.text is not None else None, self.batcher.max_batch_size,
+                             self.max_request_inputs)
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
@@ -242,7 +244,8 @@ class Registry:
                 self.metrics.request(model_id, "timeout", "deadline_exceeded")
 
         s = self.settings
-        loaded = LoadedModel(located, info, text, None, dense=dense)  # type: ignore[arg-type]
+        loaded = LoadedModel(located, info, text, None, dense=dense,  # type: ignore[arg-type]
+                             max_request_inputs=self.settings.max_request_inputs)
         loaded.batcher = Batcher(model_id, loaded.run_batch, max_batch_size=s.max_batch_size,
                                  max_queue_delay_s=s.max_queue_delay_ms / 1000, max_queue_size=s.max_queue_size,
                                  instances=s.instances, observe=observe, max_batch_tokens=s.max_batch_tokens)

@@ -19,6 +19,7 @@ class ServerSettings:
     port: int = 8080
     device: str = "auto"  # auto | cpu | cuda
     max_batch_size: int = 32
+    max_request_inputs: int = 2048  # texts in one request; more than max_batch_size are split into batches
     max_queue_delay_ms: float = 0.0
     max_batch_tokens: int = 0  # text: padded tokens per batch (rows x longest); 0 = no budget
     max_queue_size: int = 256
@@ -57,7 +58,7 @@ class ServerSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-        for name in ("max_body_bytes", "max_header_bytes", "max_connections"):
+        for name in ("max_body_bytes", "max_header_bytes", "max_connections", "max_request_inputs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")

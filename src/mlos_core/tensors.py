@@ -35,7 +35,8 @@ class RequestSchema(NamedTuple):
     model_id: str
     inputs: tuple[TensorSpec, ...]
     text_max_length: int | None  # None: not a text model
-    max_rows: int  # rows (texts) per request: the batcher's max_batch_size
+    max_rows: int  # rows per batch: the batcher's max_batch_size (tensor requests: per request)
+    max_texts: int = 2048  # texts per request; more than max_rows are split into batches
 
 
 def np_dtype(name: str) -> Any:

@@ -138,6 +138,21 @@ def test_mixed_lengths_in_one_batch_match_single_runs(core: Core, published: tup
                                        atol=1e-5)
 
 
+def test_more_texts_than_a_batch_are_batched_and_answered_as_one(core: Core, published: tuple[Settings, Path]) -> None:
+    """40 texts against --max-batch-size 16: three batches, one answer in order, each row exact."""
+    settings, _ = published
+    vdir = settings.publish_dir / "demo" / "enc" / "1"
+    texts = [f"text number {i} " + "word " * (i % 7) for i in range(40)]
+    status, body, _ = core.call("POST", f"/models/{TEXT}/inference", {"input": texts, "outputs": ["embeddings"]})
+    assert status == 200, body
+    got = np.asarray(body["outputs"]["embeddings"]["data"])
+    assert got.shape == (40, 64) and body["batch_size"] <= 16
+    for i in (0, 15, 16, 31, 32, 39):
+        np.testing.assert_allclose(got[i : i + 1], ort_text_embedding(vdir, texts[i]), atol=1e-5)
+    status, body, _ = core.call("POST", f"/models/{TEXT}/inference", {"input": ["x"] * 2049})
+    assert (status, body["code"]) == (400, "too_many_inputs") and "2048" in body["message"], body
+
+
 def test_tensor_inference_and_many_concurrent_clients(core: Core) -> None:
     def one(i: int) -> tuple[int, list[list[float]]]:
         status, body, _ = core.call("POST", f"/models/{MLP}/inference",

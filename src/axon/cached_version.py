@@ -82,7 +82,20 @@ def open_cached_version(cache_root: Path, spec: ModelSpec) -> Iterator[CachedVer
     """
     path = cache_root.joinpath(*spec.parts)
     try:
-        vfd = open_beneath(cache_root, "/".join(spec.parts), os.O_RDONLY | os.O_DIRECTORY, follow_symlinks=False)
+        # The cache root itself must not be a symlink either (a user pointing "their" cache at
+        # somebody else's would have root publish that one), and what lies beneath it must
+        # belong to the cache's owner.
+        rootfd = os.open(cache_root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.islink(cache_root):
+            raise NotInstalledError(str(spec)) from None
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW | O_DIRECTORY on a symlink: either
+            raise IntegrityError(f"The dev cache {str(cache_root)!r} is a symlink; refusing to publish from it.",
+                                 path=str(cache_root), hint="Point cache_dir at the real directory.") from None
+        raise
+    try:
+        root_owner = os.fstat(rootfd).st_uid
+        vfd = open_beneath(rootfd, "/".join(spec.parts), os.O_RDONLY | os.O_DIRECTORY, follow_symlinks=False)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise NotInstalledError(str(spec)) from None
@@ -90,8 +103,14 @@ def open_cached_version(cache_root: Path, spec: ModelSpec) -> Iterator[CachedVer
             raise IntegrityError(f"The cached copy of {str(spec)!r} is reached through a symlink; refusing it.",
                                  path=str(path), hint=f"Reinstall it with: axon install {spec} --force") from None
         raise
+    finally:
+        os.close(rootfd)
     try:
         st = os.fstat(vfd)
+        if st.st_uid != root_owner:
+            raise IntegrityError(f"The cached copy of {str(spec)!r} belongs to {owner_name(st.st_uid)!r}, not to the "
+                                 f"owner of the dev cache ({owner_name(root_owner)!r}); refusing it.", path=str(path),
+                                 hint=f"Reinstall it with: axon install {spec} --force")
         try:
             data, mst = read_regular(vfd, MANIFEST_NAME)
         except FileNotFoundError:

@@ -540,6 +540,19 @@ def test_root_publish_never_follows_a_swapped_symlink_out_of_the_cache(repo: tup
             assert not any(d in text for d in secret_digests) and xxh not in text
 
 
+def test_root_never_publishes_a_cache_reached_through_a_symlink(repo: tuple[Path, str, int], tmp_path: Path) -> None:
+    """A user points their dev cache at somebody else's (a symlink): root's publish refuses it."""
+    root, _, _ = repo
+    carol = _root_settings(tmp_path / "carol", root)
+    install_package(carol, tmp_path)
+    alice_cache = tmp_path / "alice-cache"
+    alice_cache.symlink_to(carol.cache_dir)
+    settings = _root_settings(tmp_path, root, cache=alice_cache)
+    with pytest.raises(IntegrityError, match="is a symlink; refusing to publish from it"):
+        publish(parse_spec(SPEC), settings)
+    assert visible_versions_verify(settings) == []
+
+
 # --- publish --force killed at every step ------------------------------------------------------
 
 

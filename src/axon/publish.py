@@ -597,20 +597,21 @@ def verify_published(spec: ModelSpec, settings: Settings, *, progress: Callable[
                         hint="List what is there with: axon published")
     manifest = load_manifest(target / MANIFEST_NAME)
     report = verify_version_dir(target, manifest, progress=progress)
-    recorded = _recorded_digest(repo, spec)
+    recorded = _recorded_digest(repo, spec, {0, os.lstat(target).st_uid})
     if recorded is not None and recorded != manifest.digest:
         # Files and manifest agree, but not with what the last publish recorded: changed in place.
         report.problems.append(Problem(MANIFEST_NAME, "unrecorded", recorded, manifest.digest))
     return report
 
 
-def _recorded_digest(repo: ProductionRepo, spec: ModelSpec) -> str | None:
-    """The digest the last (attested, where receipts exist) publish or rollback of *spec* put in place."""
+def _recorded_digest(repo: ProductionRepo, spec: ModelSpec, writers: set[int]) -> str | None:
+    """The digest the last (attested, where receipts exist) publish or rollback of *spec* by one of
+    *writers* (root and the version's owner: nobody else can change it) put in place."""
     records, _ = repo.audit.read(str(spec))
     attesting = repo.audit.receipts.is_dir()
     digest = None
     for rec in records:
-        if attesting and not rec.get("attested"):
+        if attesting and (not rec.get("attested") or rec.get("uid") not in writers):
             continue
         if rec.get("action") in ("publish", "rollback", "recover") and rec.get("result") in ("ok", "replaced"):
             digest = rec.get("digest_new") if rec.get("action") != "recover" else digest

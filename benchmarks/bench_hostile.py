@@ -35,7 +35,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_server import RESULTS, core, note, prepare, rss_mib
+from bench_server import core, finish, note, prepare, rss_mib
 from loadgen import pct
 
 TINY = "bench/tiny@1"
@@ -308,11 +308,7 @@ def main() -> int:
     ok_clients = loaded["error_count"] == 0 and set(loaded["statuses"]) == {"200"}
     note("hostile: well-behaved errors/non-200s", loaded["error_count"] + sum(
         v for k, v in loaded["statuses"].items() if k != "200"), ok_clients, "target 0")
-    subprocess.run(["rm", "-rf", str(work)], check=False)
-    print("\nsummary:")
-    for name, value, ok in RESULTS:
-        print(f"  {'PASS' if ok else 'MISS'}  {name}: {value}")
-    return 0
+    return finish(work)
 
 
 if __name__ == "__main__":

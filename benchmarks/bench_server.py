@@ -45,6 +45,15 @@ def note(name: str, value: float, ok: bool, detail: str) -> None:
     print(f"{'PASS' if ok else 'MISS'} {name:<44} {value:8.2f}   {detail}", flush=True)
 
 
+def finish(work: Path) -> int:
+    """Remove the work directory and print every noted result once more."""
+    subprocess.run(["rm", "-rf", str(work)], check=False)
+    print("\nsummary:")
+    for name, value, ok in RESULTS:
+        print(f"  {'PASS' if ok else 'MISS'}  {name}: {value}")
+    return 0
+
+
 BENCH_MODELS = ("bench/encoder@1", "bench/tiny@1")
 
 
@@ -201,11 +210,7 @@ def main() -> int:
     note("overload: admitted p99 / unloaded p99", ratio, ratio <= 2,
          f"target <= 2; {over['p99_ms']:.1f} vs {base['p99_ms']:.1f} ms")
     note("overload: server RSS growth (MiB)", rss1 - rss0, rss1 - rss0 < 50, f"{rss0:.0f} -> {rss1:.0f} MiB")
-    subprocess.run(["rm", "-rf", str(work)], check=False)
-    print("\nsummary:")
-    for name, value, ok in RESULTS:
-        print(f"  {'PASS' if ok else 'MISS'}  {name}: {value}")
-    return 0
+    return finish(work)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,14 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, s
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+@pytest.fixture(scope="session")
+def st_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The tiny sentence-transformers models (tests/support/st_models.py), built once per run."""
+    from tests.support.st_models import build_all
+
+    return build_all(tmp_path_factory.getbasetemp() / "st-models")
 
 
 @pytest.fixture

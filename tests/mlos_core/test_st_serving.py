@@ -22,13 +22,7 @@ from tests.support.st_models import (
     VARIANTS,
     STModel,
     assert_same_embeddings,
-    build_all,
 )
-
-
-@pytest.fixture(scope="module")
-def st_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, STModel]:
-    return build_all(tmp_path_factory.getbasetemp() / "st-models")
 
 
 @pytest.fixture(scope="module")

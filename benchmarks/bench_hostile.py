@@ -109,14 +109,20 @@ async def attack(host: str, port: int, seconds: float, mix: str = "idle,loris,bi
     stop_at = time.perf_counter() + seconds
     ready = asyncio.Event()
 
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A connection to the server, or None (counted) after a short pause when it refuses one."""
+        try:
+            return await asyncio.open_connection(host, port)
+        except OSError:
+            stats["connect_errors"] += 1
+            await asyncio.sleep(0.1)
+            return None
+
     async def idle_socket() -> None:
         while time.perf_counter() < stop_at:
-            try:
-                reader, writer = await asyncio.open_connection(host, port)
-            except OSError:
-                stats["connect_errors"] += 1
-                await asyncio.sleep(0.1)
+            if (conn := await connect()) is None:
                 continue
+            reader, writer = conn
             stats["idle_open"] += 1
             if stats["idle_open"] >= IDLE:
                 ready.set()
@@ -131,12 +137,9 @@ async def attack(host: str, port: int, seconds: float, mix: str = "idle,loris,bi
 
     async def slow_loris() -> None:
         while time.perf_counter() < stop_at:
-            try:
-                reader, writer = await asyncio.open_connection(host, port)
-            except OSError:
-                stats["connect_errors"] += 1
-                await asyncio.sleep(0.1)
+            if (conn := await connect()) is None:
                 continue
+            reader, writer = conn
             writer.write(f"GET /health HTTP/1.1\r\nHost: {host}\r\nX-Slow: ".encode())
             try:
                 while time.perf_counter() < stop_at:

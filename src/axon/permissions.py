@@ -12,8 +12,8 @@ from pathlib import Path
 from axon.errors import PermissionDeniedError
 from axon.nofollow import open_dir, set_tree_modes
 
-__all__ = ["Caller", "adopt_dir", "apply_published_modes", "caller", "ensure_shared_dirs", "group_id", "owner_name",
-           "require_publisher"]
+__all__ = ["Caller", "adopt_dir", "apply_published_modes", "caller", "ensure_shared_dirs", "group_id", "make_dir",
+           "owner_name", "require_publisher"]
 
 # The permission model (docs/operations.md has it as a table). A publish-group member adds
 # versions and can rename, remove or replace nothing they do not own: every directory members
@@ -96,6 +96,16 @@ def owner_name(uid: int) -> str:
         return str(uid)
 
 
+def make_dir(path: Path, mode: int, gid: int | None = None) -> None:
+    """mkdir *path* (FileExistsError if it is there), then its group and exact *mode* through its
+    own fd (the umask may have taken group write away; the name is never looked up again)."""
+    os.mkdir(path, mode)
+    with open_dir(path) as fd:
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, mode)
+
+
 def adopt_dir(path: Path, gid: int | None, mode: int) -> None:
     """Root makes *path* (a real directory, never a symlink) root's own, with *gid* and *mode*."""
     with open_dir(path) as fd:
@@ -128,14 +138,10 @@ def ensure_shared_dirs(root: Path, target_parent: Path, gid: int | None, who: Ca
             if not create:
                 return
             try:
-                os.mkdir(cur, SHARED_DIR_MODE)
+                make_dir(cur, SHARED_DIR_MODE, gid)
             except FileExistsError:
                 st = os.lstat(cur)
             else:
-                with open_dir(cur) as fd:
-                    if gid is not None:
-                        os.fchown(fd, -1, gid)
-                    os.fchmod(fd, SHARED_DIR_MODE)  # the umask may have taken group write away
                 continue
         if not stat.S_ISDIR(st.st_mode):
             what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"

@@ -43,6 +43,7 @@ from axon.permissions import (
     apply_published_modes,
     caller,
     ensure_shared_dirs,
+    make_dir,
     owner_name,
     require_publisher,
 )
@@ -159,9 +160,7 @@ class ProductionRepo:
                 if st.st_uid != who.uid and not who.is_root:
                     raise PermissionDeniedError(f"{str(d)!r} is missing.",
                                                 hint=f"An administrator repairs it: {hint}") from None
-                os.mkdir(d, SHARED_DIR_MODE)
-                with open_dir(d) as fd:
-                    os.fchmod(fd, SHARED_DIR_MODE)
+                make_dir(d, SHARED_DIR_MODE)
                 continue
             if not stat.S_ISDIR(dst.st_mode) or dst.st_uid not in trusted:
                 raise PermissionDeniedError(f"{str(d)!r} is not a directory of the repository's owner; refusing it.",
@@ -183,11 +182,7 @@ class ProductionRepo:
         try:
             st = os.lstat(d)
         except FileNotFoundError:
-            os.mkdir(d, HISTORY_KEY_MODE)
-            with open_dir(d) as fd:
-                if gid is not None:
-                    os.fchown(fd, -1, gid)
-                os.fchmod(fd, HISTORY_KEY_MODE)
+            make_dir(d, HISTORY_KEY_MODE, gid)
             return d, who.uid
         if not stat.S_ISDIR(st.st_mode):
             raise PermissionDeniedError(f"History of {str(spec)!r} at {str(d)!r} is not a directory; refusing it.",

@@ -3,7 +3,9 @@
 Model: the bundled tiny text encoder (bench/tiny@1). A well-behaved client (its own process: one
 keep-alive connection asking GET /health, another POSTing a one-sentence inference, each 5 ms
 after its previous answer) is measured alone, then while an attacker process (asyncio, nice 10:
-it stands for other machines, its CPU is not the server's) keeps up
+it stands for other machines, its CPU is not the server's) keeps up the mix below; the two
+alternate for --rounds rounds (the percentiles pool each kind's rounds), so that a shared
+machine's slow minute lands on both sides rather than on one
 
   * 1,000 idle sockets (reopened whenever the server closes one),
   * 50 slow-loris connections (a request head trickled one byte every 0.2 s; reopened when cut off),
@@ -14,7 +16,7 @@ it stands for other machines, its CPU is not the server's) keeps up
   well-behaved inference p99 under attack / unloaded      target <= 2x
   server RSS after the attack vs at start                 target within 10%
 
-  .venv/bin/python benchmarks/bench_hostile.py [--seconds 12] [--device cpu|cuda]
+  .venv/bin/python benchmarks/bench_hostile.py [--seconds 36] [--rounds 3] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -92,10 +94,20 @@ async def well_behaved(host: str, port: int, seconds: float) -> dict[str, Any]:
         writer.close()
 
     await asyncio.gather(loop("health"), loop("infer"))
+    return {"lat": lat, "statuses": statuses, "errors": errors[:10], "error_count": len(errors)}
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The well-behaved client's rounds as one sample: percentiles over all their answers."""
+    lat = {k: [v for r in runs for v in r["lat"][k]] for k in ("health", "infer")}
+    statuses: dict[str, int] = {}
+    for r in runs:
+        for k, v in r["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
     return {"health_p50_ms": pct(lat["health"], 50) * 1e3, "health_p99_ms": pct(lat["health"], 99) * 1e3,
             "infer_p50_ms": pct(lat["infer"], 50) * 1e3, "infer_p99_ms": pct(lat["infer"], 99) * 1e3,
             "health_n": len(lat["health"]), "infer_n": len(lat["infer"]), "statuses": statuses,
-            "errors": errors[:10], "error_count": len(errors)}
+            "errors": [e for r in runs for e in r["errors"]][:10], "error_count": sum(r["error_count"] for r in runs)}
 
 
 # --- the attacker -----------------------------------------------------------------------------------------------
@@ -240,7 +252,7 @@ def floor_run(host_port: str, seconds: float) -> dict[str, Any]:
         assert attacker.stdout is not None and attacker.stdout.readline().strip() == "ready"
         measured = result(spawn("client", host_port, seconds))
         result(attacker)
-        return measured
+        return pooled([measured])
     finally:
         sink.kill()
         sink.wait()
@@ -257,7 +269,8 @@ def helpers_rss_mib(server_pid: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=12)
+    ap.add_argument("--seconds", type=float, default=36, help="measured seconds of each kind, all rounds together")
+    ap.add_argument("--rounds", type=int, default=3, help="unloaded and attacked windows alternate this many times")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--mix", default="idle,loris,big", help="attacks to run, of idle,loris,big (default: all)")
     ap.add_argument("--role", choices=["client", "attack"], help=argparse.SUPPRESS)
@@ -275,19 +288,23 @@ def main() -> int:
     host_port = s.url.removeprefix("http://")
     result(spawn("client", host_port, 2))  # warm-up
     rss0 = rss_mib(s)
-    base = result(spawn("client", host_port, args.seconds))
-    attacker = spawn("attack", host_port, args.seconds + 4, args.mix)
-    assert attacker.stdout is not None
-    assert attacker.stdout.readline().strip() == "ready"  # 1,000 idle sockets and 50 slow-loris are up
-    t0 = time.perf_counter()
-    loaded = result(spawn("client", host_port, args.seconds))
-    peak_helper = helpers_rss_mib(s.proc.pid)
-    hostile = result(attacker)
-    print(f"attack ran {time.perf_counter() - t0:.1f} s alongside the client: {json.dumps(hostile)}")
-    time.sleep(3)  # the attacker's sockets are gone; the last large body is parsed
+    window = args.seconds / args.rounds
+    quiet_runs, attacked_runs, peak_helper = [], [], 0.0
+    for _ in range(args.rounds):
+        quiet_runs.append(result(spawn("client", host_port, window)))
+        attacker = spawn("attack", host_port, window + 4, args.mix)
+        assert attacker.stdout is not None
+        assert attacker.stdout.readline().strip() == "ready"  # 1,000 idle sockets and 50 slow-loris are up
+        t0 = time.perf_counter()
+        attacked_runs.append(result(spawn("client", host_port, window)))
+        peak_helper = max(peak_helper, helpers_rss_mib(s.proc.pid))
+        hostile = result(attacker)
+        print(f"attack ran {time.perf_counter() - t0:.1f} s alongside the client: {json.dumps(hostile)}")
+        time.sleep(3)  # the attacker's sockets are gone; the last large body is parsed
+    base, loaded = pooled(quiet_runs), pooled(attacked_runs)
     rss1 = rss_mib(s)
     helper = helpers_rss_mib(s.proc.pid)
-    floor = floor_run(host_port, args.seconds) if "big" in args.mix.split(",") else None
+    floor = floor_run(host_port, window) if "big" in args.mix.split(",") else None
     s.stop()
     for name, r in (("unloaded", base), ("under attack", loaded), *([("floor", floor)] if floor else [])):
         print(f"{name:>12}: /health p50 {r['health_p50_ms']:.2f} ms p99 {r['health_p99_ms']:.2f} ms "

@@ -288,10 +288,10 @@ def create_app(settings: ServerSettings) -> FastPath:
         """POST /models/{id}/inference (a FastRoute)."""
         model = await registry.resolve(model_id_from_path(raw_id))
         admit(model)
-        chunks = await read_body()
+        body = await read_body()
         deadline = time.perf_counter() + settings.request_timeout_s
         try:
-            pending, wanted = await large_bodies.parse(chunks, parse_native, model.schema, deadline)
+            pending, wanted = await large_bodies.parse(body, parse_native, model.schema, deadline)
         except ApiError as exc:
             metrics.request(model.model_id, "failed", exc.code)
             raise

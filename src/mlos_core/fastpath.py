@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from mlos_core.errors import ApiError, error_body
+from mlos_core.protocol import HAND_OFF, HandedOffBody
 
-__all__ = ["LARGE_BODY_BYTES", "MAX_LARGE_BODIES", "ClientGone", "FastPath", "FastRoute", "ReadBody", "Reply",
-           "read_asgi_body", "read_asgi_chunks", "release_memory"]
+__all__ = ["LARGE_BODY_BYTES", "MAX_LARGE_BODIES", "Body", "ClientGone", "FastPath", "FastRoute", "ReadBody",
+           "Reply", "read_asgi_body", "read_asgi_chunks", "read_asgi_large", "release_memory"]
 
 log = logging.getLogger("mlos_core.app")
 
@@ -30,7 +31,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 Reply = tuple[bytes, Headers]  # body, response headers (content-type included; content-length is added)
-ReadBody = Callable[[], Awaitable[list[bytes]]]  # the body in the pieces it arrived in
+Body = list[bytes] | HandedOffBody  # the pieces it arrived in, or (large) a socket to read it from
+ReadBody = Callable[[], Awaitable[Body]]
 Handler = Callable[[str, Headers, ReadBody], Awaitable[Reply]]
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
@@ -75,6 +77,15 @@ async def read_asgi_chunks(scope: Message, receive: Receive, limit: int,
     refused with 413 as soon as it is known to exceed *limit*. *on_large* is called once, before
     any more of it is read, when the body is known to exceed LARGE_BODY_BYTES (from
     Content-Length, or as a chunked body arrives); it may raise."""
+    body = await read_asgi_large(scope, receive, limit, on_large, hand_off=False)
+    assert isinstance(body, list)
+    return body
+
+
+async def read_asgi_large(scope: Message, receive: Receive, limit: int,
+                          on_large: Callable[[], None] | None = None, *, hand_off: bool = True) -> Body:
+    """:func:`read_asgi_chunks`, except that a large Content-Length body is not read at all when
+    the connection can hand it off (protocol.py): the caller gets the socket to read it from."""
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit():
             declared = int(value)
@@ -84,6 +95,9 @@ async def read_asgi_chunks(scope: Message, receive: Receive, limit: int,
             if declared > LARGE_BODY_BYTES and on_large is not None:
                 on_large()
                 on_large = None
+                take = scope.get("extensions", {}).get(HAND_OFF) if hand_off else None
+                if take is not None and (handed := take()) is not None:
+                    return handed  # type: ignore[no-any-return]
     message = await receive()
     if message["type"] == "http.disconnect":
         raise ClientGone
@@ -145,8 +159,13 @@ class FastPath:
             self.large_bodies += 1
             large = True
 
-        async def read_body() -> list[bytes]:
-            return await read_asgi_chunks(scope, receive, self.max_body_bytes, take_large_slot)
+        handed: list[HandedOffBody] = []
+
+        async def read_body() -> Body:
+            body = await read_asgi_large(scope, receive, self.max_body_bytes, take_large_slot)
+            if isinstance(body, HandedOffBody):
+                handed.append(body)
+            return body
 
         try:
             payload, headers = await route.handler(path[len(route.prefix):-len(route.suffix)], scope["headers"],
@@ -165,6 +184,8 @@ class FastPath:
         finally:
             if large:
                 self.large_bodies -= 1
+            for body in handed:  # normally already passed on (and closed) by the parse
+                body.close()
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", b"%d" % len(payload))]})
         await send({"type": "http.response.body", "body": payload})

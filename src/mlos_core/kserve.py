@@ -352,8 +352,8 @@ def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[
         m = _find_model(registry, name, version)
         admit(m)
         header_len = next((v.decode("latin-1") for k, v in headers if k == HEADER_LEN), None)
-        chunks = await read_body()
-        request_id, arrays, texts, wanted, all_binary = await large_bodies.parse(chunks, parse_request, m.schema,
+        body = await read_body()
+        request_id, arrays, texts, wanted, all_binary = await large_bodies.parse(body, parse_request, m.schema,
                                                                                  header_len)
         deadline = time.perf_counter() + settings.request_timeout_s
         if texts:

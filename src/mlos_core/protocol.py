@@ -16,6 +16,14 @@ or stop sending in the middle of a body. Here, per connection:
   ``503`` with ``Retry-After`` and ``Connection: close``, and is closed; it never waits.
 * keep-alive idle time is uvicorn's own ``timeout_keep_alive``.
 
+**Large bodies bypass the event loop.** For a request with a ``Content-Length`` body (no TLS),
+the application may call ``scope["extensions"][HAND_OFF]()``: reading on the connection stops and
+it gets a :class:`HandedOffBody`: the bytes of the body that had already arrived and a duplicate
+of the client socket, from which the parse helper process reads the rest itself (parse_helper.py).
+60 MB then never cross the event loop or this process's CPU time (before, the loop read them in
+64 KiB pieces and wrote them on to the helper: benchmarks/bench_hostile.py). The parser never
+sees the rest of that body, so the connection closes after the answer.
+
 Timers are armed lazily, only while a head or a body is incomplete at the end of a read: a
 request that arrives in one piece (the usual case) costs no timer at all.
 """
@@ -23,15 +31,20 @@ request that arrives in one piece (the usual case) costs no timer at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from dataclasses import dataclass
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from mlos_core.errors import error_body
 
-__all__ = ["LimitedHttpToolsProtocol", "Limits", "protocol_class", "raw_error_response"]
+__all__ = ["HAND_OFF", "HandedOffBody", "LimitedHttpToolsProtocol", "Limits", "protocol_class", "raw_error_response"]
+
+HAND_OFF = "mlos.body_hand_off"  # scope["extensions"] key: () -> HandedOffBody | None
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,30 @@ class Limits:
     body_timeout_s: float = 30.0
     max_header_bytes: int = 64 << 10
     max_connections: int = 1024
+
+
+@dataclass
+class HandedOffBody:
+    """A request body the event loop will not read: *received* (what had already arrived), then
+    *remaining* more bytes to read from *fd* (a duplicate of the client socket, which the holder
+    must close: ``close()``), with at most *timeout_s* between two pieces. ``client_gone()`` ends
+    the request without an answer (the client hung up, or the body stopped coming)."""
+
+    fd: int
+    received: bytes
+    remaining: int
+    timeout_s: float
+    client_gone: Callable[[], None] = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.received) + self.remaining
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
 
 
 def raw_error_response(status: int, reason: str, code: str, message: str, *extra: tuple[str, str]) -> bytes:
@@ -123,6 +160,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body = True
         self._cancel_timer()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope and (declared := self._content_length()) is not None:
+            self.scope.setdefault("extensions", {})[HAND_OFF] = functools.partial(self._hand_off_body, cycle, declared)
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -135,6 +175,46 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """Unparsable HTTP: the same JSON error shape as every other answer (uvicorn writes text)."""
         self.transport.write(raw_error_response(400, "Bad Request", "bad_http", msg))
+        self.transport.close()
+
+    # --- large bodies read elsewhere ---------------------------------------------------------------
+
+    def _content_length(self) -> int | None:
+        """The body's length when it can be handed off: one Content-Length, no Transfer-Encoding, plain TCP."""
+        lengths = [v for k, v in self.headers if k == b"content-length"]
+        if len(lengths) != 1 or not lengths[0].isdigit() or any(k == b"transfer-encoding" for k, _ in self.headers):
+            return None
+        if self.transport.get_extra_info("sslcontext") is not None or self.transport.get_extra_info("socket") is None:
+            return None
+        return int(lengths[0])
+
+    def _hand_off_body(self, cycle: Any, declared: int) -> HandedOffBody | None:
+        """Stop reading this connection and give the rest of the current body to whoever calls this
+        (once, before the application has read any of it); None when it cannot be (anymore)."""
+        if cycle is not self.cycle or not cycle.more_body or cycle.disconnected or self._done \
+                or self.transport.is_closing():
+            return None
+        received = bytes(cycle.body)
+        remaining = declared - len(received)
+        sock = self.transport.get_extra_info("socket")
+        if remaining <= 0 or sock is None:
+            return None
+        fd = os.dup(sock.fileno())
+        self.flow.pause_reading()
+        if cycle.waiting_for_100_continue:  # what receive() would have sent before the first read
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            cycle.waiting_for_100_continue = False
+        cycle.body = bytearray()
+        cycle.keep_alive = False  # the parser never sees the rest of this body: close after the answer
+        self._done = True
+        self._in_body = False
+        self._cancel_timer()
+        return HandedOffBody(fd, received, remaining, self.limits.body_timeout_s,
+                             functools.partial(self._hand_off_ended, cycle))
+
+    def _hand_off_ended(self, cycle: Any) -> None:
+        cycle.disconnected = True
+        cycle.message_event.set()
         self.transport.close()
 
     # --- limits -----------------------------------------------------------------------------------

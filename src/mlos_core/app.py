@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from mlos_core import __version__, kserve
+from mlos_core import __version__, kserve, openai_api
 from mlos_core.auth import load_or_create_token, require_admin
 from mlos_core.batching import BatchResult, Pending
 from mlos_core.errors import ApiError, api_error_handler, error_response
@@ -242,8 +242,9 @@ def create_app(settings: ServerSettings) -> FastPath:
         t0 = time.perf_counter()
         try:
             if pending.rows > model.batcher.max_batch_size:  # many texts: batches of max_batch_size, one answer
-                result = join_results(await asyncio.gather(
-                    *(model.batcher.submit(part) for part in split_pending(pending, model.batcher.max_batch_size))))
+                parts = split_pending(pending, model.batcher.max_batch_size)
+                result = join_results(await asyncio.gather(*(model.batcher.submit(part) for part in parts)))
+                pending.tokenized = sum(part.tokenized for part in parts)
             else:
                 result = await model.batcher.submit(pending)
         except ApiError as exc:
@@ -339,6 +340,7 @@ def create_app(settings: ServerSettings) -> FastPath:
         Route("/models/{rest:path}", model_route, methods=["GET", "POST", "DELETE"]),
         Route("/metrics", metrics_route),
         *kserve.routes(settings, registry, admin),
+        *openai_api.routes(registry),
     ]
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
@@ -355,7 +357,8 @@ def create_app(settings: ServerSettings) -> FastPath:
     app.state.metrics = metrics
     fast_routes = [FastRoute("/models/", "/inference", infer_native),
                    FastRoute("/v2/models/", "/infer", kserve.infer_handler(settings, registry, admit, run_inference,
-                                                                         large_bodies))]
+                                                                         large_bodies)),
+                   *openai_api.fast_routes(settings, registry, admit, run_inference, large_bodies)]
     return FastPath(app, fast_routes, settings.max_body_bytes)
 
 

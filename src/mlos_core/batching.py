@@ -33,6 +33,7 @@ class Pending:
     rows: int
     key: tuple[Any, ...]  # requests batch together only when their keys are equal
     tokens: int = 0  # estimated tokens (text only): a batch stays within the token budget
+    tokenized: int = 0  # the tokens its texts became (text only), set when its batch runs
     outputs: frozenset[str] | None = None  # outputs the client asked for (None: all)
     texts: list[str] | None = None
     tensors: dict[str, np.ndarray] | None = None

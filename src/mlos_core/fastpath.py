@@ -57,14 +57,30 @@ def release_memory() -> None:
         _libc().malloc_trim(0)
 
 
+ErrorBody = Callable[[int, str, str], bytes]  # (status, code, message) -> the JSON error a route's clients expect
+
+
+def _api_error_body(status: int, code: str, message: str) -> bytes:
+    return error_body(code, message)
+
+
 class FastRoute(NamedTuple):
     """``POST <prefix><tail><suffix>`` goes to ``handler(tail, request headers, read_body)``; the
     handler reads the body only once it knows it will serve the request (a full queue answers
-    503 without waiting for a body)."""
+    503 without waiting for a body). *exact*: the path is *prefix* itself (the tail is empty).
+    *errors*: how this route's errors are written (default: the API's own shape)."""
 
     prefix: str
     suffix: str
     handler: Handler
+    exact: bool = False
+    errors: ErrorBody = _api_error_body
+
+    def matches(self, path: str) -> bool:
+        if self.exact:
+            return path == self.prefix
+        return path.startswith(self.prefix) and path.endswith(self.suffix) \
+            and len(path) > len(self.prefix) + len(self.suffix)
 
 
 class ClientGone(Exception):
@@ -144,8 +160,7 @@ class FastPath:
             return await self.app(scope, receive, send)
         path: str = scope["path"]
         for route in self.routes:
-            if path.startswith(route.prefix) and path.endswith(route.suffix) \
-                    and len(path) > len(route.prefix) + len(route.suffix):
+            if route.matches(path):
                 break
         else:
             return await self.app(scope, receive, send)
@@ -168,19 +183,20 @@ class FastPath:
             return body
 
         try:
-            payload, headers = await route.handler(path[len(route.prefix):-len(route.suffix)], scope["headers"],
+            tail = "" if route.exact else path[len(route.prefix):len(path) - len(route.suffix)]
+            payload, headers = await route.handler(tail, scope["headers"],
                                                    read_body)
             status = 200
         except ClientGone:
             return
         except ApiError as exc:
-            status, payload, headers = exc.status, error_body(exc.code, exc.message), JSON_HEADERS
+            status, payload, headers = exc.status, route.errors(exc.status, exc.code, exc.message), JSON_HEADERS
             if exc.headers:
                 headers = JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
         except Exception:
             log.exception("inference request failed")
-            status, payload, headers = 500, error_body("internal", "internal server error (see the server log)"), \
-                JSON_HEADERS
+            payload = route.errors(500, "internal", "internal server error (see the server log)")
+            status, headers = 500, JSON_HEADERS
         finally:
             if large:
                 self.large_bodies -= 1

@@ -168,7 +168,8 @@ def _read_rest(fds: socket.socket, received: bytes, remaining: int, timeout_s: f
 def _serve(sock: socket.socket, fds: socket.socket) -> None:
     import importlib
 
-    for name in ("mlos_core.app", "mlos_core.kserve"):  # what the requests name: imported before the first one
+    # what the requests name: imported before the first one
+    for name in ("mlos_core.app", "mlos_core.kserve", "mlos_core.openai_api"):
         importlib.import_module(name)
     inp, out = sock.makefile("rb"), sock.makefile("wb")
     while header := inp.read(_LEN.size):

@@ -31,6 +31,18 @@ __all__ = ["LoadedModel", "Registry"]
 log = logging.getLogger("mlos_core.registry")
 
 
+def count_tokens(items: list[Pending], feeds: dict[str, np.ndarray]) -> None:
+    """Each text request's ``tokenized``: its rows' attention-mask sums (what usage reports count)."""
+    mask = feeds.get("attention_mask")
+    if mask is None or mask.ndim != 2:  # a model without a mask input: every position counts
+        ids = next(iter(feeds.values()))
+        mask = np.ones(ids.shape[:2], np.int64)
+    start = 0
+    for item in items:
+        item.tokenized = int(mask[start:start + item.rows].sum())
+        start += item.rows
+
+
 @dataclass
 class LoadedModel:
     located: Located
@@ -84,6 +96,7 @@ class LoadedModel:
                                               key[2] if key[1:2] == ("prompt_name",) else None)
             feeds = self.text.encode([t for item in items for t in (item.texts or [])], prompt)
             prompt_length = self.text.prompt_length(prompt) if prompt else None
+            count_tokens(items, feeds)
         else:
             names = list(items[0].tensors or {})
             feeds = {n: np.concatenate([item.tensors[n] for item in items], axis=0)  # type: ignore[index]

@@ -1,0 +1,153 @@
+"""The OpenAI embeddings API: ``POST /v1/embeddings`` and ``GET /v1/models``.
+
+What the ``openai`` client (``client.embeddings.create``), LangChain's ``OpenAIEmbeddings`` and
+most RAG frameworks call. ``model`` is the model's spec (``ns/name@version``, or ``ns/name`` for
+the one registered last); ``input`` a string or a list of strings (token-id arrays are refused:
+the server tokenizes); ``encoding_format`` ``float`` (default) or ``base64`` (little-endian
+float32, what the openai client asks for unless told otherwise); ``dimensions`` is accepted only
+when it is the model's own width (a model that declares no truncation cannot be cut). The request
+goes through the model's batcher like a native one, split into batches when it has more texts
+than a batch holds (up to ``--max-request-inputs``). ``usage`` counts the tokens the texts became
+(special tokens and any default prompt included). Errors have OpenAI's shape, ``{"error":
+{"message", "type", "param", "code"}}``, so clients raise their usual exceptions.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlos_core.batching import Pending
+from mlos_core.errors import ApiError
+from mlos_core.fastpath import JSON_HEADERS, FastRoute, Handler, Headers, ReadBody, Reply
+from mlos_core.jsonio import JSONResponse, dumps, loads
+from mlos_core.parse_helper import LargeBodies
+from mlos_core.registry import LoadedModel, Registry
+from mlos_core.settings import ServerSettings
+
+__all__ = ["EmbeddingsRequest", "fast_routes", "openai_error_body", "parse_embeddings_request", "routes"]
+
+EMBEDDINGS_OUTPUT = "embeddings"
+
+
+def openai_error_body(status: int, code: str, message: str) -> bytes:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    if status == 404:
+        kind = "not_found_error"
+    elif status in (429, 503):
+        kind = "overloaded_error"
+    return dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+
+class EmbeddingsRequest(NamedTuple):
+    model: str
+    texts: list[str]
+    base64: bool
+    dimensions: int | None
+
+
+def parse_embeddings_request(raw: bytes, max_texts: int) -> EmbeddingsRequest:
+    """Body bytes -> a checked request (in the parse helper when the body is large); picklable."""
+    try:
+        body = loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, "bad_json", f"request body is not valid JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "the body must be a JSON object: {'model': ..., 'input': ...}")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ApiError(400, "bad_request", "'model' must name a registered model, e.g. 'ns/name@version'")
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if isinstance(texts, list) and texts and all(isinstance(t, (int, list)) for t in texts):
+        raise ApiError(400, "token_ids_unsupported", "'input' as token ids is not supported: send the text "
+                       "(a string or a list of strings); the server tokenizes it with the model's tokenizer")
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, "bad_input", "'input' must be a non-empty string or list of strings")
+    if len(texts) > max_texts:
+        raise ApiError(400, "too_many_inputs", f"'input': at most {max_texts} texts per request "
+                       "(--max-request-inputs)")
+    fmt = body.get("encoding_format", "float")
+    if fmt not in ("float", "base64"):
+        raise ApiError(400, "bad_encoding_format", f"'encoding_format' must be 'float' or 'base64', not {fmt!r:.40}")
+    dims = body.get("dimensions")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
+        raise ApiError(400, "bad_dimensions", "'dimensions' must be a positive integer")
+    return EmbeddingsRequest(model.strip(), texts, fmt == "base64", dims)
+
+
+def find_model(registry: Registry, spec: str) -> LoadedModel:
+    """``ns/name@version`` exactly, or ``ns/name``: the version registered last."""
+    if "@" in spec:
+        return registry.get(spec)
+    candidates = [m for key, m in registry.models.items() if key.rsplit("@", 1)[0] == spec]
+    if not candidates:
+        raise ApiError(404, "model_not_found", f"model {spec!r} is not registered (GET /v1/models lists them)")
+    return max(candidates, key=lambda m: m.loaded_at)
+
+
+def embedding_model(model: LoadedModel) -> None:
+    if model.text is None or EMBEDDINGS_OUTPUT not in model.output_names:
+        raise ApiError(400, "not_an_embedding_model", f"model {model.model_id!r} does not return text embeddings "
+                       f"(its outputs: {', '.join(model.output_names)}); use POST /models/{model.model_id}/inference")
+
+
+def dimensions_refused(model: LoadedModel, width: int) -> ApiError:
+    return ApiError(400, "dimensions_not_supported", f"model {model.model_id!r} returns {width}-dimensional "
+                    f"embeddings and declares no truncation; leave 'dimensions' out or set it to {width}")
+
+
+def render_embeddings(model_id: str, embeddings: np.ndarray, as_base64: bool, tokens: int) -> bytes:
+    rows = embeddings.astype("<f4", copy=False)
+    data: list[dict[str, Any]] = [
+        {"object": "embedding", "index": i,
+         "embedding": base64.b64encode(row.tobytes()).decode("ascii") if as_base64 else row}
+        for i, row in enumerate(rows)]
+    return dumps({"object": "list", "data": data, "model": model_id,
+                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def fast_routes(settings: ServerSettings, registry: Registry, admit: Callable[[LoadedModel], None],
+                run_inference: Callable[[LoadedModel, Pending], Awaitable[Any]],
+                large_bodies: LargeBodies) -> list[FastRoute]:
+    from mlos_core.app import estimate_tokens
+
+    async def embeddings(tail: str, headers: Headers, read_body: ReadBody) -> Reply:
+        body = await read_body()
+        req = await large_bodies.parse(body, parse_embeddings_request, settings.max_request_inputs)
+        if "@" in req.model:
+            await registry.resolve(req.model)  # one another worker registered a moment ago
+        model = find_model(registry, req.model)
+        embedding_model(model)
+        width = next((o.shape[-1] for o in model.session.session.get_outputs() if o.name == EMBEDDINGS_OUTPUT), None)
+        if req.dimensions is not None and isinstance(width, int) and req.dimensions != width:
+            raise dimensions_refused(model, width)
+        admit(model)
+        pending = Pending(rows=len(req.texts), key=("text",), texts=req.texts,
+                          deadline=time.perf_counter() + settings.request_timeout_s,
+                          tokens=estimate_tokens(req.texts, model.schema), outputs=frozenset([EMBEDDINGS_OUTPUT]))
+        result = await run_inference(model, pending)
+        vectors = result.outputs[EMBEDDINGS_OUTPUT]
+        if req.dimensions is not None and req.dimensions != vectors.shape[-1]:
+            raise dimensions_refused(model, vectors.shape[-1])
+        return render_embeddings(model.model_id, vectors, req.base64, pending.tokenized), JSON_HEADERS
+
+    handler: Handler = embeddings
+    return [FastRoute("/v1/embeddings", "", handler, exact=True, errors=openai_error_body)]
+
+
+def routes(registry: Registry) -> list[Route]:
+    async def list_models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": key, "object": "model", "created": int(m.loaded_at), "owned_by": "mlos-core"}
+            for key, m in sorted(registry.models.items())]})
+
+    return [Route("/v1/models", list_models)]

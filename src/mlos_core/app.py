@@ -297,6 +297,7 @@ def create_app(settings: ServerSettings) -> FastPath:
             metrics.request(model.model_id, "failed", exc.code)
             raise
         pending.enqueued = time.perf_counter()
+        pending.deadline = pending.enqueued + settings.request_timeout_s  # from when the whole body was here
         result = await run_inference(model, pending)
         return dumps({"model_id": model.model_id, "outputs": to_json_outputs(result.outputs, wanted),
                       "batch_size": result.batch_size, "inference_time_us": result.compute_us,

@@ -180,7 +180,10 @@ class FastPath:
             body = await read_asgi_large(scope, receive, self.max_body_bytes, take_large_slot)
             if isinstance(body, HandedOffBody):
                 handed.append(body)
+            read.append(True)
             return body
+
+        read: list[bool] = []
 
         try:
             tail = "" if route.exact else path[len(route.prefix):len(path) - len(route.suffix)]
@@ -193,6 +196,10 @@ class FastPath:
             status, payload, headers = exc.status, route.errors(exc.status, exc.code, exc.message), JSON_HEADERS
             if exc.headers:
                 headers = JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+            if not read and (b"expect", b"100-continue") in ((k, v.lower()) for k, v in scope["headers"]):
+                # Answered before "100 Continue": the client will not send the body the parser
+                # waits for, so the next request on this connection would be read as that body.
+                headers = [*headers, (b"connection", b"close")]
         except Exception:
             log.exception("inference request failed")
             payload = route.errors(500, "internal", "internal server error (see the server log)")

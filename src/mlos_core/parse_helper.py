@@ -12,14 +12,17 @@ most ``timeout_s`` between two pieces: then 408; a client that hangs up gets no 
 body (or one over TLS) is read by the server and its pieces written to the helper's socket
 (non-blocking writes of the pieces as they are). Either way the server gets back the validated
 request (numpy arrays, texts) or the ApiError.
-One helper per server process, started at the first large body, one body at a time, its cyclic
-GC off and its CPU priority lowest (SCHED_IDLE: parsing a huge body is background work, inference
-threads come first, so under full load large bodies wait); it exits when the server's end of the
-socket closes.
+One helper per server process, started at the first large body, reading bodies side by side and
+parsing one at a time, its cyclic GC off and its CPU priority lowest (SCHED_IDLE: parsing a huge
+body is background work, inference threads come first, so under full load large bodies wait); it
+exits when the server's end of the socket closes.
 
-Frames, both ways: an 8-byte little-endian length, then a pickle; parent to helper, the pickle is
-``(fn, args, socket)`` and an 8-byte length and the body (or what had arrived of it) follow;
-*socket* is None, or ``(remaining bytes, timeout_s)`` when the client socket was sent first.
+Frames, both ways: an 8-byte little-endian length, then a pickle. Parent to helper, the pickle is
+``(id, fn, args, socket)``, and an 8-byte length and the body (or what had arrived of it) follow;
+*socket* is None, or ``(remaining bytes, timeout_s)`` when the client socket was sent first (with
+the id, on the second socket). Helper to parent: ``(id, status, value)``, in the order requests
+finish: bodies are read side by side (a trickling client holds only its own request, never the
+others'), parsed one at a time.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import mmap
 import os
@@ -35,6 +39,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -48,50 +53,65 @@ log = logging.getLogger("mlos_core.app")
 
 T = TypeVar("T")
 _LEN = struct.Struct("<Q")
+_ID = struct.Struct("<Q")  # a request's id, with its client socket
 
 
 class LargeBodies:
     """``parse(chunks, fn, *args)`` is ``fn(body, *args)``: here for a small body, else in the helper."""
 
     def __init__(self) -> None:
-        self._lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()  # one request frame at a time on the socket
         self._proc: subprocess.Popen[bytes] | None = None
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._fds: socket.socket | None = None  # client sockets go to the helper on this one
+        self._answers: asyncio.Task[None] | None = None
+        self._waiting: dict[int, asyncio.Future[tuple[str, Any]]] = {}
+        self._ids = itertools.count()
 
     async def parse(self, body: Body, fn: Callable[..., T], *args: Any) -> T:
         """``fn(body bytes, *args)``. A large body is consumed: a list of chunks is emptied once
-        they are sent, a handed-off socket is closed here once the helper has its own."""
+        they are sent, a handed-off socket is closed here once the helper has its own.
+
+        The helper reads handed-off bodies side by side (a client that trickles its body holds
+        only its own request) and parses one at a time."""
         if isinstance(body, HandedOffBody):
             pieces, size = [body.received], body.size
         else:
             pieces, size = body, (len(body[0]) if len(body) == 1 else sum(map(len, body)))
             if size <= LARGE_BODY_BYTES:
                 return fn(body[0] if len(body) == 1 else b"".join(body), *args)
-        async with self._lock:  # one body at a time through the helper
-            try:
-                reader, writer = await self._connect()
+        rid = next(self._ids)
+        answer: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = answer
+        writing = False
+        try:
+            async with self._write_lock:
+                writing = True
+                writer = await self._connect()
                 source = None
                 if isinstance(body, HandedOffBody):
                     assert self._fds is not None
-                    socket.send_fds(self._fds, [b"S"], [body.fd])  # non-blocking; the helper takes each at once
+                    socket.send_fds(self._fds, [_ID.pack(rid)], [body.fd])  # non-blocking; the helper takes each
                     body.close()
                     source = (body.remaining, body.timeout_s)
-                head = pickle.dumps((fn, args, source), protocol=pickle.HIGHEST_PROTOCOL)
+                head = pickle.dumps((rid, fn, args, source), protocol=pickle.HIGHEST_PROTOCOL)
                 writer.write(_LEN.pack(len(head)) + head + _LEN.pack(sum(map(len, pieces))))
                 writer.writelines(pieces)
                 pieces.clear()  # the transport holds what it has not sent yet; nothing else keeps them
                 await writer.drain()
-                answer = await reader.readexactly(_LEN.unpack(await reader.readexactly(_LEN.size))[0])
-                status, value = pickle.loads(answer)
-            except BaseException as exc:  # a helper that died, or this request cancelled mid-exchange
+                writing = False
+            status, value = await answer
+        except BaseException as exc:  # a helper that died, or this request cancelled mid-frame
+            if writing:  # a frame cut short: the helper cannot read the next one
                 self.close()
-                if not isinstance(exc, (OSError, EOFError, asyncio.IncompleteReadError, pickle.UnpicklingError)):
-                    raise
-                log.error("the large-body parser process failed (%s); a new one starts with the next large body",
-                          type(exc).__name__)
-                raise ApiError(503, "busy", "the request could not be parsed now; retry shortly",
-                               headers={"Retry-After": "1"}) from None
+            if not isinstance(exc, (OSError, EOFError, asyncio.IncompleteReadError, pickle.UnpicklingError)):
+                raise
+            log.error("the large-body parser process failed (%s); a new one starts with the next large body",
+                      type(exc).__name__)
+            raise ApiError(503, "busy", "the request could not be parsed now; retry shortly",
+                           headers={"Retry-After": "1"}) from None
+        finally:
+            self._waiting.pop(rid, None)
         if status == "ok":
             return value  # type: ignore[no-any-return]
         if status == "gone" and isinstance(body, HandedOffBody):
@@ -104,7 +124,27 @@ class LargeBodies:
         finally:
             del value
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
+        """Each answer frame to the request waiting for it; when the helper goes, every waiting one fails."""
+        try:
+            while True:
+                frame = await reader.readexactly(_LEN.unpack(await reader.readexactly(_LEN.size))[0])
+                rid, status, value = pickle.loads(frame)
+                waiting = self._waiting.get(rid)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result((status, value))
+                del frame, value
+        except (OSError, EOFError, asyncio.IncompleteReadError, pickle.UnpicklingError) as exc:
+            self._answers = None
+            self.close()  # the next large body starts a new helper
+            failure = EOFError(f"the parse helper went away ({type(exc).__name__})")
+        except asyncio.CancelledError:
+            failure = EOFError("the parse helper was stopped")
+        for waiting in self._waiting.values():
+            if not waiting.done():
+                waiting.set_exception(failure)
+
+    async def _connect(self) -> asyncio.StreamWriter:
         if self._stream is None:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             fds_ours, fds_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -115,9 +155,13 @@ class LargeBodies:
             fds_ours.setblocking(False)
             self._fds = fds_ours
             self._stream = await asyncio.open_unix_connection(sock=ours, limit=1 << 20)
-        return self._stream
+            self._answers = asyncio.get_running_loop().create_task(self._read_answers(self._stream[0]))
+        return self._stream[1]
 
     def close(self) -> None:
+        if self._answers is not None:
+            self._answers.cancel()
+            self._answers = None
         if self._stream is not None:
             self._stream[1].close()
             self._stream = None
@@ -138,15 +182,12 @@ class _BodyEnded(Exception):
     """The client closed (or reset) its connection before the whole body came."""
 
 
-def _read_rest(fds: socket.socket, received: bytes, remaining: int, timeout_s: float) -> bytes:
-    """The whole body: *received*, then *remaining* bytes from the client socket sent on *fds*."""
-    _, passed, _, _ = socket.recv_fds(fds, 1, 1)
-    if len(passed) != 1:
-        raise RuntimeError(f"expected one client socket from the server, got {len(passed)}")
+def _read_rest(client: socket.socket, received: bytes, remaining: int, timeout_s: float) -> bytes:
+    """The whole body: *received*, then *remaining* bytes from *client* (closed here)."""
     size = len(received) + remaining
     # An anonymous map, not bytearray(size): its pages cost memory only as bytes arrive, so a head
     # that declares 60 MB and sends nothing costs nothing.
-    with socket.socket(fileno=passed[0]) as client, mmap.mmap(-1, size) as buf, memoryview(buf) as view:
+    with client, mmap.mmap(-1, size) as buf, memoryview(buf) as view:
         view[: len(received)] = received
         pos = len(received)
         # A timeout keeps the socket non-blocking; never setblocking(True): O_NONBLOCK is a flag of
@@ -166,19 +207,23 @@ def _read_rest(fds: socket.socket, received: bytes, remaining: int, timeout_s: f
 
 
 def _serve(sock: socket.socket, fds: socket.socket) -> None:
+    """Requests in order from the server; each in its own thread (at most MAX_LARGE_BODIES at once:
+    the server's slots), which reads its client socket if it has one, then parses under one lock."""
     import importlib
 
     # what the requests name: imported before the first one
     for name in ("mlos_core.app", "mlos_core.kserve", "mlos_core.openai_api"):
         importlib.import_module(name)
     inp, out = sock.makefile("rb"), sock.makefile("wb")
-    while header := inp.read(_LEN.size):
-        fn, args, source = pickle.loads(inp.read(_LEN.unpack(header)[0]))
-        body = inp.read(_LEN.unpack(inp.read(_LEN.size))[0])
+    parsing, writing = threading.Lock(), threading.Lock()
+
+    def handle(rid: int, fn: Callable[..., Any], args: tuple[Any, ...], body: bytes, client: socket.socket | None,
+               source: tuple[int, float] | None) -> None:
         try:
-            if source is not None:
-                body = _read_rest(fds, body, *source)
-            answer: tuple[str, Any] = ("ok", fn(body, *args))
+            if client is not None and source is not None:
+                body = _read_rest(client, body, *source)
+            with parsing:
+                answer: tuple[str, Any] = ("ok", fn(body, *args))
         except _BodyEnded:
             answer = ("gone", None)
         except TimeoutError:
@@ -188,14 +233,28 @@ def _serve(sock: socket.socket, fds: socket.socket) -> None:
         except Exception as exc:  # a bug: the server logs it and answers 500
             answer = ("crash", f"{type(exc).__name__}: {exc}")
         del body
-        payload = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps((rid, *answer), protocol=pickle.HIGHEST_PROTOCOL)
         del answer
-        out.write(_LEN.pack(len(payload)))
-        out.write(payload)
-        out.flush()
+        with writing:
+            out.write(_LEN.pack(len(payload)))
+            out.write(payload)
+            out.flush()
         del payload
-        gc.collect()
-        release_memory()
+        with parsing:
+            gc.collect()
+            release_memory()
+
+    while header := inp.read(_LEN.size):
+        rid, fn, args, source = pickle.loads(inp.read(_LEN.unpack(header)[0]))
+        body = inp.read(_LEN.unpack(inp.read(_LEN.size))[0])
+        client = None
+        if source is not None:  # its client socket came first, on the other socket, in the same order
+            data, passed, _, _ = socket.recv_fds(fds, _ID.size, 1)
+            if len(passed) != 1 or data != _ID.pack(rid):
+                raise EOFError(f"expected the client socket of request {rid}, got {len(passed)} descriptor(s)")
+            client = socket.socket(fileno=passed[0])
+        threading.Thread(target=handle, args=(rid, fn, args, body, client, source), daemon=True).start()
+        del body
 
 
 def main() -> None:

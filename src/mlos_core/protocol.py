@@ -79,6 +79,17 @@ class HandedOffBody:
             self.fd = -1
 
 
+class _LingeringClose:
+    """A handed-off request's transport as its cycle sees it: ``close()`` lingers (see _linger)."""
+
+    def __init__(self, transport: asyncio.Transport, linger: Callable[[], None]) -> None:
+        self._transport = transport
+        self.close = linger
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def raw_error_response(status: int, reason: str, code: str, message: str, *extra: tuple[str, str]) -> bytes:
     """A complete ``Connection: close`` HTTP/1.1 response with the API's JSON error body."""
     body = error_body(code, message)
@@ -165,6 +176,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.scope.setdefault("extensions", {})[HAND_OFF] = functools.partial(self._hand_off_body, cycle, declared)
 
     def on_message_complete(self) -> None:
+        if self.cycle is not None:  # the whole body came: nothing to hand off, and no cycle through the scope
+            self.cycle.scope.get("extensions", {}).pop(HAND_OFF, None)
         self._in_body = False
         self._in_head = True
         self._head_bytes = 0
@@ -206,11 +219,26 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             cycle.waiting_for_100_continue = False
         cycle.body = bytearray()
         cycle.keep_alive = False  # the parser never sees the rest of this body: close after the answer
+        cycle.transport = _LingeringClose(self.transport, self._linger)
+        cycle.scope.get("extensions", {}).pop(HAND_OFF, None)  # once; and no cycle through the scope
         self._done = True
         self._in_body = False
         self._cancel_timer()
         return HandedOffBody(fd, received, remaining, self.limits.body_timeout_s,
                              functools.partial(self._hand_off_ended, cycle))
+
+    def _linger(self) -> None:
+        """Close after a handed-off request's answer without losing it: whatever the client still
+        sends (a pipelined request, a trailing CRLF) would make close() reset the connection and
+        the kernel drop the answer not yet sent. Half-close, read and drop until the client closes
+        too, or for at most a second."""
+        if self.transport.is_closing():
+            return
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.flow.resume_reading()  # data_received drops it all (_done)
+        self._cancel_timer()
+        self._timer = self.loop.call_later(_REFUSED_LINGER_S, self.transport.close)
 
     def _hand_off_ended(self, cycle: Any) -> None:
         cycle.disconnected = True

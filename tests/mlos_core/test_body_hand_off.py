@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from axon.settings import Settings
 from mlos_core.fastpath import LARGE_BODY_BYTES
 from tests.mlos_core import test_server
 from tests.mlos_core.test_hostile_clients import GIVE_UP_S, WellBehaved, host_port, json_error, read_until_closed
-from tests.mlos_core.test_server import MLP, mlp_reference
+from tests.mlos_core.test_server import MLP, TEXT, mlp_reference
 from tests.support.core_server import Core, core_server
 
 published = test_server.published
@@ -47,14 +48,15 @@ def read_one_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
         chunk = sock.recv(65536)
         assert chunk, f"connection closed before a response head: {data!r}"
         data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, first = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    body = bytearray(first)
     while len(body) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
+        chunk = sock.recv(1 << 20)
         assert chunk, "connection closed inside a response body"
         body += chunk
-    return int(lines[0].split()[1]), headers, body
+    return int(lines[0].split()[1]), headers, bytes(body)
 
 
 def helper_pids(core: Core) -> set[int]:
@@ -71,7 +73,8 @@ def post_large(core: Core, body: bytes) -> int:
 def core(published: tuple[Settings, Path]) -> Iterator[Core]:
     settings, tmp = published
     with core_server(settings.publish_dir, tmp, "--body-timeout", "1") as c:
-        assert c.call("POST", "/models/register", {"model_id": MLP})[0] == 201
+        for spec in (MLP, TEXT):
+            assert c.call("POST", "/models/register", {"model_id": spec})[0] == 201
         yield c
     assert "Traceback" not in c.log.read_text()
 
@@ -159,3 +162,68 @@ def test_a_client_that_hangs_up_mid_body_gets_nothing_and_costs_nothing(core: Co
         assert helper_pids(core) == helpers
     client.assert_served()
     assert "parser process failed" not in core.log.read_text()
+
+
+def test_a_client_trickling_its_body_does_not_hold_up_other_large_bodies(core: Core) -> None:
+    body = native_body()
+    with socket.create_connection(host_port(core), timeout=GIVE_UP_S) as slow:
+        slow.sendall(request_head(f"/models/{MLP}/inference", len(body)) + body[:1000])
+        stop = threading.Event()
+
+        def trickle() -> None:  # a byte every 0.5 s: inside the 1 s body timeout, for ever
+            i = 1000
+            while not stop.wait(0.5):
+                slow.sendall(body[i : i + 1])
+                i += 1
+
+        t = threading.Thread(target=trickle, daemon=True)
+        t.start()
+        try:
+            time.sleep(0.3)  # handed off: the helper is reading the trickle
+            for _ in range(3):  # one after another, each answered while the trickler goes on
+                assert post_large(core, body) == 200
+            assert t.is_alive()
+        finally:
+            stop.set()
+            t.join()
+
+
+def test_bytes_after_the_body_do_not_cost_the_answer(core: Core) -> None:
+    """A trailing CRLF (some clients send one after a POST body) and a pipelined request are still
+    unread when the server closes; a plain close would reset the connection and the kernel drop
+    the part of a large answer the client has not read yet."""
+    texts = [" ".join(["The quick brown fox jumps over the lazy dog"] * 12)] * 16
+    body = b'{"input": ' + PAD + json.dumps(texts).encode() + b"}"
+    for trailer in (b"\r\n", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"):
+        with socket.create_connection(host_port(core), timeout=GIVE_UP_S) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+            sock.sendall(request_head(f"/models/{TEXT}/inference", len(body)) + body + trailer)
+            time.sleep(1.5)  # the answer is written and the server has closed (or lingers) meanwhile
+            status, headers, answer = read_one_response(sock)
+        assert (status, headers["connection"]) == (200, "close")
+        assert len(answer) > 1 << 20 and json.loads(answer)["outputs"]["last_hidden_state"]["shape"][0] == 16
+
+
+def test_a_slow_upload_does_not_count_against_the_request_timeout(published: tuple[Settings, Path],
+                                                                  tmp_path: Path) -> None:
+    settings, _ = published
+    body = native_body()
+    with core_server(settings.publish_dir, tmp_path, "--request-timeout", "1", "--body-timeout", "5") as c:
+        assert c.call("POST", "/models/register", {"model_id": MLP})[0] == 201
+        with socket.create_connection(host_port(c), timeout=GIVE_UP_S) as sock:
+            sock.sendall(request_head(f"/models/{MLP}/inference", len(body)) + body[:1000])
+            for i in range(1000, len(body), len(body) // 4):  # about 2 s in all: twice the request timeout
+                time.sleep(0.5)
+                sock.sendall(body[i : i + len(body) // 4])
+            status, _, answer = read_one_response(sock)
+    assert status == 200, answer
+
+
+def test_an_answer_before_100_continue_closes_the_connection(core: Core) -> None:
+    """The client never sends a body it was not told to continue with; kept open, the connection
+    would read its next request as that body."""
+    with socket.create_connection(host_port(core), timeout=GIVE_UP_S) as sock:
+        sock.sendall(request_head(f"/models/{MLP}/inference", 10 << 30, "Expect: 100-continue"))
+        status, headers, error = read_one_response(sock)
+        assert (status, json.loads(error)["code"], headers["connection"]) == (413, "body_too_large", "close")
+        assert read_until_closed(sock) == b""

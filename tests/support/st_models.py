@@ -76,7 +76,7 @@ def build_base(out: Path, seed: int = 0) -> Path:
         (out / "vocab.txt").write_text("\n".join(vocabulary()) + "\n", encoding="utf-8")
         tok = BertTokenizerFast(vocab=str(out / "vocab.txt"), do_lower_case=False, strip_accents=False)
         probe = tok("hello World 中文 😀 Köln")["input_ids"]
-        assert tok.unk_token_id not in probe, f"the test vocabulary did not load: {probe}"  # else every text looks alike
+        assert tok.unk_token_id not in probe, f"the test vocabulary did not load: {probe}"  # else all texts look alike
         torch.manual_seed(seed)
         cfg = BertConfig(vocab_size=len(vocabulary()), hidden_size=HIDDEN, num_hidden_layers=2,
                          num_attention_heads=4, intermediate_size=37, max_position_embeddings=MAX_POSITIONS,

@@ -44,6 +44,14 @@ def st_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return build_all(tmp_path_factory.getbasetemp() / "st-models")
 
 
+@pytest.fixture(scope="session")
+def classifiers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The tiny classifiers and cross-encoders (tests/support/classifier_models.py), built once per run."""
+    from tests.support.classifier_models import build_all
+
+    return build_all(tmp_path_factory.getbasetemp() / "classifiers")
+
+
 @pytest.fixture
 def settings(isolated_env: dict[str, str]) -> Settings:
     return Settings.from_env(dict(os.environ))

@@ -18,7 +18,7 @@ import io
 import math
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from axon import classification
 from axon.errors import AxonError, IntegrityError, InvalidManifestError, InvalidModelError, UsageError
 from axon.fastio import open_beneath
 from axon.manifest import FileEntry, Manifest, TensorSpec
@@ -132,11 +133,15 @@ class TextEncoder:
                 self._prompt_lengths[prompt] = n
         return n
 
-    def encode(self, texts: list[str], prompt: str | None = None) -> dict[str, np.ndarray]:
-        """The model's inputs for *texts*, each with *prompt* (already resolved) in front."""
+    def encode(self, texts: Sequence[str | tuple[str, str]], prompt: str | None = None) -> dict[str, np.ndarray]:
+        """The model's inputs for *texts*, each with *prompt* (already resolved) in front. A text
+        pair (query, passage) is tokenized as a pair (both segments, their type ids, truncation
+        from the longer one first), as a cross-encoder's library does."""
         if prompt:
-            texts = [prompt + t for t in texts]
-        encodings = self.tokenizer.encode_batch(texts)
+            if any(not isinstance(t, str) for t in texts):
+                raise UsageError("A prompt goes with single texts, not text pairs.")
+            texts = [prompt + t for t in texts]  # type: ignore[operator]
+        encodings = self.tokenizer.encode_batch(list(texts))
         columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
                    "token_type_ids": [e.type_ids for e in encodings]}
         feeds = {}
@@ -200,10 +205,12 @@ def postprocess(spec: dict[str, Any] | None, outputs: dict[str, np.ndarray],
             return {}
         return {"embeddings": pool(outputs[name], feeds.get("attention_mask"), pooling, prompt_length=prompt_length,
                                    dense=dense)}
-    if spec.get("type") == "softmax":
-        logits = outputs[name].astype(np.float32, copy=False)
-        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return {"probabilities": z / z.sum(axis=-1, keepdims=True)}
+    if spec.get("type") == "softmax":  # manifests written before "classification"
+        return {"probabilities": classification.scores("softmax", outputs[name])}
+    if spec.get("type") == "classification":
+        function, _ = classification.check_spec(spec)
+        logits = outputs[name]
+        return {"scores": classification.scores(function, logits.reshape(len(logits), -1))}
     return {}
 
 

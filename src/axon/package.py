@@ -58,12 +58,17 @@ def _preprocessing(staging: Path, files: set[str], st: STConfig | None = None) -
     model_max = cfg.get("model_max_length") if isinstance(cfg, dict) else None
     if isinstance(model_max, int) and not isinstance(model_max, bool) and model_max > 0:
         max_length = min(model_max, DEFAULT_MAX_LENGTH)
-    if st is not None:
-        # sentence-transformers: max_seq_length, else the tokenizer's length capped at the positions.
+    from axon.classification import is_cross_encoder
+
+    cross = is_cross_encoder(staging, files)
+    if st is not None or cross:
+        # sentence-transformers (a CrossEncoder too): max_seq_length, else the tokenizer's length
+        # capped at the positions.
         config = _read_json(staging / "config.json") if "config.json" in files else None
         positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
         limits = [v for v in (model_max, positions) if isinstance(v, int) and not isinstance(v, bool) and v > 0]
-        max_length = st.max_seq_length or (min(limits) if limits else DEFAULT_MAX_LENGTH)
+        max_seq = st.max_seq_length if st is not None else _cross_encoder_max_seq_length(staging, files)
+        max_length = max_seq or (min(limits) if limits else DEFAULT_MAX_LENGTH)
     pre: dict[str, Any] = {"type": "tokenizer", "tokenizer": tokenizer, "max_length": max_length, "truncation": True,
                            "padding": "longest"}
     if st is not None:
@@ -71,20 +76,19 @@ def _preprocessing(staging: Path, files: set[str], st: STConfig | None = None) -
     return pre
 
 
+def _cross_encoder_max_seq_length(staging: Path, files: set[str]) -> int | None:
+    sbert = _read_json(staging / "sentence_bert_config.json") if "sentence_bert_config.json" in files else None
+    value = sbert.get("max_seq_length") if isinstance(sbert, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _postprocessing(staging: Path, files: set[str], output_names: list[str], st: STConfig | None = None
                     ) -> dict[str, Any] | None:
     if st is not None:
         return st.postprocessing("last_hidden_state" if "last_hidden_state" in output_names else output_names[0])
-    config = _read_json(staging / "config.json") if "config.json" in files else None
-    if isinstance(config, dict) and isinstance(config.get("id2label"), dict):
-        archs = " ".join(config.get("architectures") or [])
-        if "ForSequenceClassification" in archs:
-            try:
-                labels = [config["id2label"][k] for k in sorted(config["id2label"], key=int)]
-            except (TypeError, ValueError):
-                labels = list(config["id2label"].values())
-            return {"type": "softmax", "labels": labels}
-    return None
+    from axon.classification import classification_postprocessing
+
+    return classification_postprocessing(staging, files, "logits" if "logits" in output_names else output_names[0])
 
 
 def _with_hashes(post: dict[str, Any] | None, fetched: FetchResult) -> dict[str, Any] | None:
@@ -113,9 +117,11 @@ def build_manifest(spec: ModelSpec, staging: Path, fetched: FetchResult, *, entr
     extra = fetched.extra
     # A sentence-transformers repository (modules.json): read its pooling, normalisation,
     # truncation, lower-casing and prompts, or refuse a module that is not implemented.
+    from axon.classification import is_cross_encoder
     from axon.st_config import read_st_config  # numpy: not loaded for `axon --help`
 
-    st = None if extra.get("postprocessing") else read_st_config(staging, fileset)
+    st = None if extra.get("postprocessing") or is_cross_encoder(staging, fileset) else \
+        read_st_config(staging, fileset)
     return Manifest(
         namespace=spec.namespace,
         name=spec.name,

@@ -20,7 +20,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from mlos_core import __version__, kserve, openai_api
+from axon.classification import top_labels
+from mlos_core import __version__, kserve, openai_api, rerank_api
 from mlos_core.auth import load_or_create_token, require_admin
 from mlos_core.batching import BatchResult, Pending
 from mlos_core.errors import ApiError, api_error_handler, error_response
@@ -119,20 +120,15 @@ def build_pending(schema: RequestSchema, body: Any, deadline: float, *, large: b
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
     wanted = requested_outputs(body)
-    if "input" in body:
+    if "input" in body or "query" in body or "documents" in body:
         if schema.text_max_length is None:
             raise ApiError(400, "not_a_text_model", f"model {schema.model_id!r} takes tensors, not text; send "
                            "{'inputs': {name: values}}")
-        texts = body["input"]
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise ApiError(400, "bad_input", "'input' must be a non-empty string or list of strings")
-        if len(texts) > schema.max_texts:
-            raise ApiError(400, "too_many_inputs", f"'input': at most {schema.max_texts} texts per request "
-                           "(--max-request-inputs)")
-        pending = Pending(rows=len(texts), key=prompt_key(body), texts=texts, deadline=deadline,
-                          tokens=estimate_tokens(texts, schema))
+        texts, pairs = text_inputs(body, schema)
+        if pairs and ("prompt" in body or "prompt_name" in body):
+            raise ApiError(400, "bad_prompt", "'prompt' and 'prompt_name' go with single texts, not text pairs")
+        pending = Pending(rows=len(texts), key=("pairs",) if pairs else prompt_key(body), texts=texts,
+                          deadline=deadline, tokens=estimate_tokens(texts, schema))
     elif "prompt" in body or "prompt_name" in body:
         raise ApiError(400, "bad_request", "'prompt' and 'prompt_name' go with text ('input'), not tensors")
     else:
@@ -159,6 +155,49 @@ def build_pending(schema: RequestSchema, body: Any, deadline: float, *, large: b
     return pending
 
 
+def text_inputs(body: dict[str, Any], schema: RequestSchema) -> tuple[list[Any], bool]:
+    """(texts, pairs?) of a text request: ``input`` as a string, a list of strings or a list of
+    ``[query, passage]`` pairs, or ``query`` + ``documents`` (one pair per document)."""
+    if "query" in body or "documents" in body:
+        query, documents = body.get("query"), body.get("documents")
+        if "input" in body or not isinstance(query, str) or not isinstance(documents, list) or not documents \
+                or not all(isinstance(d, str) for d in documents):
+            raise ApiError(400, "bad_input", "'query' (a string) and 'documents' (a non-empty list of strings) go "
+                           "together, without 'input'")
+        texts: list[Any] = [(query, d) for d in documents]
+    else:
+        texts = body["input"]
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts:
+            raise ApiError(400, "bad_input", "'input' must be a non-empty string or list of strings (or of "
+                           "[text, text] pairs)")
+        if all(isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t) for t in texts):
+            texts = [(a, b) for a, b in texts]
+        elif not all(isinstance(t, str) for t in texts):
+            raise ApiError(400, "bad_input", "'input' must be a non-empty string or list of strings (or of "
+                           "[text, text] pairs)")
+    pairs = isinstance(texts[0], tuple)
+    if pairs and not schema.pairs:
+        raise ApiError(400, "pairs_not_supported", f"model {schema.model_id!r} is not a cross-encoder or "
+                       "classifier: it takes single texts, not pairs")
+    if len(texts) > schema.max_texts:
+        raise ApiError(400, "too_many_inputs", f"at most {schema.max_texts} texts per request (--max-request-inputs)")
+    return texts, pairs
+
+
+def requested_top_k(body: dict[str, Any]) -> int | None:
+    """``top_k`` of a classifier request: absent 1 (the pipeline's default), null every label."""
+    if "top_k" not in body:
+        return 1
+    k = body["top_k"]
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ApiError(400, "bad_request", "'top_k' must be a positive integer, or null for every label")
+    return k
+
+
 MAX_PROMPT_CHARS = 4096
 
 
@@ -176,17 +215,23 @@ def prompt_key(body: dict[str, Any]) -> tuple[str, ...]:
     return ("text",)
 
 
-def parse_native(raw: bytes, schema: RequestSchema, deadline: float) -> tuple[Pending, list[str] | None]:
-    """Body bytes -> validated request (in the helper process when the body is large)."""
+def parse_native(raw: bytes, schema: RequestSchema, deadline: float
+                 ) -> tuple[Pending, list[str] | None, int | None]:
+    """Body bytes -> validated request, its wanted outputs and top_k (in the helper process when
+    the body is large)."""
     body = parse_json(raw)
     pending = build_pending(schema, body, deadline, large=len(raw) > LARGE_BODY_BYTES)
-    return pending, body.get("outputs")
+    return pending, body.get("outputs"), requested_top_k(body) if schema.pairs else 1
 
 
 def estimate_tokens(texts: list[str], schema: RequestSchema) -> int:
     """A cheap upper-bound guess of the tokens a request adds (words x 1.5 + specials), capped at max_length."""
     cap = schema.text_max_length or 512
-    return sum(min(cap, int(len(t.split()) * 1.5) + len(t) // 20 + 2) for t in texts)
+    total = 0
+    for t in texts:
+        t = t if isinstance(t, str) else " ".join(t)  # a pair: both segments
+        total += min(cap, int(len(t.split()) * 1.5) + len(t) // 20 + 2)
+    return total
 
 
 def split_pending(pending: Pending, rows: int) -> list[Pending]:
@@ -292,16 +337,20 @@ def create_app(settings: ServerSettings) -> FastPath:
         body = await read_body()
         deadline = time.perf_counter() + settings.request_timeout_s
         try:
-            pending, wanted = await large_bodies.parse(body, parse_native, model.schema, deadline)
+            pending, wanted, top_k = await large_bodies.parse(body, parse_native, model.schema, deadline)
         except ApiError as exc:
             metrics.request(model.model_id, "failed", exc.code)
             raise
         pending.enqueued = time.perf_counter()
         pending.deadline = pending.enqueued + settings.request_timeout_s  # from when the whole body was here
         result = await run_inference(model, pending)
-        return dumps({"model_id": model.model_id, "outputs": to_json_outputs(result.outputs, wanted),
-                      "batch_size": result.batch_size, "inference_time_us": result.compute_us,
-                      "queue_time_us": result.queue_us}), JSON_HEADERS
+        answer: dict[str, Any] = {"model_id": model.model_id, "outputs": to_json_outputs(result.outputs, wanted)}
+        scores = result.outputs.get("scores", result.outputs.get("probabilities"))
+        if model.labels is not None and scores is not None:  # what transformers.pipeline answers
+            answer["labels"] = top_labels(scores, model.labels, top_k)
+        answer.update(batch_size=result.batch_size, inference_time_us=result.compute_us,
+                      queue_time_us=result.queue_us)
+        return dumps(answer), JSON_HEADERS
 
     async def model_route(request: Request) -> Response:
         raw = request.path_params["rest"]
@@ -359,7 +408,8 @@ def create_app(settings: ServerSettings) -> FastPath:
     fast_routes = [FastRoute("/models/", "/inference", infer_native),
                    FastRoute("/v2/models/", "/infer", kserve.infer_handler(settings, registry, admit, run_inference,
                                                                          large_bodies)),
-                   *openai_api.fast_routes(settings, registry, admit, run_inference, large_bodies)]
+                   *openai_api.fast_routes(settings, registry, admit, run_inference, large_bodies),
+                   *rerank_api.fast_routes(settings, registry, admit, run_inference, large_bodies)]
     return FastPath(app, fast_routes, settings.max_body_bytes)
 
 

@@ -43,15 +43,6 @@ MAX_OUTPUTS = 64  # outputs one request may list
 HEADER_LEN = b"inference-header-content-length"
 
 
-def _find_model(registry: Registry, name: str, version: str | None) -> LoadedModel:
-    if version:
-        return registry.get(f"{name}@{version}")
-    candidates = [m for k, m in registry.models.items() if k.rsplit("@", 1)[0] == name]
-    if not candidates:
-        raise ApiError(404, "model_not_found", f"model {name!r} is not registered")
-    return max(candidates, key=lambda m: m.loaded_at)
-
-
 def _split(rest: str) -> tuple[str, str | None, str]:
     """'ns/name[/versions/v][/infer|/ready]' -> (name, version, action); the path arrives
     percent-decoded once, so a '%' left in it was encoded twice and is refused."""
@@ -293,7 +284,7 @@ def routes(settings: ServerSettings, registry: Registry, admin: Callable[[Reques
         name, version, action = _split(request.path_params["rest"])
         if action == "infer":  # POST never gets here: FastPath answers it
             raise ApiError(405, "method_not_allowed", "use POST for infer")
-        m = _find_model(registry, name, version)
+        m = registry.find(name, version)
         if action == "ready":
             return JSONResponse({"name": name, "ready": True})
         if action == "config":
@@ -327,7 +318,7 @@ def routes(settings: ServerSettings, registry: Registry, admin: Callable[[Reques
         if action == "load":
             await registry.register(model_id=f"{name}@{version or 'latest'}")
         else:
-            target = f"{name}@{version}" if version else _find_model(registry, name, None).model_id
+            target = f"{name}@{version}" if version else registry.find(name).model_id
             await registry.unregister(target)
         return JSONResponse({})
 
@@ -349,7 +340,7 @@ def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[
         name, version, _ = _split(tail)
         if version:
             await registry.resolve(f"{name}@{version}")
-        m = _find_model(registry, name, version)
+        m = registry.find(name, version)
         admit(m)
         header_len = next((v.decode("latin-1") for k, v in headers if k == HEADER_LEN), None)
         body = await read_body()

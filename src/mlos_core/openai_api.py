@@ -32,7 +32,8 @@ from mlos_core.parse_helper import LargeBodies
 from mlos_core.registry import LoadedModel, Registry
 from mlos_core.settings import ServerSettings
 
-__all__ = ["EmbeddingsRequest", "fast_routes", "openai_error_body", "parse_embeddings_request", "routes"]
+__all__ = ["EmbeddingsRequest", "fast_routes", "find_model", "openai_error_body", "parse_embeddings_request",
+           "routes"]
 
 EMBEDDINGS_OUTPUT = "embeddings"
 
@@ -84,14 +85,12 @@ def parse_embeddings_request(raw: bytes, max_texts: int) -> EmbeddingsRequest:
     return EmbeddingsRequest(model.strip(), texts, fmt == "base64", dims)
 
 
-def find_model(registry: Registry, spec: str) -> LoadedModel:
-    """``ns/name@version`` exactly, or ``ns/name``: the version registered last."""
+async def find_model(registry: Registry, spec: str) -> LoadedModel:
+    """``ns/name@version`` (loaded here first if another worker registered it a moment ago), or
+    ``ns/name``: the version registered last."""
     if "@" in spec:
-        return registry.get(spec)
-    candidates = [m for key, m in registry.models.items() if key.rsplit("@", 1)[0] == spec]
-    if not candidates:
-        raise ApiError(404, "model_not_found", f"model {spec!r} is not registered (GET /v1/models lists them)")
-    return max(candidates, key=lambda m: m.loaded_at)
+        return await registry.resolve(spec)
+    return registry.find(spec)
 
 
 def embedding_model(model: LoadedModel) -> None:
@@ -123,9 +122,7 @@ def fast_routes(settings: ServerSettings, registry: Registry, admit: Callable[[L
     async def embeddings(tail: str, headers: Headers, read_body: ReadBody) -> Reply:
         body = await read_body()
         req = await large_bodies.parse(body, parse_embeddings_request, settings.max_request_inputs)
-        if "@" in req.model:
-            await registry.resolve(req.model)  # one another worker registered a moment ago
-        model = find_model(registry, req.model)
+        model = await find_model(registry, req.model)
         embedding_model(model)
         width = next((o.shape[-1] for o in model.session.session.get_outputs() if o.name == EMBEDDINGS_OUTPUT), None)
         if req.dimensions is not None and isinstance(width, int) and req.dimensions != width:

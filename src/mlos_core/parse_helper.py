@@ -212,7 +212,7 @@ def _serve(sock: socket.socket, fds: socket.socket) -> None:
     import importlib
 
     # what the requests name: imported before the first one
-    for name in ("mlos_core.app", "mlos_core.kserve", "mlos_core.openai_api"):
+    for name in ("mlos_core.app", "mlos_core.kserve", "mlos_core.openai_api", "mlos_core.rerank_api"):
         importlib.import_module(name)
     inp, out = sock.makefile("rb"), sock.makefile("wb")
     parsing, writing = threading.Lock(), threading.Lock()

@@ -70,7 +70,16 @@ class LoadedModel:
     def schema(self) -> RequestSchema:
         return RequestSchema(self.model_id, tuple(self.manifest.inputs),
                              self.text.max_length if self.text is not None else None, self.batcher.max_batch_size,
-                             self.max_request_inputs)
+                             self.max_request_inputs, pairs=self.labels is not None)
+
+    @functools.cached_property
+    def labels(self) -> list[str] | None:
+        """A classifier's or cross-encoder's labels, in id order (None: not one)."""
+        post = self.manifest.postprocessing or {}
+        if post.get("type") not in ("classification", "softmax"):
+            return None
+        labels = post.get("labels")
+        return [str(x) for x in labels] if isinstance(labels, list) else []
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
@@ -92,8 +101,9 @@ class LoadedModel:
             # Requests batch together only with the same prompt (their keys hold it), as
             # sentence-transformers encodes a batch with one prompt; none named: the default.
             key = items[0].key
-            prompt = self.text.resolve_prompt(key[2] if key[1:2] == ("prompt",) else None,
-                                              key[2] if key[1:2] == ("prompt_name",) else None)
+            prompt = None if key[0] == "pairs" else \
+                self.text.resolve_prompt(key[2] if key[1:2] == ("prompt",) else None,
+                                         key[2] if key[1:2] == ("prompt_name",) else None)
             feeds = self.text.encode([t for item in items for t in (item.texts or [])], prompt)
             prompt_length = self.text.prompt_length(prompt) if prompt else None
             count_tokens(items, feeds)
@@ -155,6 +165,15 @@ class Registry:
             raise ApiError(404, "model_not_found", f"model {model_id!r} is not registered "
                            "(register it: axon register SPEC)")
         return model
+
+    def find(self, name: str, version: str | None = None) -> LoadedModel:
+        """``name@version`` when a version is given, else the version of *name* registered last."""
+        if version:
+            return self.get(f"{name}@{version}")
+        candidates = [m for key, m in self.models.items() if key.rsplit("@", 1)[0] == name]
+        if not candidates:
+            raise ApiError(404, "model_not_found", f"model {name!r} is not registered")
+        return max(candidates, key=lambda m: m.loaded_at)
 
     async def resolve(self, model_id: str) -> LoadedModel:
         """Like get, but a model another worker registered a moment ago is loaded here first.

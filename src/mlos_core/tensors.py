@@ -37,6 +37,7 @@ class RequestSchema(NamedTuple):
     text_max_length: int | None  # None: not a text model
     max_rows: int  # rows per batch: the batcher's max_batch_size (tensor requests: per request)
     max_texts: int = 2048  # texts per request; more than max_rows are split into batches
+    pairs: bool = False  # a classifier / cross-encoder: it also takes text pairs
 
 
 def np_dtype(name: str) -> Any:

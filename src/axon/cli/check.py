@@ -158,8 +158,9 @@ def run_cmd(spec: ModelSpec, texts: tuple[str, ...], input_file: Path | None, de
                 lines.append(f"{name}  {arr.dtype.name} {list(arr.shape)}")
                 lines.append("  " + str(arr).replace("\n", "\n  "))
         labels = (post or {}).get("labels")
-        if labels and "probabilities" in outputs:
-            for row in outputs["probabilities"]:
+        scores = outputs.get("scores", outputs.get("probabilities"))
+        if labels and scores is not None:
+            for row in scores.reshape(len(scores), -1):
                 lines.append(f"  top: {labels[int(np.argmax(row))]} ({float(np.max(row)):.3f})")
         return "\n".join(lines)
 

@@ -512,7 +512,7 @@ class LocalModel:
         self.text = TextEncoder(version_dir, manifest) if pre.get("type") == "tokenizer" else None
         self.dense = load_dense_layers(version_dir, manifest)
 
-    def run(self, *, texts: list[str] | None = None, tensors: dict[str, np.ndarray] | None = None,
+    def run(self, *, texts: Sequence[str | tuple[str, str]] | None = None, tensors: dict[str, np.ndarray] | None = None,
             prompt: str | None = None, prompt_name: str | None = None) -> dict[str, np.ndarray]:
         """Outputs for *texts* (with the model's prompt: *prompt*, *prompt_name*, else its default)
         or for *tensors*, postprocessed as the manifest says."""

@@ -60,15 +60,17 @@ def _preprocessing(staging: Path, files: set[str], st: STConfig | None = None) -
         max_length = min(model_max, DEFAULT_MAX_LENGTH)
     from axon.classification import is_cross_encoder
 
-    cross = is_cross_encoder(staging, files)
-    if st is not None or cross:
+    config = _read_json(staging / "config.json") if "config.json" in files else None
+    positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    positions = positions if isinstance(positions, int) and not isinstance(positions, bool) and positions > 0 else None
+    if st is not None or is_cross_encoder(staging, files):
         # sentence-transformers (a CrossEncoder too): max_seq_length, else the tokenizer's length
         # capped at the positions.
-        config = _read_json(staging / "config.json") if "config.json" in files else None
-        positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
         limits = [v for v in (model_max, positions) if isinstance(v, int) and not isinstance(v, bool) and v > 0]
         max_seq = st.max_seq_length if st is not None else _cross_encoder_max_seq_length(staging, files)
         max_length = max_seq or (min(limits) if limits else DEFAULT_MAX_LENGTH)
+    elif positions is not None:  # never past the model's positions (a tokenizer may not say its length)
+        max_length = min(max_length, positions)
     pre: dict[str, Any] = {"type": "tokenizer", "tokenizer": tokenizer, "max_length": max_length, "truncation": True,
                            "padding": "longest"}
     if st is not None:

@@ -212,7 +212,7 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": p(0.50), "p95_ms": p(0.95), "p99_ms": p(0.99), "samples": len(s)}
 
 
-def validate(spec: ModelSpec, settings: Settings, *, reference: Path | None = None, device: str | None = None,
+def validate(spec: ModelSpec, settings: Settings, *, reference: Path | str | None = None, device: str | None = None,
              batch_size: int = 8, seconds: float = 2.0, reporter: Reporter | None = None) -> dict[str, Any]:
     """Everything ``test`` does, then performance, accuracy, resources and compatibility.
 
@@ -288,8 +288,45 @@ def validate(spec: ModelSpec, settings: Settings, *, reference: Path | None = No
     return report
 
 
-def _accuracy(vdir: Path, model: Any, reference: Path | None) -> dict[str, Any]:
-    if reference is not None:
+LIBRARY_ATOL, LIBRARY_COSINE = 1e-4, 0.9999
+
+
+def _library_accuracy(vdir: Path, model: Any) -> dict[str, Any]:
+    """The package against its own library (sentence-transformers / transformers) on sample texts."""
+    from axon.library_reference import compare, library_reference
+
+    ref = library_reference(vdir, model.manifest, (_package_reference(vdir) or {}).get("inputs", {}).get("texts"))
+    outputs = model.run(texts=ref.texts)
+    per_output: dict[str, Any] = {}
+    failures = []
+    for name, want in ref.outputs.items():
+        got = outputs.get(name)
+        if got is None:
+            failures.append(f"{name}: missing")
+            continue
+        got = got.reshape(want.shape) if got.size == want.size else got
+        if got.shape != want.shape:
+            failures.append(f"{name}: shape {list(got.shape)} != the library's {list(want.shape)}")
+            continue
+        mask = ref.mask if name == "last_hidden_state" else None
+        if mask is not None and mask.shape != got.shape[:2]:
+            failures.append(f"{name}: tokens {list(got.shape[:2])} != the library's {list(mask.shape)}")
+            continue
+        per_output[name] = stats = compare(got, want, mask)
+        cos = stats["min_cosine"]
+        if stats["max_abs_diff"] > LIBRARY_ATOL or (cos is not None and cos < LIBRARY_COSINE):
+            failures.append(f"{name}: max abs diff {stats['max_abs_diff']:.3g}"
+                            + (f", min cosine {cos:.6f}" if cos is not None else ""))
+    worst = max((v["max_abs_diff"] for v in per_output.values()), default=None)
+    return {"passed": not failures, "source": f"library: {ref.library}", "atol": LIBRARY_ATOL,
+            "min_cosine_required": LIBRARY_COSINE, "texts": len(ref.texts), "outputs": per_output,
+            "max_abs_error": worst, "failures": failures}
+
+
+def _accuracy(vdir: Path, model: Any, reference: Path | str | None) -> dict[str, Any]:
+    if reference == "library":
+        return _library_accuracy(vdir, model)
+    if isinstance(reference, Path):
         try:
             ref = json.loads(reference.read_text())
         except (OSError, ValueError) as exc:
@@ -341,9 +378,15 @@ def _summary(report: dict[str, Any]) -> str:
     acc = report.get("accuracy")
     if acc:
         state = {True: "PASS", False: "FAIL", None: "SKIP"}[acc.get("passed")]
-        lines.append(f"  {state}  accuracy      " + (f"max abs {acc.get('max_abs_error', 0):.3g}, max rel "
-                                                      f"{acc.get('max_rel_error', 0):.3g} ({acc.get('source')})"
-                                                      if acc.get("passed") is not None else acc.get("detail", "")))
+        if "outputs" in acc:  # against the library: per output
+            lines.append(f"  {state}  accuracy      {acc['source']}, {acc['texts']} sample texts")
+            for name, st in acc["outputs"].items():
+                cos = f", min cosine {st['min_cosine']:.6f}" if st["min_cosine"] is not None else ""
+                lines.append(f"        {name}: max abs diff {st['max_abs_diff']:.3g}{cos}")
+        else:
+            lines.append(f"  {state}  accuracy      " + (
+                f"max abs {acc.get('max_abs_error', 0):.3g}, max rel {acc.get('max_rel_error', 0):.3g} "
+                f"({acc.get('source')})" if acc.get("passed") is not None else acc.get("detail", "")))
         lines += [f"        {f}" for f in acc.get("failures", [])]
     res = report.get("resources")
     if res:

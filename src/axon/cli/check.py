@@ -50,14 +50,15 @@ def test_cmd(spec: ModelSpec, device: str | None, as_json: bool) -> None:
 
 @click.command("validate")
 @spec_argument
-@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="JSON with inputs and expected outputs (default: the package's samples/reference.json).")
+@click.option("--reference", metavar="FILE|library",
+              help="JSON with inputs and expected outputs (default: the package's samples/reference.json), or "
+                   "'library': what sentence-transformers / transformers compute for the package's sample texts.")
 @click.option("--device", type=DEVICE, help="Execution device (default: config 'device').")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Batch size for the throughput test.")
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="Time per performance measurement.")
 @json_option
 @quiet_option
-def validate_cmd(spec: ModelSpec, reference: Path | None, device: str | None, batch_size: int, seconds: float,
+def validate_cmd(spec: ModelSpec, reference: str | None, device: str | None, batch_size: int, seconds: float,
                  as_json: bool, quiet: bool) -> None:
     """Full validation: test + performance, accuracy, resources, compatibility; writes a report.
 
@@ -69,14 +70,20 @@ def validate_cmd(spec: ModelSpec, reference: Path | None, device: str | None, ba
     Examples:
       axon validate acme/ranker@2.1.0
       axon validate acme/ranker@2.1.0 --reference golden.json --device cuda
+      axon validate hf/BAAI/bge-small-en-v1.5 --reference library
     """
     from axon.validation import summary, validate
 
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1.")
+    ref: Path | str | None = reference
+    if reference is not None and reference != "library":
+        ref = Path(reference)
+        if not ref.is_file():
+            raise UsageError(f"--reference {reference!r} is not a file (or the word 'library').")
     settings = load_settings()
     out = Output(json_mode=as_json, quiet=quiet)
-    report = validate(spec, settings, reference=reference, device=device, batch_size=batch_size, seconds=seconds,
+    report = validate(spec, settings, reference=ref, device=device, batch_size=batch_size, seconds=seconds,
                       reporter=out.reporter)
     published = None
     if report["passed"] and settings.auto_publish_on_validation:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from axon.atomic import fsync_dir, fsync_tree, remove_tree
-from axon.errors import AxonError
+from axon.errors import AxonError, UsageError
 from axon.fastio import rename_exchange
 from axon.layout import StoreLayout, parse_staging_name, staging_prefix
 from axon.manifest import Manifest, load_manifest, write_manifest
@@ -90,13 +90,15 @@ def install(
     entrypoint: str | None = None,
     force: bool = False,
     only_if_changed: bool = False,
+    export: bool = False,
     reporter: Reporter | None = None,
 ) -> InstallResult:
     """Fetch *spec* into the dev cache.
 
     With *force*, an installed version is replaced atomically (the old tree is swapped out with
     ``renameat2(RENAME_EXCHANGE)`` and then deleted). With *only_if_changed* (``axon update``),
-    identical content leaves the installed version untouched.
+    identical content leaves the installed version untouched. With *export*, the source's
+    safetensors checkpoint is exported to ONNX and checked against PyTorch (:mod:`axon.export`).
 
     Raises:
         UsageError, SourceError, IntegrityError, InvalidModelError, DiskFullError, BusyError.
@@ -108,8 +110,10 @@ def install(
     if existing is not None and not force and not only_if_changed:
         return InstallResult(spec, target, existing, "already-installed")
     layout.ensure_internal()
+    if export and entrypoint:
+        raise UsageError("--entrypoint and --export exclude each other: --export makes model.onnx.")
     source = select_source(spec, settings, layout.downloads, from_=from_, revision=revision, sha256=sha256,
-                           entrypoint=entrypoint)
+                           entrypoint=entrypoint, export=export)
     with layout.lock(spec):
         cleanup_stale_staging(layout)
         existing = installed_manifest(layout, spec)
@@ -121,6 +125,12 @@ def install(
         try:
             reporter.stage(f"fetching {spec} from {source.describe()}")
             fetched = source.fetch(staging, reporter)
+            if export:
+                from axon.export import export_checkpoint
+
+                reporter.stage("exporting to ONNX and checking it against PyTorch")
+                fetched.source["export"] = export_checkpoint(staging, fetched.digests)
+                fetched.entrypoint = "model.onnx"
             reporter.stage("reading the ONNX graph")
             manifest = build_manifest(spec, staging, fetched, entrypoint=entrypoint)
             if existing is not None and existing.digest == manifest.digest and only_if_changed:

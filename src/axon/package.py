@@ -34,7 +34,7 @@ def pick_entrypoint(files: list[str], preferred: str | None = None) -> str:
         return onnx_files[0]
     if not onnx_files:
         raise InvalidModelError("The package holds no .onnx file.",
-                                hint="Export the model to ONNX first (torch.onnx.export or optimum-cli export onnx).")
+                                hint="Export it on install with --export (from a safetensors checkpoint).")
     raise InvalidModelError(f"The package holds several ONNX files ({', '.join(onnx_files[:6])}) and no model.onnx.",
                             hint="Choose one with --entrypoint PATH")
 

@@ -40,10 +40,13 @@ def _payload(result: InstallResult) -> dict[str, object]:
 @click.option("--sha256", metavar="HEX", help="Expected sha256 of a --from URL download.")
 @click.option("--entrypoint", metavar="PATH", help="Which .onnx file in the package is the model.")
 @click.option("--force", is_flag=True, help="Reinstall even if this version is already installed.")
+@click.option("--export", is_flag=True,
+              help="The source has no ONNX model: export its safetensors checkpoint (transformers or "
+                   "sentence-transformers) with torch.onnx and check it against PyTorch. Needs the export extra.")
 @json_option
 @quiet_option
 def install_cmd(spec: ModelSpec, from_: str | None, revision: str | None, sha256: str | None,
-                entrypoint: str | None, force: bool, as_json: bool, quiet: bool) -> None:
+                entrypoint: str | None, force: bool, export: bool, as_json: bool, quiet: bool) -> None:
     """Install a model into the dev cache (~/.axon/cache/NS/NAME/VERSION).
 
     Hub models download by name (hf/ORG/REPO[@REV]): ONNX weights plus tokenizer and config
@@ -56,10 +59,12 @@ def install_cmd(spec: ModelSpec, from_: str | None, revision: str | None, sha256
       axon install hf/org/repo@v1.0 --revision 3f2a9c1
       axon install acme/ranker@2.1.0 --from ./ranker/
       axon install acme/ranker@2.1.0 --from https://example.com/ranker.onnx --sha256 <hex>
+      axon install hf/cross-encoder/ms-marco-MiniLM-L6-v2 --export
+      axon install acme/encoder@1 --from ./save_pretrained_dir/ --export
     """
     out = Output(json_mode=as_json, quiet=quiet)
     result = install(spec, load_settings(), from_=from_, revision=revision, sha256=sha256, entrypoint=entrypoint,
-                     force=force, reporter=out.reporter)
+                     force=force, export=export, reporter=out.reporter)
     out.result(_payload(result), lambda: _human(result))
 
 
@@ -92,6 +97,8 @@ def update_cmd(spec: ModelSpec, as_json: bool, quiet: bool) -> None:
     elif kind == "hf":
         revision = src.get("revision")
     out = Output(json_mode=as_json, quiet=quiet)
-    result = install(spec, settings, from_=from_, revision=revision, entrypoint=current.manifest.entrypoint,
+    exported = "export" in src  # made by --export: made again from the new checkpoint
+    result = install(spec, settings, from_=from_, revision=revision,
+                     entrypoint=None if exported else current.manifest.entrypoint, export=exported,
                      only_if_changed=True, reporter=out.reporter)
     out.result(_payload(result), lambda: _human(result))

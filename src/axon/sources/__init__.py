@@ -20,7 +20,7 @@ def hub_revision(spec: ModelSpec, revision: str | None) -> str:
 
 def select_source(spec: ModelSpec, settings: Settings, downloads_dir: Path, *, from_: str | None = None,
                   revision: str | None = None, sha256: str | None = None,
-                  entrypoint: str | None = None) -> Source:
+                  entrypoint: str | None = None, export: bool = False) -> Source:
     """Build the Source that can fetch *spec*.
 
     Raises:
@@ -34,6 +34,8 @@ def select_source(spec: ModelSpec, settings: Settings, downloads_dir: Path, *, f
 
             if entrypoint:
                 raise UsageError("--entrypoint does not apply to a URL: the URL names the one .onnx file.")
+            if export:
+                raise UsageError("--export applies to Hub repos and local directories, not to a URL.")
             return UrlSource(from_, downloads_dir, sha256=sha256)
         if "://" in from_:
             raise UsageError(f"Unsupported --from {from_!r}: use a local path or an http(s):// URL.")
@@ -48,7 +50,8 @@ def select_source(spec: ModelSpec, settings: Settings, downloads_dir: Path, *, f
         from axon.sources.hub import HubSource
 
         return HubSource(spec.name, hub_revision(spec, revision), downloads_dir,
-                         endpoint=settings.hf_endpoint, token=settings.hf_token, entrypoint=entrypoint)
+                         endpoint=settings.hf_endpoint, token=settings.hf_token, entrypoint=entrypoint,
+                         export=export)
     raise UsageError(
         f"No source for {str(spec)!r}: only hf/ORG/REPO specs download by name.",
         hint=f"Give one with: axon install {spec} --from ./model-dir (or --from https://…/model.onnx)",

@@ -40,7 +40,8 @@ class HubSource:
     kind = "hf"
 
     def __init__(self, repo_id: str, revision: str, downloads_dir: Path, *, endpoint: str | None,
-                 token: str | None, entrypoint: str | None = None) -> None:
+                 token: str | None, entrypoint: str | None = None, export: bool = False) -> None:
+        self.export = export  # fetch the safetensors checkpoint (to export), not an ONNX file
         self.repo_id = repo_id
         self.revision = revision
         self.downloads_dir = downloads_dir
@@ -93,6 +94,15 @@ class HubSource:
             for s in siblings
         }
         onnx_files = sorted(p for p in files if p.endswith(".onnx"))
+        if self.export:
+            from axon.export import is_weight_file
+
+            weights = [files[p] for p in sorted(files) if is_weight_file(p)]
+            if not weights:
+                raise InvalidModelError(f"Hub repo {self.repo_id!r} has no model.safetensors to export.",
+                                        hint="Only safetensors checkpoints are exported (pickled .bin files are "
+                                        "not loaded).")
+            return "", weights + [files[a] for a in AUX_FILES if a in files]
         if self.entrypoint:
             if self.entrypoint not in files:
                 raise InvalidModelError(f"Hub repo {self.repo_id!r} has no file {self.entrypoint!r}.",
@@ -107,8 +117,8 @@ class HubSource:
                         hint=f"Pick one with --entrypoint (one of: {', '.join(onnx_files[:8])})")
                 raise InvalidModelError(
                     f"Hub repo {self.repo_id!r} has no ONNX export (no model.onnx or onnx/model.onnx).",
-                    hint=f"Export it with: optimum-cli export onnx --model {self.repo_id} ./out, "
-                    "then: axon install NS/NAME --from ./out")
+                    hint=f"Export it on install: axon install hf/{self.repo_id} --export (needs the export "
+                    "extra: pip install 'axon-mlos[export]')")
         chosen = [files[entry]] + [files[a] for a in AUX_FILES if a in files]
         # External weights next to the entrypoint (e.g. model.onnx_data) are added after parsing it.
         return entry, chosen
@@ -155,6 +165,9 @@ class HubSource:
                 rf = _RemoteFile(rel, s.size if s.lfs is None else s.lfs.size, s.lfs.sha256 if s.lfs else None,
                                  s.blob_id)
                 self._download(rf, commit, staging, result, reporter)
+        if not entry:  # --export: the ONNX file is made from the checkpoint after the download
+            result.entrypoint = None
+            return result
         from axon.onnx_signature import read_signature
 
         sig = read_signature(staging / entry)

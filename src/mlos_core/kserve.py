@@ -253,17 +253,24 @@ class Parsed(NamedTuple):
     texts: list[str]
     wanted: dict[str, bool] | None  # None: every output
     all_binary: bool
+    key: tuple[str, ...] = ("text",)  # a text request's batching key: its prompt (request parameters)
 
 
 def parse_request(body: bytes, schema: RequestSchema, header_len: str | None) -> Parsed:
     """Body -> validated request (in the helper process when the body is large)."""
+    from mlos_core.app import prompt_key
+
     req, binary = _parse_infer(body, header_len)
     request_id = req.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ApiError(400, "bad_request", "'id' must be a string")
     wanted, all_binary = _requested_outputs(req)
     arrays, texts = _input_arrays(schema, req, binary, len(body), large=len(body) > LARGE_BODY_BYTES)
-    return Parsed(request_id, arrays, texts, wanted, all_binary)
+    params = _params(req, "the request")
+    key = prompt_key({k: params[k] for k in ("prompt", "prompt_name") if k in params})  # as the native API's fields
+    if key != ("text",) and not texts:
+        raise ApiError(400, "bad_prompt", "parameters 'prompt' and 'prompt_name' go with the 'text' input")
+    return Parsed(request_id, arrays, texts, wanted, all_binary, key)
 
 
 def routes(settings: ServerSettings, registry: Registry, admin: Callable[[Request], None]) -> list[Route]:
@@ -344,14 +351,14 @@ def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[
         admit(m)
         header_len = next((v.decode("latin-1") for k, v in headers if k == HEADER_LEN), None)
         body = await read_body()
-        request_id, arrays, texts, wanted, all_binary = await large_bodies.parse(body, parse_request, m.schema,
-                                                                                 header_len)
+        request_id, arrays, texts, wanted, all_binary, key = await large_bodies.parse(body, parse_request, m.schema,
+                                                                                      header_len)
         deadline = time.perf_counter() + settings.request_timeout_s
-        if texts:
-            if len(texts) > m.batcher.max_batch_size:
-                raise ApiError(400, "too_many_inputs", f"input 'text': at most {m.batcher.max_batch_size} texts per "
-                               "request")
-            pending = Pending(rows=len(texts), key=("text",), texts=texts, deadline=deadline,
+        if texts:  # more than a batch holds: split into batches and answered as one (run_inference)
+            if len(texts) > m.schema.max_texts:
+                raise ApiError(400, "too_many_inputs", f"input 'text': at most {m.schema.max_texts} texts per "
+                               "request (--max-request-inputs)")
+            pending = Pending(rows=len(texts), key=key, texts=texts, deadline=deadline,
                               tokens=estimate_tokens(texts, m.schema))
         else:
             missing = sorted({t.name for t in m.manifest.inputs} - set(arrays))

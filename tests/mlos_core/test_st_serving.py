@@ -154,3 +154,23 @@ def test_fused_pooling_equals_the_numpy_reference(opset: int) -> None:
         (got,) = sess.run(["embeddings"], {"h": hidden, "attention_mask": mask})
         want = pool(hidden, mask, pooling_spec(post), dense=layers)  # type: ignore[arg-type]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"{modes} {normalize} {len(layers)}")
+
+
+def test_kserve_requests_choose_a_prompt_and_may_hold_more_texts_than_a_batch(
+        core: tuple[Core, dict], st_models: dict[str, STModel]) -> None:
+    c, _ = core
+    oracle = st_models["prompts"]
+    texts = [f"{MIXED[i % len(MIXED)]} {i}" for i in range(40)]  # --max-batch-size 32: two batches, one answer
+    for params, kwargs in (({}, {}), ({"prompt_name": "passage"}, {"prompt_name": "passage"}),
+                           ({"prompt": "Represent this: "}, {"prompt": "Represent this: "})):
+        body = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}],
+                "outputs": [{"name": "embeddings"}], **({"parameters": params} if params else {})}
+        status, answer, _ = c.call("POST", "/v2/models/st/prompts/versions/1/infer", body)
+        assert status == 200, answer
+        (out,) = answer["outputs"]
+        got = np.asarray(out["data"], np.float32).reshape(out["shape"])
+        assert_same_embeddings(got, oracle.encode(texts, **kwargs))
+    status, answer, _ = c.call("POST", "/v2/models/st/prompts/versions/1/infer", {
+        "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}],
+        "parameters": {"prompt_name": "nope"}})
+    assert (status, answer["code"]) == (400, "bad_prompt")

@@ -205,6 +205,8 @@ def postprocess(spec: dict[str, Any] | None, outputs: dict[str, np.ndarray],
             return {}
         return {"embeddings": pool(outputs[name], feeds.get("attention_mask"), pooling, prompt_length=prompt_length,
                                    dense=dense)}
+    if spec.get("type") == "embedding_output":  # the graph computes the sentence embedding itself
+        return {"embeddings": outputs[name]}
     if spec.get("type") == "softmax":  # manifests written before "classification"
         return {"probabilities": classification.scores("softmax", outputs[name])}
     if spec.get("type") == "classification":

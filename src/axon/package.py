@@ -87,7 +87,16 @@ def _cross_encoder_max_seq_length(staging: Path, files: set[str]) -> int | None:
 def _postprocessing(staging: Path, files: set[str], output_names: list[str], st: STConfig | None = None
                     ) -> dict[str, Any] | None:
     if st is not None:
-        return st.postprocessing("last_hidden_state" if "last_hidden_state" in output_names else output_names[0])
+        token_level = next((n for n in ("last_hidden_state", "token_embeddings") if n in output_names), None)
+        if token_level is None and "sentence_embedding" in output_names:
+            # An export of the whole sentence-transformers pipeline (optimum's, for one): the graph
+            # already pools, applies the Dense layers and normalises.
+            if not st.include_prompt:
+                raise InvalidModelError("The graph outputs only sentence_embedding, but the pooling leaves the "
+                                        "prompt out (include_prompt: false), which needs the token embeddings.",
+                                        hint="Export the model with its token embeddings (last_hidden_state).")
+            return {"type": "embedding_output", "output": "sentence_embedding", "source": "sentence-transformers"}
+        return st.postprocessing(token_level or output_names[0])
     from axon.classification import classification_postprocessing
 
     return classification_postprocessing(staging, files, "logits" if "logits" in output_names else output_names[0])

@@ -94,7 +94,9 @@ async def find_model(registry: Registry, spec: str) -> LoadedModel:
 
 
 def embedding_model(model: LoadedModel) -> None:
-    if model.text is None or EMBEDDINGS_OUTPUT not in model.output_names:
+    post = (model.manifest.postprocessing or {}).get("type")
+    gives = EMBEDDINGS_OUTPUT in model.output_names or post in ("pooling", "mean_pooling", "embedding_output")
+    if model.text is None or not gives:
         raise ApiError(400, "not_an_embedding_model", f"model {model.model_id!r} does not return text embeddings "
                        f"(its outputs: {', '.join(model.output_names)}); use POST /models/{model.model_id}/inference")
 
@@ -125,6 +127,7 @@ def fast_routes(settings: ServerSettings, registry: Registry, admit: Callable[[L
         model = await find_model(registry, req.model)
         embedding_model(model)
         width = next((o.shape[-1] for o in model.session.session.get_outputs() if o.name == EMBEDDINGS_OUTPUT), None)
+        # (not in the graph when pooling runs in numpy: then checked on the answer below)
         if req.dimensions is not None and isinstance(width, int) and req.dimensions != width:
             raise dimensions_refused(model, width)
         admit(model)

@@ -18,7 +18,7 @@ from tests.support.st_models import LONG, MIXED, MULTILINGUAL, SHORT, STModel, a
 
 openai = pytest.importorskip("openai")
 
-MODELS = ("mean-norm", "prompts", "cls")
+MODELS = ("mean-norm", "prompts", "cls", "prompts-excluded")  # the last: pooling in numpy, not the graph
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from axon.classification import top_labels
 from mlos_core import __version__, kserve, openai_api, rerank_api
 from mlos_core.auth import load_or_create_token, require_admin
 from mlos_core.batching import BatchResult, Pending
+from mlos_core.bodies import parse_json
 from mlos_core.errors import ApiError, api_error_handler, error_response
 from mlos_core.fastpath import (
     JSON_HEADERS,
@@ -36,7 +37,7 @@ from mlos_core.fastpath import (
     Reply,
     read_asgi_body,
 )
-from mlos_core.jsonio import JSONResponse, dumps, loads
+from mlos_core.jsonio import JSONResponse, dumps
 from mlos_core.parse_helper import LargeBodies
 from mlos_core.registry import LoadedModel, Registry
 from mlos_core.settings import ServerSettings
@@ -56,13 +57,6 @@ async def read_body(request: Request, limit: int) -> bytes:
         return await read_asgi_body(request.scope, request.receive, limit)
     except ClientGone:
         raise ClientDisconnect from None
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        return loads(body) if body else {}
-    except ValueError as exc:  # orjson.JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ApiError(400, "bad_json", f"request body is not valid JSON ({str(exc).splitlines()[0]})") from None
 
 
 ADMIN_BODY_BYTES = 64 << 10  # admin calls carry a model id or a path; nothing bigger is parsed for them

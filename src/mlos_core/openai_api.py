@@ -25,9 +25,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlos_core.batching import Pending
+from mlos_core.bodies import json_object
 from mlos_core.errors import ApiError
 from mlos_core.fastpath import JSON_HEADERS, FastRoute, Handler, Headers, ReadBody, Reply
-from mlos_core.jsonio import JSONResponse, dumps, loads
+from mlos_core.jsonio import JSONResponse, dumps
 from mlos_core.parse_helper import LargeBodies
 from mlos_core.registry import LoadedModel, Registry
 from mlos_core.settings import ServerSettings
@@ -56,12 +57,7 @@ class EmbeddingsRequest(NamedTuple):
 
 def parse_embeddings_request(raw: bytes, max_texts: int) -> EmbeddingsRequest:
     """Body bytes -> a checked request (in the parse helper when the body is large); picklable."""
-    try:
-        body = loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, "bad_json", f"request body is not valid JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "the body must be a JSON object: {'model': ..., 'input': ...}")
+    body = json_object(raw, "{'model': ..., 'input': ...}")
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise ApiError(400, "bad_request", "'model' must name a registered model, e.g. 'ns/name@version'")

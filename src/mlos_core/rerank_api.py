@@ -25,9 +25,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mlos_core.batching import Pending
+from mlos_core.bodies import json_object
 from mlos_core.errors import ApiError
 from mlos_core.fastpath import JSON_HEADERS, FastRoute, Headers, ReadBody, Reply
-from mlos_core.jsonio import dumps, loads
+from mlos_core.jsonio import dumps
 from mlos_core.openai_api import find_model
 from mlos_core.parse_helper import LargeBodies
 from mlos_core.registry import LoadedModel, Registry
@@ -54,12 +55,7 @@ def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
 
 def parse_rerank_request(raw: bytes, max_texts: int, style: str) -> RerankRequest:
     """Body bytes -> a checked request; *style* ``tei`` or ``cohere`` (picklable: runs in the helper)."""
-    try:
-        body = loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, "bad_json", f"request body is not valid JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "the body must be a JSON object with 'query' and the texts to rank")
+    body = json_object(raw, "with 'query' and the texts to rank")
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
         raise ApiError(400, "bad_request", "'model' must name a registered cross-encoder, e.g. 'ns/name@version'")

@@ -305,3 +305,58 @@ def test_the_fuzzed_server_logged_no_traceback_and_still_serves(client: Client, 
     assert_clean_log(core)
     if SEEN:
         print(sorted(SEEN.items(), key=lambda kv: -kv[1]))
+
+
+# --- the OpenAI, rerank and pair-input routes -------------------------------------------------------------
+
+texts = st.one_of(st.text(max_size=40), st.lists(st.text(max_size=30), max_size=6), junk)
+openai_bodies = st.one_of(
+    st.fixed_dictionaries({"model": st.one_of(st.sampled_from([TEXT, "demo/enc", MLP, "demo/nope@1", ""]), junk),
+                           "input": st.one_of(texts, st.lists(st.integers(-5, 5), max_size=4),
+                                              st.lists(st.lists(st.integers(0, 9), max_size=3), max_size=3))},
+                          optional={"encoding_format": st.one_of(st.sampled_from(["float", "base64", "int8"]), junk),
+                                    "dimensions": st.one_of(st.integers(-2, 70), junk), "user": junk}),
+    json_values)
+rerank_bodies = st.one_of(
+    st.fixed_dictionaries({"query": st.one_of(st.text(max_size=30), junk),
+                           "texts": st.one_of(st.lists(st.text(max_size=20), max_size=5), junk),
+                           "documents": st.one_of(st.lists(st.one_of(st.text(max_size=20), st.fixed_dictionaries(
+                               {"text": st.one_of(st.text(max_size=10), junk)})), max_size=5), junk)},
+                          optional={"model": st.one_of(st.sampled_from([TEXT, MLP, "demo/enc"]), junk),
+                                    "top_n": st.one_of(st.integers(-2, 9), junk), "raw_scores": junk,
+                                    "return_text": junk, "return_documents": junk, "truncate": junk}),
+    json_values)
+pair_bodies = st.one_of(
+    st.fixed_dictionaries({"input": st.lists(st.one_of(st.lists(st.text(max_size=12), min_size=2, max_size=2),
+                                                       st.text(max_size=12), junk), min_size=1, max_size=4)},
+                          optional={"top_k": junk, "prompt": junk}),
+    st.fixed_dictionaries({"query": junk, "documents": st.one_of(st.lists(st.text(max_size=12), max_size=4), junk)},
+                          optional={"input": junk}))
+
+
+@FUZZ
+@given(body=raw_body(openai_bodies))
+def test_openai_embeddings_never_fail_the_server(client: Client, core: Core, body: bytes) -> None:
+    status, payload = client.send("POST", "/v1/embeddings", body)
+    assert 200 <= status < 300 or 400 <= status < 500, (status, payload[:300], body[:300])
+    if status >= 400:  # OpenAI's error shape, so that its clients raise their usual errors
+        err = json.loads(payload)["error"]
+        assert err["type"] and isinstance(err["code"], str) and err["message"] and "\n" not in err["message"], err
+    else:
+        answer = json.loads(payload)
+        assert answer["object"] == "list" and answer["usage"]["prompt_tokens"] > 0
+
+
+@FUZZ
+@given(path=st.sampled_from(["/rerank", "/v1/rerank"]), body=raw_body(rerank_bodies))
+def test_rerank_routes_never_fail_the_server(client: Client, core: Core, path: str, body: bytes) -> None:
+    status, payload = client.send("POST", path, body)
+    check_answer(status, payload, (path, body))
+    assert status >= 400  # this server has no cross-encoder: every request is refused, clearly
+
+
+@FUZZ
+@given(path=model_paths, body=raw_body(pair_bodies))
+def test_text_pairs_never_fail_the_server(client: Client, core: Core, path: str, body: bytes) -> None:
+    status, payload = client.send("POST", f"/models/{path}/inference", body)
+    check_answer(status, payload, (path, body))

@@ -74,6 +74,38 @@ def _task(staging: Path, files: set[str]) -> str:
     return "feature-extraction"
 
 
+def _check_shard_index(staging: Path, files: set[str]) -> None:
+    """Every shard a sharded checkpoint's index names is one of the package's own, hashed files
+    (an index is a map of paths: ``/etc/x.safetensors`` or ``../`` would load weights nobody checked)."""
+    if "model.safetensors.index.json" not in files:
+        return
+    try:
+        index = json.loads((staging / "model.safetensors.index.json").read_text(encoding="utf-8"))
+        shards = set(index["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise InvalidModelError("model.safetensors.index.json is not a safetensors shard index.") from None
+    bad = sorted(str(x) for x in shards if not isinstance(x, str) or x not in files or not is_weight_file(x))
+    if bad:
+        raise InvalidModelError(f"model.safetensors.index.json names shards that are not files of the package: "
+                                f"{', '.join(bad[:3])}.", hint="Each shard must be a model-*.safetensors file "
+                                "next to the index.")
+
+
+def _keep_only_what_is_exported(staging: Path, digests: dict[str, FileDigest]) -> None:
+    """Only configuration, tokenizer and sentence-transformers module files (and the weights, until
+    the export is made) stay: pickles (pytorch_model.bin, training_args.bin), code and anything
+    else a checkpoint directory holds never enter the cache."""
+    from axon.sources.hub import AUX_FILES
+
+    for rel in list(digests):
+        top = rel.split("/", 1)[0]
+        module_file = "/" in rel and top[:1].isdigit() and "_" in top and rel.endswith((".json", ".safetensors"))
+        if rel in AUX_FILES or is_weight_file(rel) or module_file or rel in ("README.md", "LICENSE"):
+            continue
+        os.unlink(staging / rel)
+        del digests[rel]
+
+
 def export_checkpoint(staging: Path, digests: dict[str, FileDigest]) -> dict[str, Any]:
     """Export the checkpoint in *staging* to ``staging/model.onnx``; update *digests* (the weights
     out, the export in) and return the provenance for ``source.export``.
@@ -91,7 +123,9 @@ def export_checkpoint(staging: Path, digests: dict[str, FileDigest]) -> dict[str
     if not any(is_weight_file(f) for f in files):
         raise InvalidModelError("The checkpoint has no model.safetensors (or safetensors shards) to export.",
                                 hint="Only safetensors weights are exported (pickled .bin files are not loaded).")
+    _check_shard_index(staging, files)
     task = _task(staging, files)
+    _keep_only_what_is_exported(staging, digests)
     import onnxruntime as ort
     import torch
     import transformers
@@ -99,8 +133,9 @@ def export_checkpoint(staging: Path, digests: dict[str, FileDigest]) -> dict[str
 
     loader = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
     try:
-        model = loader.from_pretrained(str(staging), local_files_only=True, attn_implementation="eager").eval()
-        tok = AutoTokenizer.from_pretrained(str(staging), local_files_only=True)
+        model = loader.from_pretrained(str(staging), local_files_only=True, use_safetensors=True,
+                                       trust_remote_code=False, attn_implementation="eager").eval()
+        tok = AutoTokenizer.from_pretrained(str(staging), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise InvalidModelError(f"transformers cannot load the checkpoint: {str(exc).splitlines()[0]}") from None
     output = "logits" if task == "text-classification" else "last_hidden_state"

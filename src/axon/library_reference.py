@@ -30,9 +30,10 @@ SAMPLE_TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
     "a",
     "Grüße aus Köln 😀 中文 日本語 한국어 naïve café",
-    "What is the capital of France? " * 40,  # longer than most models' max length: truncation counts
+    "What is the capital of France? " * 100,  # past 512 tokens: truncation counts
 ]
-_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # never pickles (pytorch_model.bin)
+_SAFE = {"use_safetensors": True}
 
 
 class LibraryReference:
@@ -99,11 +100,11 @@ def library_reference(version_dir: Path, manifest: Manifest, texts: list[str] | 
     where, revision = _weights_location(version_dir, manifest)
     kwargs: dict[str, Any] = {"revision": revision} if revision else {}
     with _quiet():
-        if post.get("type") == "pooling":
+        if post.get("type") in ("pooling", "embedding_output"):
             _need("sentence_transformers", "sentence-transformers")
             from sentence_transformers import SentenceTransformer
 
-            st = SentenceTransformer(where, device="cpu", **kwargs)
+            st = SentenceTransformer(where, device="cpu", trust_remote_code=False, model_kwargs=_SAFE, **kwargs)
             return LibraryReference("sentence-transformers SentenceTransformer.encode", texts,
                                     {"embeddings": np.asarray(st.encode(texts, convert_to_numpy=True), np.float32)})
         if post.get("type") == "classification" and post.get("task") == "cross-encoder":
@@ -111,24 +112,26 @@ def library_reference(version_dir: Path, manifest: Manifest, texts: list[str] | 
             from sentence_transformers import CrossEncoder
 
             pairs = [(texts[i], texts[(i + 1) % len(texts)]) for i in range(len(texts))]
-            ce = CrossEncoder(where, device="cpu", **kwargs)
+            ce = CrossEncoder(where, device="cpu", trust_remote_code=False, model_kwargs=_SAFE, **kwargs)
             scores = np.asarray(ce.predict(pairs), np.float32)
             return LibraryReference("sentence-transformers CrossEncoder.predict", pairs,
                                     {"scores": scores.reshape(len(pairs), -1)})
         _need("transformers", "transformers torch")
+        _need("torch", "torch")
         import torch
         from transformers import AutoModel, AutoTokenizer, pipeline
 
         if post.get("type") in ("classification", "softmax"):
-            clf = pipeline("text-classification", model=where, device="cpu", **kwargs)
+            clf = pipeline("text-classification", model=where, device="cpu", trust_remote_code=False,
+                           model_kwargs=_SAFE, **kwargs)
             labels = [clf.model.config.id2label[i] for i in range(clf.model.config.num_labels)]
             rows = clf(texts, top_k=None, truncation=True)
             scores = np.asarray([[{r["label"]: r["score"] for r in row}[label] for label in labels] for row in rows],
                                 np.float32)
             return LibraryReference("transformers pipeline('text-classification')", texts,
                                     {"scores" if post.get("type") == "classification" else "probabilities": scores})
-        tok = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModel.from_pretrained(where, **kwargs).eval()
+        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=False, **kwargs)
+        model = AutoModel.from_pretrained(where, trust_remote_code=False, **_SAFE, **kwargs).eval()
         max_length = int(manifest.preprocessing.get("max_length") or 512)
         enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         with torch.no_grad():

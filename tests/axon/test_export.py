@@ -91,3 +91,38 @@ def test_what_cannot_be_exported_is_refused(isolated_env: dict[str, str], classi
     with pytest.raises(UsageError, match="already holds an ONNX model"):
         install(parse_spec("clf/y@1"), settings, from_=str(classifiers["clf"].path), export=True)
     assert not (settings.cache_dir / "clf").exists()
+
+
+def test_an_export_installs_no_pickle_and_loads_no_weight_from_outside(
+        isolated_env: dict[str, str], classifiers: dict[str, Classifier], tmp_path: Path) -> None:
+    import json
+
+    settings = Settings.from_env(dict(os.environ))
+    src = without_onnx(classifiers["clf"].path, tmp_path / "with-pickles")
+    (src / "pytorch_model.bin").write_bytes(b"a pickle")  # what a checkpoint directory often also holds
+    (src / "training_args.bin").write_bytes(b"another")
+    (src / "modeling_evil.py").write_text("raise SystemExit")
+    r = install(parse_spec("clf/clean@1"), settings, from_=str(src), export=True)
+    names = {f.path for f in r.manifest.files}
+    assert not names & {"pytorch_model.bin", "training_args.bin", "modeling_evil.py"}, names
+    assert not any(p.suffix in (".bin", ".py") for p in r.path.rglob("*"))
+
+    # A shard index is a map of paths: one that points outside the package is refused.
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.copyfile(src / "model.safetensors", outside)
+    sharded = without_onnx(classifiers["clf"].path, tmp_path / "sharded")
+    (sharded / "model.safetensors").unlink()
+    shutil.copyfile(outside, sharded / "model-00001-of-00001.safetensors")
+    from safetensors.numpy import load_file
+
+    keys = list(load_file(outside))
+    for target in (str(outside), "../elsewhere.safetensors"):
+        (sharded / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {}, "weight_map": {k: target for k in keys}}))
+        with pytest.raises(InvalidModelError, match="names shards that are not files of the package"):
+            install(parse_spec("clf/sharded@1"), settings, from_=str(sharded), export=True)
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: "model-00001-of-00001.safetensors" for k in keys}}))
+    ok = install(parse_spec("clf/sharded@1"), settings, from_=str(sharded), export=True)
+    assert ok.manifest.source["export"]["max_abs_diff"] <= 1e-4
+    assert not any(f.path.endswith((".safetensors", "index.json")) for f in ok.manifest.files)

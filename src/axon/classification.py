@@ -30,7 +30,8 @@ import numpy as np
 
 from axon.errors import InvalidManifestError, InvalidModelError
 
-__all__ = ["FUNCTIONS", "classification_postprocessing", "is_cross_encoder", "scores", "top_labels"]
+__all__ = ["FUNCTIONS", "check_against_graph", "check_spec", "classification_postprocessing", "is_cross_encoder",
+           "scores", "top_labels"]
 
 FUNCTIONS = ("softmax", "sigmoid", "tanh", "none")
 _TORCH_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "none", "Tanh": "tanh"}
@@ -101,6 +102,10 @@ def classification_postprocessing(staging: Path, files: set[str], output: str) -
             types = [str(m.get("type", "?")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
             raise InvalidModelError(f"The cross-encoder's modules.json has modules after its Transformer ({types}), "
                                     "which axon and MLOS Core do not implement; its scores would be wrong.")
+        if isinstance(st_config, dict) and (st_config.get("prompts") or st_config.get("default_prompt_name")):
+            raise InvalidModelError("The cross-encoder has prompts (config_sentence_transformers.json), which axon "
+                                    "and MLOS Core do not apply to text pairs; its scores would be wrong.",
+                                    hint="Remove the prompts if the model was not trained with them.")
         if isinstance(st_config, dict) and st_config.get("activation_fn") is not None:
             function = _activation(st_config["activation_fn"], "config_sentence_transformers.json")
         elif isinstance(st_key, dict) and st_key.get("activation_fn") is not None:
@@ -128,9 +133,35 @@ def check_spec(spec: dict[str, Any]) -> tuple[str, list[str]]:
     if function not in FUNCTIONS:
         raise InvalidManifestError(f"Invalid manifest: classification function {function!r} is not one of "
                                    f"{', '.join(FUNCTIONS)}.")
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise InvalidManifestError("Invalid manifest: classification 'labels' must be a list of strings.")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise InvalidManifestError("Invalid manifest: classification 'labels' must be a non-empty list of strings.")
     return function, labels
+
+
+def check_against_graph(spec: dict[str, Any] | None, outputs: dict[str, Any]) -> None:
+    """A classification postprocessing fits the graph: a known function, string labels, an output
+    the graph has, and (when the graph says its width) one label per column; *outputs* maps the
+    graph's output names to their shapes (dimensions may be symbolic).
+
+    Raises:
+        InvalidModelError: it does not (registered as it is, every request would fail or rank by
+            the wrong column).
+    """
+    if not spec or spec.get("type") != "classification":
+        return
+    try:
+        _, labels = check_spec(spec)
+    except InvalidManifestError as exc:
+        raise InvalidModelError(exc.message) from None
+    name = spec.get("output") or next(iter(outputs), None)
+    if name not in outputs:
+        raise InvalidModelError(f"The classification output {name!r} is not an output of the graph "
+                                f"({', '.join(outputs) or 'none'}).")
+    shape = list(outputs[name] or [])
+    width = shape[-1] if len(shape) >= 2 else 1
+    if labels and isinstance(width, int) and width > 0 and width != len(labels):
+        raise InvalidModelError(f"The classification output {name!r} has {width} columns but the manifest names "
+                                f"{len(labels)} labels.")
 
 
 def scores(function: str, logits: np.ndarray) -> np.ndarray:

@@ -63,9 +63,10 @@ def _preprocessing(staging: Path, files: set[str], st: STConfig | None = None) -
     config = _read_json(staging / "config.json") if "config.json" in files else None
     positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
     positions = positions if isinstance(positions, int) and not isinstance(positions, bool) and positions > 0 else None
-    if st is not None or is_cross_encoder(staging, files):
-        # sentence-transformers (a CrossEncoder too): max_seq_length, else the tokenizer's length
-        # capped at the positions.
+    archs = " ".join(str(a) for a in (config.get("architectures") or [])) if isinstance(config, dict) else ""
+    if st is not None or is_cross_encoder(staging, files) or "ForSequenceClassification" in archs:
+        # sentence-transformers (a CrossEncoder too) and classifiers, as their libraries truncate:
+        # max_seq_length, else the tokenizer's length capped at the positions.
         limits = [v for v in (model_max, positions) if isinstance(v, int) and not isinstance(v, bool) and v > 0]
         max_seq = st.max_seq_length if st is not None else _cross_encoder_max_seq_length(staging, files)
         max_length = max_seq or (min(limits) if limits else DEFAULT_MAX_LENGTH)
@@ -133,6 +134,10 @@ def build_manifest(spec: ModelSpec, staging: Path, fetched: FetchResult, *, entr
 
     st = None if extra.get("postprocessing") or is_cross_encoder(staging, fileset) else \
         read_st_config(staging, fileset)
+    from axon.classification import check_against_graph
+
+    post = extra.get("postprocessing") or _with_hashes(_postprocessing(staging, fileset, out_names, st), fetched)
+    check_against_graph(post, {t.name: t.shape for t in sig.outputs})
     return Manifest(
         namespace=spec.namespace,
         name=spec.name,
@@ -146,8 +151,7 @@ def build_manifest(spec: ModelSpec, staging: Path, fetched: FetchResult, *, entr
         inputs=sig.inputs,
         outputs=sig.outputs,
         preprocessing=extra.get("preprocessing") or _preprocessing(staging, fileset, st),
-        postprocessing=extra.get("postprocessing") or _with_hashes(
-            _postprocessing(staging, fileset, out_names, st), fetched),
+        postprocessing=post,
         requirements=extra.get("requirements") or {
             "memory_bytes": sum(fetched.digests[w].size for w in weights), "gpu": "optional"},
     )

@@ -24,7 +24,7 @@ from axon.classification import top_labels
 from mlos_core import __version__, kserve, openai_api, rerank_api
 from mlos_core.auth import load_or_create_token, require_admin
 from mlos_core.batching import BatchResult, Pending
-from mlos_core.bodies import parse_json
+from mlos_core.bodies import check_text_budget, parse_json
 from mlos_core.errors import ApiError, api_error_handler, error_response
 from mlos_core.fastpath import (
     JSON_HEADERS,
@@ -177,6 +177,7 @@ def text_inputs(body: dict[str, Any], schema: RequestSchema) -> tuple[list[Any],
                        "classifier: it takes single texts, not pairs")
     if len(texts) > schema.max_texts:
         raise ApiError(400, "too_many_inputs", f"at most {schema.max_texts} texts per request (--max-request-inputs)")
+    check_text_budget(texts)
     return texts, pairs
 
 

@@ -259,6 +259,7 @@ class Parsed(NamedTuple):
 def parse_request(body: bytes, schema: RequestSchema, header_len: str | None) -> Parsed:
     """Body -> validated request (in the helper process when the body is large)."""
     from mlos_core.app import prompt_key
+    from mlos_core.bodies import check_text_budget
 
     req, binary = _parse_infer(body, header_len)
     request_id = req.get("id")
@@ -266,6 +267,7 @@ def parse_request(body: bytes, schema: RequestSchema, header_len: str | None) ->
         raise ApiError(400, "bad_request", "'id' must be a string")
     wanted, all_binary = _requested_outputs(req)
     arrays, texts = _input_arrays(schema, req, binary, len(body), large=len(body) > LARGE_BODY_BYTES)
+    check_text_budget(texts)
     params = _params(req, "the request")
     key = prompt_key({k: params[k] for k in ("prompt", "prompt_name") if k in params})  # as the native API's fields
     if key != ("text",) and not texts:

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlos_core.batching import Pending
-from mlos_core.bodies import json_object
+from mlos_core.bodies import check_text_budget, json_object
 from mlos_core.errors import ApiError
 from mlos_core.fastpath import JSON_HEADERS, FastRoute, Handler, Headers, ReadBody, Reply
 from mlos_core.jsonio import JSONResponse, dumps
@@ -72,6 +72,7 @@ def parse_embeddings_request(raw: bytes, max_texts: int) -> EmbeddingsRequest:
     if len(texts) > max_texts:
         raise ApiError(400, "too_many_inputs", f"'input': at most {max_texts} texts per request "
                        "(--max-request-inputs)")
+    check_text_budget(texts)
     fmt = body.get("encoding_format", "float")
     if fmt not in ("float", "base64"):
         raise ApiError(400, "bad_encoding_format", f"'encoding_format' must be 'float' or 'base64', not {fmt!r:.40}")

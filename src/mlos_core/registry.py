@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from axon.atomic import atomic_write_text
+from axon.classification import check_against_graph
 from axon.errors import AxonError
 from axon.inference import load_dense_layers
 from axon.manifest import Manifest
@@ -262,6 +263,11 @@ class Registry:
         info = create_session(verified, self.settings.device, intra_op_threads=self.settings.intra_op_threads,
                               intra_op_spinning=self.settings.intra_op_spinning)
         del verified  # onnxruntime copied what it needs: one copy of the weights, not two
+        try:
+            check_against_graph(located.manifest.postprocessing,
+                                {o.name: o.shape for o in info.session.get_outputs()})
+        except AxonError as exc:
+            raise model_refusal(exc, located.manifest.spec_text) from None
         info.note = "; ".join(n for n in (info.note, *self_notes) if n)
         text = None
         if located.manifest.preprocessing and located.manifest.preprocessing.get("type") == "tokenizer":

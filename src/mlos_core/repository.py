@@ -18,7 +18,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from axon.errors import AxonError, IntegrityError, InvalidModelError, InvalidSpecError
+from axon.errors import AxonError, IntegrityError, InvalidManifestError, InvalidModelError, InvalidSpecError
 from axon.fastio import hash_files, is_within
 from axon.inference import VerifiedModel
 from axon.inference import read_verified_model as _read_model
@@ -127,7 +127,7 @@ def model_refusal(exc: AxonError, spec: object) -> ApiError:
         return ApiError(409, "integrity", message + " (axon verify --published)")
     if isinstance(exc, UnsupportedOperatorError):
         return ApiError(400, "unsupported_operator", message)
-    if isinstance(exc, InvalidModelError):
+    if isinstance(exc, (InvalidModelError, InvalidManifestError)):
         return ApiError(400, "invalid_model", message)
     return ApiError(500, "unreadable_model", message)
 

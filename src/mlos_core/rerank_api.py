@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mlos_core.batching import Pending
-from mlos_core.bodies import json_object
+from mlos_core.bodies import check_text_budget, json_object
 from mlos_core.errors import ApiError
 from mlos_core.fastpath import JSON_HEADERS, FastRoute, Headers, ReadBody, Reply
 from mlos_core.jsonio import dumps
@@ -71,6 +71,7 @@ def parse_rerank_request(raw: bytes, max_texts: int, style: str) -> RerankReques
                        + (" (or of {'text': ...} objects)" if style != "tei" else ""))
     if len(docs) > max_texts:
         raise ApiError(400, "too_many_inputs", f"{key!r}: at most {max_texts} texts per request (--max-request-inputs)")
+    check_text_budget([(query, d) for d in docs])  # the query is tokenized with every document
     top_n = body.get("top_n")
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
         raise ApiError(400, "bad_request", "'top_n' must be a positive integer")
@@ -117,7 +118,7 @@ def fast_routes(settings: ServerSettings, registry: Registry, admit: Callable[[L
         return req, model, np.asarray(values, np.float32).reshape(len(pairs), -1)[:, 0], pending.tokenized
 
     def ranked(req: RerankRequest, scores: np.ndarray) -> list[int]:
-        order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+        order = np.argsort(-scores, kind="stable").tolist()  # best first, ties in input order, a NaN last
         return order[: req.top_n] if req.top_n is not None else order
 
     async def tei(tail: str, headers: Headers, read_body: ReadBody) -> Reply:

@@ -44,3 +44,20 @@ def test_a_classifier_from_the_hub_scores_as_the_pipeline(hub: object, classifie
     for row, want in zip(got, classifiers["clf-multi"].pipeline(MIXED, top_k=None), strict=True):
         by_label = {w["label"]: w["score"] for w in want}
         np.testing.assert_allclose(row, [by_label[label] for label in post["labels"]], rtol=1e-5, atol=1e-6)
+
+
+def test_a_classifier_truncates_where_its_library_does(isolated_env: dict[str, str],
+                                                       classifiers: dict[str, Classifier], tmp_path: Path) -> None:
+    """The tokenizer's model_max_length capped at the positions, as the pipeline and CrossEncoder
+    cut (not the 512 a plain encoder gets when its tokenizer says nothing)."""
+    import json
+    import shutil
+
+    src = tmp_path / "long-context"
+    shutil.copytree(classifiers["clf"].path, src)
+    for name, key in (("tokenizer_config.json", "model_max_length"), ("config.json", "max_position_embeddings")):
+        cfg = json.loads((src / name).read_text())
+        cfg[key] = 1024
+        (src / name).write_text(json.dumps(cfg))
+    r = install(parse_spec("clf/long@1"), Settings.from_env(dict(os.environ)), from_=str(src))
+    assert (r.manifest.preprocessing or {})["max_length"] == 1024

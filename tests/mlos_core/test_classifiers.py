@@ -160,3 +160,40 @@ def test_an_unimplemented_cross_encoder_activation_is_refused_at_install(
     with pytest.raises(InvalidModelError, match=r"activation 'torch\.nn\.modules\.activation\.ReLU'"):
         install(parse_spec("clf/relu@1"), settings, from_=str(src))
     assert not (settings.cache_dir / "clf" / "relu").exists()
+
+
+def test_review_cases_are_refused_or_ranked_right(core: Core, classifiers: dict[str, Classifier],
+                                                  settings: Settings, tmp_path: Path) -> None:
+    from mlos_core.bodies import MAX_REQUEST_CHARS
+
+    # a small request that would take a batcher half a minute: the query is tokenized per document
+    huge = "fox " * (MAX_REQUEST_CHARS // 64)
+    assert call(core, "/v1/rerank", {"model": "clf/ce@1", "query": huge, "documents": ["a"] * 20}, 400)["code"] == \
+        "text_too_large"
+    assert call(core, "/models/clf/ce@1/inference", {"query": huge, "documents": ["a"] * 20}, 400)["code"] == \
+        "text_too_large"
+    # a cross-encoder with prompts: not applied to pairs here, so refused at install (never wrong scores)
+    src = tmp_path / "ce-prompts"
+    shutil.copytree(classifiers["ce"].path, src)
+    cfg_file = src / "config_sentence_transformers.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.update(prompts={"query": "query: "}, default_prompt_name="query")
+    cfg_file.write_text(json.dumps(cfg))
+    with pytest.raises(InvalidModelError, match="has prompts"):
+        install(parse_spec("clf/prompted@1"), settings, from_=str(src))
+
+
+def test_a_bundled_classification_manifest_that_does_not_fit_the_graph_is_refused(
+        classifiers: dict[str, Classifier], settings: Settings, tmp_path: Path) -> None:
+    import yaml
+
+    for bad, match in (({"labels": ["a", "b"]}, "3 columns but the manifest names 2 labels"),
+                       ({"output": "nope"}, "is not an output of the graph"),
+                       ({"function": "gelu"}, "function 'gelu'"), ({"labels": [0, 1, 2]}, "list of strings")):
+        src = tmp_path / f"bundled-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(classifiers["clf"].path, src)
+        post = {"type": "classification", "task": "text-classification", "function": "softmax",
+                "labels": ["negative", "neutral", "positive"], "output": "logits", **bad}
+        (src / "manifest.yaml").write_text(yaml.safe_dump({"spec": {"postprocessing": post}}))
+        with pytest.raises(InvalidModelError, match=match):
+            install(parse_spec("clf/bundled@1"), settings, from_=str(src), force=True)

@@ -147,4 +147,9 @@ def routes(registry: Registry) -> list[Route]:
             {"id": key, "object": "model", "created": int(m.loaded_at), "owned_by": "mlos-core"}
             for key, m in sorted(registry.models.items())]})
 
-    return [Route("/v1/models", list_models)]
+    async def post_only(request: Request) -> Response:  # POST is answered by the FastPath before this
+        raise ApiError(405, "method_not_allowed", f"use POST for {request.url.path}")
+
+    return [Route("/v1/models", list_models),
+            *(Route(path, post_only, methods=["GET", "PUT", "DELETE", "PATCH"])
+              for path in ("/v1/embeddings", "/rerank", "/v1/rerank"))]

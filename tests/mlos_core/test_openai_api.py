@@ -115,3 +115,9 @@ def test_malformed_bodies_get_an_openai_shaped_400(core: Core) -> None:
 def test_models_are_listed(client: object) -> None:
     ids = {m.id for m in client.models.list()}  # type: ignore[attr-defined]
     assert ids == {f"st/{name}@1" for name in MODELS}
+
+
+def test_other_methods_get_405(core: Core) -> None:
+    for path in ("/v1/embeddings", "/rerank", "/v1/rerank"):
+        status, body, _ = core.call("GET", path)
+        assert (status, body["code"]) == (405, "method_not_allowed"), (path, body)

@@ -22,36 +22,33 @@ Labels come from ``id2label`` in id order.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from axon.errors import InvalidManifestError, InvalidModelError
+from axon.package_json import read_package_json
 
 __all__ = ["FUNCTIONS", "check_against_graph", "check_spec", "classification_postprocessing", "is_cross_encoder",
-           "scores", "top_labels"]
+           "is_sequence_classifier", "scores", "top_labels"]
 
 FUNCTIONS = ("softmax", "sigmoid", "tanh", "none")
 _TORCH_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "none", "Tanh": "tanh"}
 
 
-def _json(staging: Path, files: set[str], name: str) -> Any:
-    if name not in files:
-        return None
-    try:
-        return json.loads((staging / name).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidModelError(f"The package's {name} is not valid JSON ({exc}).") from None
+def is_sequence_classifier(config: Any) -> bool:
+    """A transformers ``*ForSequenceClassification`` checkpoint, by its config.json."""
+    archs = config.get("architectures") if isinstance(config, dict) else None
+    return any("ForSequenceClassification" in str(a) for a in archs or [])
 
 
 def is_cross_encoder(staging: Path, files: set[str]) -> bool:
     """A sentence-transformers CrossEncoder package (not an embedding model, whatever modules.json says)."""
-    st = _json(staging, files, "config_sentence_transformers.json")
+    st = read_package_json(staging, files, "config_sentence_transformers.json")
     if isinstance(st, dict) and st.get("model_type") == "CrossEncoder":
         return True
-    sbert = _json(staging, files, "sentence_bert_config.json")
+    sbert = read_package_json(staging, files, "sentence_bert_config.json")
     return isinstance(sbert, dict) and sbert.get("transformer_task") == "sequence-classification"
 
 
@@ -84,20 +81,19 @@ def classification_postprocessing(staging: Path, files: set[str], output: str) -
         InvalidModelError: a cross-encoder activation that is not implemented, or a modules.json
             with modules after the classifier.
     """
-    config = _json(staging, files, "config.json")
+    config = read_package_json(staging, files, "config.json")
     if not isinstance(config, dict):
         return None
     cross = is_cross_encoder(staging, files)
-    st_config = _json(staging, files, "config_sentence_transformers.json")
+    st_config = read_package_json(staging, files, "config_sentence_transformers.json")
     st_key = config.get("sentence_transformers")
     legacy = config.get("sbert_ce_default_activation_function")
     cross = cross or (isinstance(st_key, dict) and "activation_fn" in st_key) or legacy is not None
-    archs = " ".join(str(a) for a in config.get("architectures") or [])
-    if not cross and not ("ForSequenceClassification" in archs and isinstance(config.get("id2label"), dict)):
+    if not cross and not (is_sequence_classifier(config) and isinstance(config.get("id2label"), dict)):
         return None
     labels = _labels(config)
     if cross:
-        modules = _json(staging, files, "modules.json")
+        modules = read_package_json(staging, files, "modules.json")
         if isinstance(modules, list) and len(modules) > 1:
             types = [str(m.get("type", "?")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
             raise InvalidModelError(f"The cross-encoder's modules.json has modules after its Transformer ({types}), "

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import json
 import os
 import warnings
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 
 from axon.errors import InvalidModelError, UsageError
 from axon.fastio import FileDigest, hash_file
+from axon.package_json import read_package_json
 
 __all__ = ["MAX_DIFF", "WEIGHT_FILES", "export_checkpoint", "is_weight_file"]
 
@@ -56,16 +56,15 @@ def _require() -> None:
 
 
 def _task(staging: Path, files: set[str]) -> str:
-    from axon.classification import is_cross_encoder
+    from axon.classification import is_cross_encoder, is_sequence_classifier
 
-    config = json.loads((staging / "config.json").read_text(encoding="utf-8")) if "config.json" in files else None
+    config = read_package_json(staging, files, "config.json")
     if not isinstance(config, dict):
         raise InvalidModelError("The checkpoint has no config.json, so it cannot be exported.")
-    archs = " ".join(str(a) for a in config.get("architectures") or [])
-    if is_cross_encoder(staging, files) or "ForSequenceClassification" in archs:
+    if is_cross_encoder(staging, files) or is_sequence_classifier(config):
         return "text-classification"
     if "modules.json" in files:
-        modules = json.loads((staging / "modules.json").read_text(encoding="utf-8"))
+        modules = read_package_json(staging, files, "modules.json")
         first = modules[0] if isinstance(modules, list) and modules and isinstance(modules[0], dict) else {}
         if str(first.get("path") or "") not in ("", ".", "./"):
             raise InvalidModelError(f"The sentence-transformers repository keeps its Transformer in "
@@ -79,10 +78,10 @@ def _check_shard_index(staging: Path, files: set[str]) -> None:
     (an index is a map of paths: ``/etc/x.safetensors`` or ``../`` would load weights nobody checked)."""
     if "model.safetensors.index.json" not in files:
         return
+    index = read_package_json(staging, files, "model.safetensors.index.json")
     try:
-        index = json.loads((staging / "model.safetensors.index.json").read_text(encoding="utf-8"))
         shards = set(index["weight_map"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         raise InvalidModelError("model.safetensors.index.json is not a safetensors shard index.") from None
     bad = sorted(str(x) for x in shards if not isinstance(x, str) or x not in files or not is_weight_file(x))
     if bad:

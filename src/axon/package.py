@@ -58,13 +58,12 @@ def _preprocessing(staging: Path, files: set[str], st: STConfig | None = None) -
     model_max = cfg.get("model_max_length") if isinstance(cfg, dict) else None
     if isinstance(model_max, int) and not isinstance(model_max, bool) and model_max > 0:
         max_length = min(model_max, DEFAULT_MAX_LENGTH)
-    from axon.classification import is_cross_encoder
+    from axon.classification import is_cross_encoder, is_sequence_classifier
 
     config = _read_json(staging / "config.json") if "config.json" in files else None
     positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
     positions = positions if isinstance(positions, int) and not isinstance(positions, bool) and positions > 0 else None
-    archs = " ".join(str(a) for a in (config.get("architectures") or [])) if isinstance(config, dict) else ""
-    if st is not None or is_cross_encoder(staging, files) or "ForSequenceClassification" in archs:
+    if st is not None or is_cross_encoder(staging, files) or is_sequence_classifier(config):
         # sentence-transformers (a CrossEncoder too) and classifiers, as their libraries truncate:
         # max_seq_length, else the tokenizer's length capped at the positions.
         limits = [v for v in (model_max, positions) if isinstance(v, int) and not isinstance(v, bool) and v > 0]

@@ -21,12 +21,12 @@ normalize, output}``); :mod:`axon.pooling` and :class:`axon.inference.TextEncode
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from axon.errors import InvalidModelError
+from axon.package_json import read_package_json
 from axon.pooling import ACTIVATIONS, POOLING_MODES, DenseSpec, dense_layer
 
 __all__ = ["STConfig", "read_st_config"]
@@ -74,17 +74,6 @@ class STConfig:
         return post
 
 
-def _json(staging: Path, files: set[str], rel: str, *, required: bool) -> Any:
-    if rel not in files:
-        if required:
-            raise InvalidModelError(f"The package's modules.json needs {rel!r}, which is not among its files.")
-        return None
-    try:
-        return json.loads((staging / rel).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidModelError(f"Cannot read the package's {rel!r}: {exc}.") from None
-
-
 def _module_file(path: str, name: str) -> str:
     rel = str(PurePosixPath(path or ".") / name) if path not in ("", ".", "./") else name
     if rel.startswith("/") or ".." in PurePosixPath(rel).parts:
@@ -122,7 +111,7 @@ def read_st_config(staging: Path, files: set[str]) -> STConfig | None:
     """
     if "modules.json" not in files:
         return None
-    modules = _json(staging, files, "modules.json", required=True)
+    modules = read_package_json(staging, files, "modules.json", required=True)
     if not isinstance(modules, list) or not modules:
         raise InvalidModelError("The package's modules.json is not a list of modules.")
     entries = sorted(modules, key=lambda m: m.get("idx", 0) if isinstance(m, dict) else 0)
@@ -147,7 +136,7 @@ def read_st_config(staging: Path, files: set[str]) -> STConfig | None:
     tr_path = str(entries[0].get("path") or "")
     # At the root it may be absent (the library's defaults); in a module directory (older
     # repositories' 0_Transformer/) it holds what the library reads, so it must be there.
-    sbert = _json(staging, files, _module_file(tr_path, "sentence_bert_config.json"),
+    sbert = read_package_json(staging, files, _module_file(tr_path, "sentence_bert_config.json"),
                   required=tr_path not in ("", ".", "./")) or {}
     if not isinstance(sbert, dict):
         raise InvalidModelError("The package's sentence_bert_config.json is not a JSON object.")
@@ -159,7 +148,7 @@ def read_st_config(staging: Path, files: set[str]) -> STConfig | None:
                                 "not supported (only token_embeddings).")
 
     pool_rel = _module_file(str(entries[1].get("path") or ""), "config.json")
-    pool_cfg = _json(staging, files, pool_rel, required=True)
+    pool_cfg = read_package_json(staging, files, pool_rel, required=True)
     if not isinstance(pool_cfg, dict):
         raise InvalidModelError(f"The package's {pool_rel!r} is not a JSON object.")
     include_prompt = pool_cfg.get("include_prompt", True)
@@ -181,12 +170,12 @@ def read_st_config(staging: Path, files: set[str]) -> STConfig | None:
     normalize = types[-1] == "Normalize"
     if normalize:
         norm_rel = _module_file(str(entries[-1].get("path") or ""), "config.json")
-        norm_cfg = _json(staging, files, norm_rel, required=False) or {}
+        norm_cfg = read_package_json(staging, files, norm_rel, required=False) or {}
         if not isinstance(norm_cfg, dict) or norm_cfg.get("module_input_name", "sentence_embedding") != \
                 "sentence_embedding" or norm_cfg.get("module_output_name") not in (None, "sentence_embedding"):
             raise InvalidModelError(f"{norm_rel}: only a Normalize of the sentence embedding is supported.")
 
-    st = _json(staging, files, "config_sentence_transformers.json", required=False) or {}
+    st = read_package_json(staging, files, "config_sentence_transformers.json", required=False) or {}
     if not isinstance(st, dict):
         raise InvalidModelError("The package's config_sentence_transformers.json is not a JSON object.")
     prompts = st.get("prompts") or {}
@@ -204,7 +193,7 @@ def read_st_config(staging: Path, files: set[str]) -> STConfig | None:
 def _dense(staging: Path, files: set[str], path: str) -> DenseSpec:
     """A Dense module's config and weights, checked (the weights are read and their shapes compared)."""
     cfg_rel = _module_file(path, "config.json")
-    cfg = _json(staging, files, cfg_rel, required=True)
+    cfg = read_package_json(staging, files, cfg_rel, required=True)
     if not isinstance(cfg, dict):
         raise InvalidModelError(f"The package's {cfg_rel!r} is not a JSON object.")
     sizes = [cfg.get("in_features"), cfg.get("out_features")]

@@ -174,16 +174,16 @@ class FastPath:
             self.large_bodies += 1
             large = True
 
-        handed: list[HandedOffBody] = []
+        handed: HandedOffBody | None = None  # closed here if the handler did not pass it on
+        body_read = False
 
         async def read_body() -> Body:
+            nonlocal handed, body_read
             body = await read_asgi_large(scope, receive, self.max_body_bytes, take_large_slot)
             if isinstance(body, HandedOffBody):
-                handed.append(body)
-            read.append(True)
+                handed = body
+            body_read = True
             return body
-
-        read: list[bool] = []
 
         try:
             tail = "" if route.exact else path[len(route.prefix):len(path) - len(route.suffix)]
@@ -196,7 +196,7 @@ class FastPath:
             status, payload, headers = exc.status, route.errors(exc.status, exc.code, exc.message), JSON_HEADERS
             if exc.headers:
                 headers = JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-            if not read and (b"expect", b"100-continue") in ((k, v.lower()) for k, v in scope["headers"]):
+            if not body_read and (b"expect", b"100-continue") in ((k, v.lower()) for k, v in scope["headers"]):
                 # Answered before "100 Continue": the client will not send the body the parser
                 # waits for, so the next request on this connection would be read as that body.
                 headers = [*headers, (b"connection", b"close")]
@@ -207,8 +207,8 @@ class FastPath:
         finally:
             if large:
                 self.large_bodies -= 1
-            for body in handed:  # normally already passed on (and closed) by the parse
-                body.close()
+            if handed is not None:  # normally already passed on (and closed) by the parse
+                handed.close()
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", b"%d" % len(payload))]})
         await send({"type": "http.response.body", "body": payload})

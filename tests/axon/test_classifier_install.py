@@ -21,7 +21,7 @@ def hub_install(hub: object, repo: str, src: Path) -> LocalModel:
     from tests.support.hub_server import FakeHub
 
     fake: FakeHub = hub[0]  # type: ignore[index]
-    fake.add_commit(repo, {str(f.relative_to(src)): f.read_bytes() for f in src.rglob("*") if f.is_file()})
+    fake.add_dir(repo, src)
     r = install(parse_spec(f"hf/{repo}"), Settings.from_env(dict(os.environ)))
     return LocalModel(r.path, r.manifest, device="cpu")
 

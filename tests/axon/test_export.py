@@ -30,7 +30,7 @@ def to_hub(hub: object, repo: str, src: Path) -> None:
     from tests.support.hub_server import FakeHub
 
     fake: FakeHub = hub[0]  # type: ignore[index]
-    fake.add_commit(repo, {str(f.relative_to(src)): f.read_bytes() for f in src.rglob("*") if f.is_file()})
+    fake.add_dir(repo, src)
 
 
 def check_provenance(result: Any, task: str) -> None:

@@ -153,7 +153,7 @@ def test_hub_install_of_a_sentence_transformers_repo(hub: object, st_models: dic
 
     fake: FakeHub = hub[0]  # type: ignore[index]
     src = st_models["cls-norm"].path
-    fake.add_commit("org/st-cls", {str(f.relative_to(src)): f.read_bytes() for f in src.rglob("*") if f.is_file()})
+    fake.add_dir("org/st-cls", src)
     r = install(parse_spec("hf/org/st-cls"), Settings.from_env(dict(os.environ)))
     assert r.manifest.postprocessing and r.manifest.postprocessing["modes"] == ["cls"]
     model = LocalModel(r.path, r.manifest, device="cpu")
@@ -168,7 +168,7 @@ def test_hub_install_fetches_every_module_directory(hub: object, st_models: dict
 
     fake: FakeHub = hub[0]  # type: ignore[index]
     src = st_models["dense2"].path
-    fake.add_commit("org/st-dense", {str(f.relative_to(src)): f.read_bytes() for f in src.rglob("*") if f.is_file()})
+    fake.add_dir("org/st-dense", src)
     r = install(parse_spec("hf/org/st-dense"), Settings.from_env(dict(os.environ)))
     assert r.manifest.postprocessing and len(r.manifest.postprocessing["dense"]) == 2
     model = LocalModel(r.path, r.manifest, device="cpu")

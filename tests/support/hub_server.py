@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -53,6 +54,11 @@ class FakeHub:
         repo.commits[sha] = dict(files)
         repo.refs[ref] = sha
         return sha
+
+    def add_dir(self, repo_id: str, src: Path, *, ref: str = "main") -> str:
+        """A commit of every file under *src* (a save_pretrained / save directory), paths relative to it."""
+        return self.add_commit(repo_id, {f.relative_to(src).as_posix(): f.read_bytes()
+                                         for f in sorted(src.rglob("*")) if f.is_file()}, ref=ref)
 
     # --- helpers ---------------------------------------------------------------------
 

@@ -172,8 +172,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timer()
         super().on_headers_complete()
         cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope and (declared := self._content_length()) is not None:
-            self.scope.setdefault("extensions", {})[HAND_OFF] = functools.partial(self._hand_off_body, cycle, declared)
+        if cycle is not None and cycle.scope is self.scope:  # checked only if called: nothing per request
+            self.scope.setdefault("extensions", {})[HAND_OFF] = functools.partial(self._hand_off_body, cycle)
 
     def on_message_complete(self) -> None:
         if self.cycle is not None:  # the whole body came: nothing to hand off, and no cycle through the scope
@@ -192,25 +192,28 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- large bodies read elsewhere ---------------------------------------------------------------
 
-    def _content_length(self) -> int | None:
-        """The body's length when it can be handed off: one Content-Length, no Transfer-Encoding, plain TCP."""
-        lengths = [v for k, v in self.headers if k == b"content-length"]
-        if len(lengths) != 1 or not lengths[0].isdigit() or any(k == b"transfer-encoding" for k, _ in self.headers):
-            return None
-        if self.transport.get_extra_info("sslcontext") is not None or self.transport.get_extra_info("socket") is None:
+    @staticmethod
+    def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+        """The body's length when it can be handed off: one Content-Length, no Transfer-Encoding."""
+        lengths = [v for k, v in headers if k == b"content-length"]
+        if len(lengths) != 1 or not lengths[0].isdigit() or any(k == b"transfer-encoding" for k, _ in headers):
             return None
         return int(lengths[0])
 
-    def _hand_off_body(self, cycle: Any, declared: int) -> HandedOffBody | None:
+    def _hand_off_body(self, cycle: Any) -> HandedOffBody | None:
         """Stop reading this connection and give the rest of the current body to whoever calls this
-        (once, before the application has read any of it); None when it cannot be (anymore)."""
+        (once, before the application has read any of it); None when it cannot be (anymore, or
+        at all: no single Content-Length, or TLS)."""
         if cycle is not self.cycle or not cycle.more_body or cycle.disconnected or self._done \
                 or self.transport.is_closing():
             return None
+        declared = self._content_length(cycle.scope["headers"])
+        sock = self.transport.get_extra_info("socket")
+        if declared is None or sock is None or self.transport.get_extra_info("sslcontext") is not None:
+            return None
         received = bytes(cycle.body)
         remaining = declared - len(received)
-        sock = self.transport.get_extra_info("socket")
-        if remaining <= 0 or sock is None:
+        if remaining <= 0:
             return None
         fd = os.dup(sock.fileno())
         self.flow.pause_reading()

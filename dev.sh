@@ -26,8 +26,8 @@ setup() {
         "$(pick_python)" -m venv "$VENV"
     fi
     local stamp="$VENV/.axon-installed"
-    if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py src/axon/_fastio.pyx src/axon/_fastio.pxd \
-            -newer "$stamp" 2>/dev/null)" ] || ! "$VENV/bin/python" -c 'import axon._fastio' 2>/dev/null; then
+    if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py src/axon/store/_fastio.pyx src/axon/store/_fastio.pxd \
+            -newer "$stamp" 2>/dev/null)" ] || ! "$VENV/bin/python" -c 'import axon.store._fastio' 2>/dev/null; then
         echo "→ installing axon and its dependencies into $VENV (first run takes a minute)" >&2
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
         "$VENV/bin/python" -m pip install --quiet -e ".[test]"

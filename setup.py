@@ -1,4 +1,4 @@
-"""Build the native extension ``axon._fastio``.
+"""Build the native extension ``axon.store._fastio``.
 
 Set ``AXON_CYTHON_DEBUG=1`` for an annotated, line-traced debug build.
 """
@@ -17,8 +17,8 @@ if debug:
 
 extensions = [
     Extension(
-        "axon._fastio",
-        ["src/axon/_fastio.pyx"],
+        "axon.store._fastio",
+        ["src/axon/store/_fastio.pyx"],
         define_macros=macros,
         extra_compile_args=["-O2"] if not debug else ["-O0", "-g"],
     )

@@ -1,4 +1,4 @@
-"""axon._fastio against the tools a user would otherwise use, measured in one run.
+"""axon.store._fastio against the tools a user would otherwise use, measured in one run.
 
 Generates a model directory (three large weight files + many small files, 4 GiB by default),
 then times, best of --repeat runs each, with the destination removed and `sync` run between:
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import psutil
 
-from axon import fastio
+from axon.store import fastio
 
 RESULTS: list[tuple[str, str, bool | None]] = []
 
@@ -334,7 +334,7 @@ def main() -> int:
     ap.add_argument("--only", default="copy,hash,is_within,xfs", help="comma-separated parts to run")
     args = ap.parse_args()
     if not fastio.native_available():
-        print("axon._fastio is not built: run ./dev.sh test once first", file=sys.stderr)
+        print("axon.store._fastio is not built: run ./dev.sh test once first", file=sys.stderr)
         return 1
     work = Path(tempfile.mkdtemp(prefix="axon-bench-", dir=args.dir or "/var/tmp"))
     print(f"work dir {work}; {os.cpu_count()} CPUs; python {sys.version.split()[0]}")

@@ -35,7 +35,7 @@ def prepare(work: Path) -> Path:
     from axon.example_model import EncoderConfig, build_example_package
     from axon.install import install
     from axon.publish import publish
-    from axon.spec import parse_spec
+    from axon.store.spec import parse_spec
 
     settings = sandbox_settings(work)
     for mode in MODES:

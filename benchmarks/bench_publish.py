@@ -28,7 +28,7 @@ from axon.example_model import EncoderConfig, build_encoder_onnx
 from axon.install import install
 from axon.publish import publish, unpublish
 from axon.settings import Settings
-from axon.spec import parse_spec
+from axon.store.spec import parse_spec
 from bench_fastio import best_of, copytree_sync_sha256, make_tree
 
 

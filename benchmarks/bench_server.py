@@ -63,7 +63,7 @@ def prepare(work: Path, cfg_name: str, *, tiny_only: bool = False) -> Path:
     from axon.example_model import EncoderConfig, build_example_package
     from axon.install import install
     from axon.publish import publish
-    from axon.spec import parse_spec
+    from axon.store.spec import parse_spec
 
     settings = sandbox_settings(work)
     big = EncoderConfig.minilm_l6() if cfg_name == "minilm" else EncoderConfig.bert_base()

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from axon.atomic import fsync_dir, remove_tree
 from axon.errors import AxonError, NotInstalledError
 from axon.install import cleanup_stale_staging
-from axon.integrity import VerifyReport, verify_version_dir
-from axon.layout import StoreLayout, VersionEntry, version_key
-from axon.manifest import Manifest, load_manifest
-from axon.spec import ModelSpec
+from axon.store.atomic import fsync_dir, remove_tree
+from axon.store.integrity import VerifyReport, verify_version_dir
+from axon.store.layout import StoreLayout, VersionEntry, version_key
+from axon.store.manifest import Manifest, load_manifest
+from axon.store.spec import ModelSpec
 
 __all__ = ["CachedModel", "GcReport", "gc", "get_installed", "list_installed", "remove", "stats", "verify"]
 

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from axon.errors import IntegrityError, InvalidManifestError, NotInstalledError
-from axon.fastio import open_beneath
-from axon.layout import MANIFEST_NAME
-from axon.manifest import FileEntry, Manifest, parse_manifest
-from axon.nofollow import read_regular
 from axon.permissions import owner_name
-from axon.spec import ModelSpec
+from axon.store.fastio import open_beneath
+from axon.store.layout import MANIFEST_NAME
+from axon.store.manifest import FileEntry, Manifest, parse_manifest
+from axon.store.nofollow import read_regular
+from axon.store.spec import ModelSpec
 
 __all__ = ["CachedVersion", "open_cached_version"]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from axon.errors import AxonError, PermissionDeniedError, UsageError
 from axon.settings import Settings
-from axon.spec import ModelSpec
+from axon.store.spec import ModelSpec
 
 __all__ = ["CoreClient", "CoreUnavailableError", "default_token_file"]
 

@@ -22,7 +22,7 @@ from typing import Any
 from axon.errors import AxonError
 from axon.reporting import Reporter
 from axon.settings import Settings, set_config_value
-from axon.spec import parse_spec
+from axon.store.spec import parse_spec
 
 __all__ = ["DEMO_INPUT", "DEMO_SPEC", "DemoResult", "run_demo"]
 

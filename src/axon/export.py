@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from axon.errors import InvalidModelError, UsageError
-from axon.fastio import FileDigest, hash_file
-from axon.package_json import read_package_json
+from axon.model.package_json import read_package_json
+from axon.store.fastio import FileDigest, hash_file
 
 __all__ = ["MAX_DIFF", "WEIGHT_FILES", "export_checkpoint", "is_weight_file"]
 
@@ -56,7 +56,7 @@ def _require() -> None:
 
 
 def _task(staging: Path, files: set[str]) -> str:
-    from axon.classification import is_cross_encoder, is_sequence_classifier
+    from axon.model.classification import is_cross_encoder, is_sequence_classifier
 
     config = read_package_json(staging, files, "config.json")
     if not isinstance(config, dict):

@@ -14,16 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from axon.atomic import fsync_dir, fsync_tree, remove_tree
 from axon.errors import AxonError, UsageError
-from axon.fastio import rename_exchange
-from axon.layout import StoreLayout, parse_staging_name, staging_prefix
-from axon.manifest import Manifest, load_manifest, write_manifest
 from axon.package import build_manifest
 from axon.reporting import NullReporter, Reporter
 from axon.settings import Settings
 from axon.sources import select_source
-from axon.spec import ModelSpec
+from axon.store.atomic import fsync_dir, fsync_tree, remove_tree
+from axon.store.fastio import rename_exchange
+from axon.store.layout import StoreLayout, parse_staging_name, staging_prefix
+from axon.store.manifest import Manifest, load_manifest, write_manifest
+from axon.store.spec import ModelSpec
 
 __all__ = ["InstallResult", "cleanup_stale_staging", "install"]
 

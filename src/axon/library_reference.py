@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from axon.errors import UsageError
-from axon.manifest import Manifest
+from axon.store.manifest import Manifest
 
 __all__ = ["SAMPLE_TEXTS", "LibraryReference", "compare", "library_reference"]
 

@@ -7,10 +7,10 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from axon.errors import InvalidModelError
-from axon.manifest import FileEntry, Manifest, safe_relative_path
-from axon.onnx_signature import check_external_data, load_graph, signature_of
+from axon.model.onnx_signature import check_external_data, load_graph, signature_of
 from axon.sources.base import FetchResult
-from axon.spec import ModelSpec
+from axon.store.manifest import FileEntry, Manifest, safe_relative_path
+from axon.store.spec import ModelSpec
 
 if TYPE_CHECKING:
     from axon.st_config import STConfig
@@ -58,7 +58,7 @@ def _preprocessing(staging: Path, files: set[str], st: STConfig | None = None) -
     model_max = cfg.get("model_max_length") if isinstance(cfg, dict) else None
     if isinstance(model_max, int) and not isinstance(model_max, bool) and model_max > 0:
         max_length = min(model_max, DEFAULT_MAX_LENGTH)
-    from axon.classification import is_cross_encoder, is_sequence_classifier
+    from axon.model.classification import is_cross_encoder, is_sequence_classifier
 
     config = _read_json(staging / "config.json") if "config.json" in files else None
     positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
@@ -97,7 +97,7 @@ def _postprocessing(staging: Path, files: set[str], output_names: list[str], st:
                                         hint="Export the model with its token embeddings (last_hidden_state).")
             return {"type": "embedding_output", "output": "sentence_embedding", "source": "sentence-transformers"}
         return st.postprocessing(token_level or output_names[0])
-    from axon.classification import classification_postprocessing
+    from axon.model.classification import classification_postprocessing
 
     return classification_postprocessing(staging, files, "logits" if "logits" in output_names else output_names[0])
 
@@ -128,12 +128,12 @@ def build_manifest(spec: ModelSpec, staging: Path, fetched: FetchResult, *, entr
     extra = fetched.extra
     # A sentence-transformers repository (modules.json): read its pooling, normalisation,
     # truncation, lower-casing and prompts, or refuse a module that is not implemented.
-    from axon.classification import is_cross_encoder
+    from axon.model.classification import is_cross_encoder
     from axon.st_config import read_st_config  # numpy: not loaded for `axon --help`
 
     st = None if extra.get("postprocessing") or is_cross_encoder(staging, fileset) else \
         read_st_config(staging, fileset)
-    from axon.classification import check_against_graph
+    from axon.model.classification import check_against_graph
 
     post = extra.get("postprocessing") or _with_hashes(_postprocessing(staging, fileset, out_names, st), fetched)
     check_against_graph(post, {t.name: t.shape for t in sig.outputs})

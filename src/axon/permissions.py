@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from axon.errors import PermissionDeniedError
-from axon.nofollow import open_dir, set_tree_modes
+from axon.store.nofollow import open_dir, set_tree_modes
 
 __all__ = ["Caller", "adopt_dir", "apply_published_modes", "caller", "ensure_shared_dirs", "group_id", "make_dir",
            "owner_name", "require_publisher"]

@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
-from axon.atomic import atomic_write_text
 from axon.errors import AxonError, PermissionDeniedError
-from axon.layout import INTERNAL_DIR, MANIFEST_NAME
-from axon.nofollow import open_dir, read_regular
 from axon.permissions import HISTORY_KEY_MODE, SHARED_DIR_MODE, STATE_DIR_MODE, group_id
+from axon.store.atomic import atomic_write_text
+from axon.store.layout import INTERNAL_DIR, MANIFEST_NAME
+from axon.store.nofollow import open_dir, read_regular
 
 __all__ = ["RECORD_NAME", "read_repository_group", "setup_production"]
 

@@ -23,17 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from axon.atomic import atomic_write_bytes, fsync_dir, remove_tree
 from axon.audit import AuditLog, AuditRecord
 from axon.cached_version import CachedVersion, open_cached_version
 from axon.crashpoints import crash_point
 from axon.errors import AlreadyInstalledError, AxonError, IntegrityError, PermissionDeniedError
-from axon.fastio import copy_files, rename_exchange
 from axon.install import cleanup_stale_staging, installed_manifest
-from axon.integrity import Problem, VerifyReport, verify_version_dir
-from axon.layout import MANIFEST_NAME, StoreLayout, staging_prefix, version_key
-from axon.manifest import Manifest, load_manifest
-from axon.nofollow import fd_path, open_dir, read_regular
 from axon.permissions import (
     DIR_MODE,
     HISTORY_KEY_MODE,
@@ -50,7 +44,13 @@ from axon.permissions import (
 from axon.production import read_repository_group
 from axon.reporting import NullReporter, Reporter
 from axon.settings import Settings
-from axon.spec import ModelSpec, parse_spec
+from axon.store.atomic import atomic_write_bytes, fsync_dir, remove_tree
+from axon.store.fastio import copy_files, rename_exchange
+from axon.store.integrity import Problem, VerifyReport, verify_version_dir
+from axon.store.layout import MANIFEST_NAME, StoreLayout, staging_prefix, version_key
+from axon.store.manifest import Manifest, load_manifest
+from axon.store.nofollow import fd_path, open_dir, read_regular
+from axon.store.spec import ModelSpec, parse_spec
 
 __all__ = [
     "AlreadyPublishedError",
@@ -331,7 +331,7 @@ def _copy_into_staging(source: CachedVersion, staging: Path, reporter: Reporter)
 def check_model_references(version_dir: Path, manifest: Manifest) -> None:
     """Every external-data location anywhere in the (verified) entrypoint names a listed file of
     the package: nothing outside the version can be pulled in by the graph (exit 2 if not)."""
-    from axon.onnx_signature import check_external_data
+    from axon.model.onnx_signature import check_external_data
 
     data, _ = read_regular(os.open(version_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), manifest.entrypoint,
                            limit=1 << 31, close_dir=True)

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from axon.atomic import atomic_write_text
 from axon.errors import ConfigError
+from axon.store.atomic import atomic_write_text
 
 __all__ = ["CONFIG_KEYS", "Settings", "load_config_file", "set_config_value"]
 

@@ -16,7 +16,7 @@ What ``SentenceTransformer(path).encode`` does is spelled out by these files, an
 
 The result goes into the manifest's ``preprocessing`` (``max_length``, ``lowercase``, ``prompts``,
 ``default_prompt_name``) and ``postprocessing`` (``{type: pooling, modes, include_prompt,
-normalize, output}``); :mod:`axon.pooling` and :class:`axon.inference.TextEncoder` apply it.
+normalize, output}``); :mod:`axon.model.pooling` and :class:`axon.model.inference.TextEncoder` apply it.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from axon.errors import InvalidModelError
-from axon.package_json import read_package_json
-from axon.pooling import ACTIVATIONS, POOLING_MODES, DenseSpec, dense_layer
+from axon.model.package_json import read_package_json
+from axon.model.pooling import ACTIVATIONS, POOLING_MODES, DenseSpec, dense_layer
 
 __all__ = ["STConfig", "read_st_config"]
 

@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from axon.atomic import atomic_write_text
 from axon.cache import get_installed
 from axon.errors import AxonError, InvalidModelError
-from axon.integrity import verify_version_dir
-from axon.manifest import Manifest
 from axon.reporting import NullReporter, Reporter
 from axon.settings import Settings
-from axon.spec import ModelSpec
+from axon.store.atomic import atomic_write_text
+from axon.store.integrity import verify_version_dir
+from axon.store.manifest import Manifest
+from axon.store.spec import ModelSpec
 
 __all__ = ["Check", "ModelRefusedError", "load_report", "passing_report", "run_tests", "validate"]
 
@@ -80,7 +80,7 @@ def _sample_inputs(version_dir: Path, manifest: Manifest, model: Any, batch: int
         return {"texts": (ref["inputs"]["texts"] * batch)[: max(batch, 1)]}
     if model.text is not None:
         return {"texts": [SAMPLE_TEXT] * batch}
-    from axon.inference import synthesize_inputs
+    from axon.model.inference import synthesize_inputs
 
     return {"tensors": synthesize_inputs(manifest.inputs, batch=batch)}
 
@@ -117,7 +117,7 @@ def run_tests(spec: ModelSpec, settings: Settings, *, device: str | None = None,
     """
     import onnx
 
-    from axon.inference import LocalModel
+    from axon.model.inference import LocalModel
 
     cached = get_installed(settings.cache_dir, spec)
     vdir, manifest = cached.path, cached.manifest
@@ -139,7 +139,7 @@ def run_tests(spec: ModelSpec, settings: Settings, *, device: str | None = None,
 
     @refusing
     def checker() -> str:
-        from axon.onnx_signature import check_external_data, check_operator_domains, load_graph
+        from axon.model.onnx_signature import check_external_data, check_operator_domains, load_graph
 
         # Every external data reference and operator domain first: onnx.checker reads the files
         # the graph names, which must be the package's own.

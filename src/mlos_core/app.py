@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from axon.classification import top_labels
+from axon.model.classification import top_labels
 from mlos_core import __version__, kserve, openai_api, rerank_api
 from mlos_core.auth import load_or_create_token, require_admin
 from mlos_core.batching import BatchResult, Pending

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from axon.atomic import atomic_write_text
+from axon.store.atomic import atomic_write_text
 from mlos_core.errors import ApiError
 
 __all__ = ["TOKEN_DIR_MODE", "TOKEN_FILE_MODE", "TokenFileError", "check_token_file", "load_or_create_token",

@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from axon.manifest import Manifest
-from axon.pooling import DenseLayer
+from axon.model.pooling import DenseLayer
+from axon.store.manifest import Manifest
 
 __all__ = ["FUSED_EMBEDDINGS", "fuse_mean_pooling", "fuse_pooling", "to_fp16"]
 
@@ -28,7 +28,7 @@ FUSED_EMBEDDINGS = "embeddings"
 def fuse_pooling(model: Any, manifest: Manifest, dense: tuple[DenseLayer, ...] = ()) -> str | None:
     """Append the manifest's pooling (every mode, concatenated in its order, then its Dense layers
     — *dense*, their verified weights, become initializers — then L2 normalisation when asked) to
-    *model* in place, as :func:`axon.pooling.pool` computes it in numpy.
+    *model* in place, as :func:`axon.model.pooling.pool` computes it in numpy.
 
     Returns what was fused ("cls+max pooling"), or None where it does not apply: no pooling, no
     ``attention_mask`` input, an opset below 13, or ``include_prompt: false`` (the prompt's tokens
@@ -36,7 +36,7 @@ def fuse_pooling(model: Any, manifest: Manifest, dense: tuple[DenseLayer, ...] =
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    from axon.pooling import pooling_spec
+    from axon.model.pooling import pooling_spec
 
     spec = pooling_spec(manifest.postprocessing)
     if spec is None or not spec.include_prompt or len(dense) != len(spec.dense):
@@ -161,12 +161,12 @@ def to_fp16(model: Any) -> tuple[Any, str]:
     """Transformer-optimized fp16 model (graph inputs/outputs keep their types) and how it was made.
 
     Every weight must be in the graph itself: the converter cannot see external data (inline it
-    first, ``axon.inference.inline_external_data``), and it never reads files.
+    first, ``axon.model.inference.inline_external_data``), and it never reads files.
 
     Raises:
         ValueError: *model* still names external data.
     """
-    from axon.onnx_signature import iter_tensors
+    from axon.model.onnx_signature import iter_tensors
 
     external = next((r.where for r in iter_tensors(model)
                      if r.tensor.data_location == 1 or len(r.tensor.external_data)), None)

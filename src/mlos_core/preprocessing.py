@@ -1,4 +1,4 @@
-"""Text in, tensors out, and postprocessing: axon.inference's code, with API errors."""
+"""Text in, tensors out, and postprocessing: axon.model.inference's code, with API errors."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from axon.errors import AxonError, UsageError
-from axon.inference import TextEncoder, postprocess
-from axon.manifest import Manifest
+from axon.model.inference import TextEncoder, postprocess
+from axon.store.manifest import Manifest
 from mlos_core.errors import ApiError
 from mlos_core.repository import model_refusal
 

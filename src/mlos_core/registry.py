@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from axon.atomic import atomic_write_text
-from axon.classification import check_against_graph
 from axon.errors import AxonError
-from axon.inference import load_dense_layers
-from axon.manifest import Manifest
-from axon.pooling import DenseLayer
+from axon.model.classification import check_against_graph
+from axon.model.inference import load_dense_layers
+from axon.model.pooling import DenseLayer
+from axon.store.atomic import atomic_write_text
+from axon.store.manifest import Manifest
 from mlos_core.batching import Batcher, Pending
 from mlos_core.errors import ApiError
 from mlos_core.preprocessing import TextPipeline, postprocess
@@ -226,7 +226,7 @@ class Registry:
         s = self.settings
         if not (s.fuse_postprocessing or s.precision == "fp16"):
             return model, []
-        from axon.inference import inline_external_data
+        from axon.model.inference import inline_external_data
         from mlos_core.graph_opt import fuse_pooling, to_fp16
 
         notes = []

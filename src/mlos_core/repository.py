@@ -1,6 +1,6 @@
 """Find a model inside the production repository, refusing anything that is not there.
 
-Containment is checked on resolved paths, component by component (``axon.fastio.is_within``:
+Containment is checked on resolved paths, component by component (``axon.store.fastio.is_within``:
 ``/var/lib/mlos/models-evil`` is not inside ``/var/lib/mlos/models``); files are opened with
 ``open_beneath`` (openat2 RESOLVE_BENEATH), so a symlink swapped in after the check still cannot
 lead out; and every file must match its recorded size and xxh3-128 before anything is loaded.
@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from axon.errors import AxonError, IntegrityError, InvalidManifestError, InvalidModelError, InvalidSpecError
-from axon.fastio import hash_files, is_within
-from axon.inference import VerifiedModel
-from axon.inference import read_verified_model as _read_model
-from axon.layout import MANIFEST_NAME
-from axon.manifest import Manifest, load_manifest
-from axon.onnx_signature import ExternalDataOutsideError, UnsupportedOperatorError
-from axon.spec import ModelSpec, parse_spec
+from axon.model.inference import VerifiedModel
+from axon.model.inference import read_verified_model as _read_model
+from axon.model.onnx_signature import ExternalDataOutsideError, UnsupportedOperatorError
+from axon.store.fastio import hash_files, is_within
+from axon.store.layout import MANIFEST_NAME
+from axon.store.manifest import Manifest, load_manifest
+from axon.store.spec import ModelSpec, parse_spec
 from mlos_core.errors import ApiError
 
 __all__ = ["Located", "VerifiedModel", "locate", "model_refusal", "read_verified_model", "verify_files"]

@@ -3,7 +3,7 @@ session options, warm-up.
 
 A session is only ever made from bytes in memory, never from a path: the verified graph plus the
 verified external data files, handed over with ``add_external_initializers_from_files_in_memory``
-(``axon.inference.build_image``), so onnxruntime resolves no location against the working
+(``axon.model.inference.build_image``), so onnxruntime resolves no location against the working
 directory and reads nothing that was not hashed. A model onnxruntime refuses is a 400, not a 500.
 """
 
@@ -15,9 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from axon.errors import AxonError
-from axon.inference import ModelImage, VerifiedModel, build_image, create_ort_session, ort_failure, synthesize_inputs
-from axon.manifest import Manifest
-from axon.onnx_signature import parse_model
+from axon.model.inference import (
+    ModelImage,
+    VerifiedModel,
+    build_image,
+    create_ort_session,
+    ort_failure,
+    synthesize_inputs,
+)
+from axon.model.onnx_signature import parse_model
+from axon.store.manifest import Manifest
 from mlos_core.errors import ApiError
 from mlos_core.repository import model_refusal
 

@@ -10,7 +10,7 @@ import numpy as np
 from mlos_core.errors import ApiError
 
 if TYPE_CHECKING:
-    from axon.manifest import TensorSpec
+    from axon.store.manifest import TensorSpec
 
 __all__ = ["KSERVE_TO_NP", "MAX_DIMS", "NP_TO_KSERVE", "RequestSchema", "array_from_json", "kserve_datatype",
            "np_dtype"]

@@ -8,9 +8,9 @@ import pytest
 from axon import cache
 from axon.errors import IntegrityError, NotInstalledError
 from axon.install import install
-from axon.layout import StoreLayout
 from axon.settings import Settings
-from axon.spec import parse_spec
+from axon.store.layout import StoreLayout
+from axon.store.spec import parse_spec
 from tests.support.packages import mlp_dir
 
 

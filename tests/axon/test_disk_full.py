@@ -11,9 +11,9 @@ import pytest
 
 from axon.errors import DiskFullError
 from axon.install import install
-from axon.layout import StoreLayout
 from axon.settings import Settings
-from axon.spec import parse_spec
+from axon.store.layout import StoreLayout
+from axon.store.spec import parse_spec
 from tests.support.file_server import FileServer
 from tests.support.onnx_models import mlp_model, write_mlp
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from axon.errors import InvalidModelError
-from axon.inference import LocalModel
 from axon.install import install
+from axon.model.inference import LocalModel
 from axon.settings import Settings
-from axon.spec import parse_spec
+from axon.store.spec import parse_spec
 from tests.support.classifier_models import Classifier
 from tests.support.st_models import LONG, MIXED, STModel, assert_same_embeddings
 

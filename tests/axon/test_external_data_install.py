@@ -17,10 +17,8 @@ import pytest
 
 from axon.demo import sandbox_settings
 from axon.errors import InvalidModelError
-from axon.fastio import hash_file
 from axon.install import install
-from axon.manifest import FileEntry, load_manifest, write_manifest
-from axon.onnx_signature import (
+from axon.model.onnx_signature import (
     ExternalDataOutsideError,
     UnsupportedOperatorError,
     check_external_data,
@@ -28,7 +26,9 @@ from axon.onnx_signature import (
     read_signature,
 )
 from axon.publish import publish
-from axon.spec import parse_spec
+from axon.store.fastio import hash_file
+from axon.store.manifest import FileEntry, load_manifest, write_manifest
+from axon.store.spec import parse_spec
 from tests.support.onnx_models import (
     HIDDEN_PLACES,
     custom_domain_model,

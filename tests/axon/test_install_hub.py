@@ -10,9 +10,9 @@ import pytest
 from axon import cache
 from axon.errors import IntegrityError, InvalidModelError, PermissionDeniedError, SourceError
 from axon.install import install
-from axon.layout import StoreLayout
 from axon.settings import Settings
-from axon.spec import parse_spec
+from axon.store.layout import StoreLayout
+from axon.store.spec import parse_spec
 from tests.support.hub_server import FakeHub
 from tests.support.onnx_models import mlp_model, write_external_data_model
 

@@ -8,9 +8,9 @@ import pytest
 from axon import cache
 from axon.errors import AxonError, InvalidModelError, SourceError, UsageError
 from axon.install import install
-from axon.layout import StoreLayout
 from axon.settings import Settings
-from axon.spec import parse_spec
+from axon.store.layout import StoreLayout
+from axon.store.spec import parse_spec
 from tests.support.onnx_models import write_external_data_model, write_mlp
 from tests.support.packages import encoder_dir, mlp_dir
 

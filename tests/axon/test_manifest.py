@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from axon.errors import InvalidManifestError
-from axon.manifest import FileEntry, Manifest, compute_integrity_digest, load_manifest, write_manifest
+from axon.store.manifest import FileEntry, Manifest, compute_integrity_digest, load_manifest, write_manifest
 
 
 def _manifest(files: list[FileEntry] | None = None) -> Manifest:

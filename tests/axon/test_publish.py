@@ -18,11 +18,11 @@ import pytest
 from axon.cache import get_installed
 from axon.errors import IntegrityError
 from axon.install import install
-from axon.layout import StoreLayout
 from axon.production import setup_production
 from axon.publish import ProductionRepo, publish
 from axon.settings import Settings, set_config_value
-from axon.spec import parse_spec
+from axon.store.layout import StoreLayout
+from axon.store.spec import parse_spec
 from tests.support.mounts import tmpfs
 from tests.support.onnx_models import write_mlp
 from tests.support.publishing import SPEC, install_package, prepare_user, visible_versions_verify

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from axon.errors import AxonError, IntegrityError
-from axon.layout import StoreLayout
 from axon.production import setup_production
 from axon.publish import ProductionRepo, publish, published, rollback
 from axon.settings import Settings, set_config_value
-from axon.spec import parse_spec
+from axon.store.layout import StoreLayout
+from axon.store.spec import parse_spec
 from tests.support.publishing import SPEC, install_package, prepare_user, user_env, visible_versions_verify
 from tests.support.users import User, need_root, run_as, run_cli_as, temp_group, temp_user
 
@@ -81,8 +81,8 @@ def test_publish_refuses_a_cached_model_whose_graph_reaches_outside(repo: tuple[
     import onnx
 
     from axon.errors import InvalidModelError
-    from axon.fastio import hash_file
-    from axon.manifest import FileEntry, load_manifest, write_manifest
+    from axon.store.fastio import hash_file
+    from axon.store.manifest import FileEntry, load_manifest, write_manifest
     from tests.support.onnx_models import model_with_hidden_tensor
 
     root, _, _ = repo
@@ -169,8 +169,8 @@ def test_version_rewritten_in_place_by_its_publisher_is_detected(repo: tuple[Pat
     audit trail's recorded digest still tells (verify --published, exit 3)."""
     import dataclasses
 
-    from axon.fastio import hash_file
-    from axon.manifest import FileEntry, load_manifest, write_manifest
+    from axon.store.fastio import hash_file
+    from axon.store.manifest import FileEntry, load_manifest, write_manifest
 
     root, gname, _ = repo
     with temp_user([gname]) as alice:
@@ -293,8 +293,8 @@ def test_tampered_history_copy_is_refused_and_nothing_changes(repo: tuple[Path, 
 
 def _plant_staging(user: User, root: Path, spec_text: str, digest: str, manifest: str, tag: str) -> str:
     """As *user*: a directory in staging named like a killed --force of a dead process."""
-    from axon.layout import version_key
-    from axon.spec import ModelSpec
+    from axon.store.layout import version_key
+    from axon.store.spec import ModelSpec
 
     ns, rest = spec_text.split("/", 1)
     name, version = rest.rsplit("@", 1)
@@ -419,7 +419,7 @@ def test_replayed_audit_record_is_not_attested(repo: tuple[Path, str, int], shar
 
 
 def test_version_keys_are_injective() -> None:
-    from axon.layout import version_key
+    from axon.store.layout import version_key
 
     specs = ["a/b--c@1", "a--b/c@1", "a/b/c@1", "a/b@c--1", "a/b-@-c"]
     keys = {version_key(parse_spec(s)) for s in specs if _valid(s)}
@@ -607,7 +607,7 @@ def test_swapped_out_copy_left_in_staging_is_recovered_into_history(repo: tuple[
 def test_concurrent_swapper_thread_safety_of_verify(tmp_path: Path) -> None:
     """verify never follows a symlink swapped in while it hashes (no digest of the target reported)."""
     from axon.install import install
-    from axon.integrity import verify_version_dir
+    from axon.store.integrity import verify_version_dir
 
     settings = Settings.from_env({"HOME": str(tmp_path), "AXON_HOME": str(tmp_path / ".axon"),
                                   "AXON_CACHE_DIR": str(tmp_path / "cache"), "AXON_PUBLISH_DIR": str(tmp_path / "p")})

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from axon.demo import sandbox_settings
-from axon.inference import LocalModel
 from axon.install import install
+from axon.model.inference import LocalModel
 from axon.settings import Settings
-from axon.spec import parse_spec
+from axon.store.spec import parse_spec
 from tests.support.core_server import core_server, publish_dir_as
 from tests.support.st_models import LONG, MIXED, MULTILINGUAL, STModel, assert_same_embeddings, quiet
 

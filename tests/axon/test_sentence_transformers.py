@@ -1,5 +1,5 @@
 """Sentence-transformers packages: the manifest says what the library computes, and ``axon run``
-(axon.inference) gives the library's numbers. The oracle is sentence-transformers itself."""
+(axon.model.inference) gives the library's numbers. The oracle is sentence-transformers itself."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 
 from axon.demo import sandbox_settings
 from axon.errors import InvalidModelError, UsageError
-from axon.inference import LocalModel, postprocess
 from axon.install import install
-from axon.pooling import PoolingSpec, pool, pooling_spec
+from axon.model.inference import LocalModel, postprocess
+from axon.model.pooling import PoolingSpec, pool, pooling_spec
 from axon.settings import Settings
-from axon.spec import parse_spec
+from axon.store.spec import parse_spec
 from tests.support.st_models import (
     LONG,
     MIXED,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from axon.errors import USAGE, InvalidSpecError
-from axon.spec import ModelSpec, parse_spec
+from axon.store.spec import ModelSpec, parse_spec
 
 
 @pytest.mark.parametrize(

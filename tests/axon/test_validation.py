@@ -45,7 +45,7 @@ def test_test_fails_on_a_corrupt_file(encoder: Path, axon_cli: Any) -> None:
 def test_test_fails_when_declared_outputs_differ_from_the_graph(encoder: Path, axon_cli: Any) -> None:
     import os
 
-    from axon.manifest import compute_integrity_digest, load_manifest
+    from axon.store.manifest import compute_integrity_digest, load_manifest
 
     mpath = encoder / "manifest.yaml"
     data = yaml.safe_load(mpath.read_text())

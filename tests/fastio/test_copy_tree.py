@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from axon import fastio
+from axon.store import fastio
 from tests.support.mounts import tmpfs, xfs_reflink
 
 CHUNK = fastio.HASH_CHUNK_BYTES
-native_only = pytest.mark.skipif(not fastio.native_available(), reason="axon._fastio is not built")
+native_only = pytest.mark.skipif(not fastio.native_available(), reason="axon.store._fastio is not built")
 
 
 def _impls() -> list[object]:
@@ -96,7 +96,7 @@ def test_copy_tree_exact(impl: str, tmp_path: Path, verify: bool) -> None:
 
 def test_native_matches_reference(tmp_path: Path) -> None:
     if not fastio.native_available():
-        pytest.skip("axon._fastio is not built")
+        pytest.skip("axon.store._fastio is not built")
     make_tree(tmp_path / "src")
     native = fastio.copy_tree(tmp_path / "src", tmp_path / "a", verify=True, workers=3)
     pure = fastio.copy_tree_py(tmp_path / "src", tmp_path / "b", verify=True)
@@ -164,7 +164,7 @@ def test_unreadable_as_unprivileged_user(tmp_path: Path) -> None:
     (src / "ok").write_bytes(b"fine")
     (src / "secret").write_bytes(b"s")
     os.chmod(src / "secret", 0)
-    code = ("import sys\nfrom axon import fastio\nimpl = sys.argv[1]\n"
+    code = ("import sys\nfrom axon.store import fastio\nimpl = sys.argv[1]\n"
             "f = fastio.copy_tree if impl == 'native' else fastio.copy_tree_py\n"
             "try:\n    f(sys.argv[2], sys.argv[3])\nexcept PermissionError as e:\n"
             "    print('EACCES', e.filename)\n")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from axon import fastio
+from axon.store import fastio
 
-native_only = pytest.mark.skipif(not fastio.native_available(), reason="axon._fastio is not built")
+native_only = pytest.mark.skipif(not fastio.native_available(), reason="axon.store._fastio is not built")
 
 
 def _files(tmp_path: Path) -> dict[Path, bytes]:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from axon import fastio
+from axon.store import fastio
 
-native_only = pytest.mark.skipif(not fastio.native_available(), reason="axon._fastio is not built")
+native_only = pytest.mark.skipif(not fastio.native_available(), reason="axon.store._fastio is not built")
 
 
 def _impls() -> list[object]:

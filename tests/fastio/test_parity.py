@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from axon import fastio
+from axon.store import fastio
 
 CHUNK = fastio.HASH_CHUNK_BYTES
 SIZES = [0, 1, 4095, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17]
@@ -19,7 +19,7 @@ SIZES = [0, 1, 4095, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17]
 def _impls() -> list[object]:
     impls: list[object] = [pytest.param("pure", id="pure")]
     impls.append(pytest.param("native", id="native", marks=pytest.mark.skipif(
-        not fastio.native_available(), reason="axon._fastio is not built")))
+        not fastio.native_available(), reason="axon.store._fastio is not built")))
     return impls
 
 

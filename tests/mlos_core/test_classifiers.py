@@ -18,7 +18,7 @@ from axon.demo import sandbox_settings
 from axon.errors import InvalidModelError
 from axon.install import install
 from axon.settings import Settings
-from axon.spec import parse_spec
+from axon.store.spec import parse_spec
 from tests.support.classifier_models import Classifier
 from tests.support.core_server import Core, core_server, publish_dir_as
 from tests.support.st_models import LONG, MIXED, MULTILINGUAL, SHORT, STModel

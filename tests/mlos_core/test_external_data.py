@@ -3,7 +3,7 @@
 A real ``mlos-core serve`` runs with its working directory at ``/`` (where a relative location
 that onnxruntime resolved itself would land). Hostile packages are forged straight into the
 production repository, as root, behind install and publish (files rewritten, the manifest
-re-hashed with axon.manifest's helpers), so only registration stands in their way.
+re-hashed with axon.store.manifest's helpers), so only registration stands in their way.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import pytest
 from axon.demo import sandbox_settings
 from axon.errors import IntegrityError
 from axon.example_model import build_example_package
-from axon.fastio import hash_file
-from axon.inference import VerifiedModel, build_image, read_verified_model
-from axon.layout import MANIFEST_NAME
-from axon.manifest import FileEntry, Manifest, load_manifest, write_manifest
-from axon.onnx_signature import iter_tensors
+from axon.model.inference import VerifiedModel, build_image, read_verified_model
+from axon.model.onnx_signature import iter_tensors
 from axon.settings import Settings
+from axon.store.fastio import hash_file
+from axon.store.layout import MANIFEST_NAME
+from axon.store.manifest import FileEntry, Manifest, load_manifest, write_manifest
 from mlos_core.errors import ApiError
 from mlos_core.registry import Registry
 from mlos_core.runtime import create_session
@@ -319,12 +319,12 @@ def test_fp16_inlines_external_data_in_memory(repo: Repo, tmp_path: Path) -> Non
 
 def test_fp16_on_external_data_past_2_gib_is_refused_clearly(repo: Repo, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import axon.inference
+    import axon.model.inference
 
     registry = Registry(ServerSettings(repository=repo.root, device="cuda", precision="fp16",
                                        state_dir=tmp_path), Metrics())
     verified, manifest = _verified(repo)
-    monkeypatch.setattr(axon.inference, "PROTOBUF_LIMIT", 200)  # stands for 2 GiB (the graph alone is less)
+    monkeypatch.setattr(axon.model.inference, "PROTOBUF_LIMIT", 200)  # stands for 2 GiB (the graph alone is less)
     with pytest.raises(ApiError) as info:
         registry._rewrite(verified, manifest)
     assert info.value.status == 400 and info.value.code == "fp16_unsupported" and "2 GiB" in info.value.message

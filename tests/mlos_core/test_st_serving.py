@@ -106,7 +106,7 @@ def test_bad_prompts_are_400(core: tuple[Core, dict]) -> None:
 def test_unimplemented_dense_activation_is_refused_at_install(st_models: dict[str, STModel], tmp_path: Path) -> None:
     from axon.errors import InvalidModelError
     from axon.install import install
-    from axon.spec import parse_spec
+    from axon.store.spec import parse_spec
 
     settings = sandbox_settings(tmp_path)
     src = next(iter(st_models.values())).path.parent / "dense-softsign"
@@ -117,12 +117,12 @@ def test_unimplemented_dense_activation_is_refused_at_install(st_models: dict[st
 @pytest.mark.parametrize("opset", [13, 17, 18])
 def test_fused_pooling_equals_the_numpy_reference(opset: int) -> None:
     """Every mode, concatenated, with Dense layers and normalisation, on masks with right and left
-    padding: the appended nodes compute what axon.pooling.pool computes."""
+    padding: the appended nodes compute what axon.model.pooling.pool computes."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from axon.manifest import Manifest
-    from axon.pooling import POOLING_MODES, DenseLayer, pool, pooling_spec
+    from axon.model.pooling import POOLING_MODES, DenseLayer, pool, pooling_spec
+    from axon.store.manifest import Manifest
     from mlos_core.graph_opt import fuse_pooling
 
     rng = np.random.default_rng(opset)

@@ -16,7 +16,7 @@ from axon.core_process import running_core
 from axon.install import install
 from axon.publish import publish
 from axon.settings import Settings
-from axon.spec import parse_spec
+from axon.store.spec import parse_spec
 
 
 def publish_dir_as(settings: Settings, spec: str, source: Path, *, force: bool = False) -> Path:

@@ -7,11 +7,11 @@ import subprocess
 from pathlib import Path
 
 from axon.install import install
-from axon.integrity import verify_version_dir
-from axon.layout import StoreLayout
-from axon.manifest import load_manifest
 from axon.settings import Settings, set_config_value
-from axon.spec import parse_spec
+from axon.store.integrity import verify_version_dir
+from axon.store.layout import StoreLayout
+from axon.store.manifest import load_manifest
+from axon.store.spec import parse_spec
 from tests.support.onnx_models import write_mlp
 
 SPEC = "acme/ranker@1.0.0"

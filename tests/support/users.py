@@ -22,7 +22,7 @@ import pytest
 
 PREIMPORT = [
     "axon.cli", "axon.cli.publish", "axon.cli.cache", "axon.cli.install", "axon.cli.config", "axon.publish",
-    "axon.production", "axon.install", "axon.cache", "axon.sources.local", "axon.package", "axon.onnx_signature",
+    "axon.production", "axon.install", "axon.cache", "axon.sources.local", "axon.package", "axon.model.onnx_signature",
     "axon.core_client", "onnx", "grp", "pwd", "socket", "tempfile", "json", "urllib.request", "traceback",
 ]
 

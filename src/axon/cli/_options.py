@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from axon.spec import ModelSpec, parse_spec
+from axon.store.spec import ModelSpec, parse_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -12,7 +12,7 @@ from axon.cli._context import load_settings
 from axon.cli._options import json_option, quiet_option, spec_argument
 from axon.cli._output import Output
 from axon.errors import AxonError, UsageError
-from axon.spec import ModelSpec
+from axon.store.spec import ModelSpec
 
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
@@ -140,7 +140,7 @@ def run_cmd(spec: ModelSpec, texts: tuple[str, ...], input_file: Path | None, de
     import numpy as np
 
     from axon.cache import get_installed
-    from axon.inference import LocalModel
+    from axon.model.inference import LocalModel
 
     if bool(texts) == bool(input_file):
         raise UsageError("Give either --input TEXT or --input-file FILE.")
@@ -194,7 +194,7 @@ def test_integration_cmd(spec: ModelSpec, text: str, as_json: bool) -> None:
 
     from axon.cache import get_installed
     from axon.core_client import CoreClient
-    from axon.inference import LocalModel, synthesize_inputs
+    from axon.model.inference import LocalModel, synthesize_inputs
 
     settings = load_settings()
     client = CoreClient(settings)

@@ -7,7 +7,7 @@ import click
 from axon.cli._context import load_settings
 from axon.cli._options import json_option, spec_argument
 from axon.cli._output import Output
-from axon.spec import ModelSpec
+from axon.store.spec import ModelSpec
 
 
 @click.command("register")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from axon.atomic import remove_tree
 from axon.cli._options import json_option
 from axon.cli._output import Output
+from axon.store.atomic import remove_tree
 
 
 @click.command("demo")

@@ -45,9 +45,9 @@ def doctor_cmd(as_json: bool) -> None:
 
     from axon import __version__
     from axon.errors import AxonError
-    from axon.fastio import native_available
     from axon.permissions import caller, group_id
     from axon.production import read_repository_group
+    from axon.store.fastio import native_available
 
     settings = load_settings()
     checks: list[dict[str, Any]] = []
@@ -57,7 +57,7 @@ def doctor_cmd(as_json: bool) -> None:
     if os.path.exists("/proc/driver/nvidia/version"):
         try:
             from axon.example_model import EncoderConfig, build_encoder_onnx
-            from axon.inference import providers_for
+            from axon.model.inference import providers_for
 
             model = build_encoder_onnx(EncoderConfig(layers=1), 200).SerializeToString()
             sess = ort.InferenceSession(model, providers=providers_for("cuda"))
@@ -71,7 +71,7 @@ def doctor_cmd(as_json: bool) -> None:
                     "hint": "Check the driver (nvidia-smi) and the CUDA libraries"}
     checks.append(cuda)
     checks.append({"name": "native fastio", "ok": native_available(),
-                   "detail": "axon._fastio built" if native_available() else "pure-Python fallback (slower)",
+                   "detail": "axon.store._fastio built" if native_available() else "pure-Python fallback (slower)",
                    **({} if native_available() else {"hint": "Reinstall with a C compiler: pip install -e ."})})
     cache = _path_check("dev cache", settings.cache_dir, want_write=True,
                         hint=f"It is created on first install; check permissions of {settings.cache_dir.parent}")

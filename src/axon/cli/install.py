@@ -8,7 +8,7 @@ from axon.cli._context import load_settings
 from axon.cli._options import json_option, quiet_option, spec_argument
 from axon.cli._output import Output, human_bytes
 from axon.install import InstallResult, install
-from axon.spec import ModelSpec
+from axon.store.spec import ModelSpec
 
 
 def _human(result: InstallResult) -> str:

@@ -10,7 +10,7 @@ from axon.cli._context import load_settings
 from axon.cli._options import json_option, quiet_option, spec_argument
 from axon.cli._output import Output, human_bytes, table
 from axon.errors import AxonError, UsageError
-from axon.spec import ModelSpec
+from axon.store.spec import ModelSpec
 
 
 @click.command("publish")
@@ -170,7 +170,7 @@ def audit_cmd(spec: str | None, as_json: bool) -> None:
       axon audit acme/ranker@2.1.0 --json
     """
     from axon.publish import ProductionRepo
-    from axon.spec import parse_spec
+    from axon.store.spec import parse_spec
 
     wanted = str(parse_spec(spec)) if spec else None
     repo = ProductionRepo(load_settings())

@@ -22,7 +22,7 @@ def version_cmd(as_json: bool) -> None:
     """
     from importlib.metadata import PackageNotFoundError, version
 
-    from axon.fastio import native_available
+    from axon.store.fastio import native_available
 
     libs = {}
     for dist in ("onnxruntime-gpu", "onnxruntime", "onnx", "huggingface_hub", "tokenizers", "numpy"):

@@ -7,7 +7,7 @@ from pathlib import Path
 from axon.errors import UsageError
 from axon.settings import Settings
 from axon.sources.base import FetchResult, Source
-from axon.spec import DEFAULT_VERSION, ModelSpec
+from axon.store.spec import DEFAULT_VERSION, ModelSpec
 
 __all__ = ["FetchResult", "Source", "hub_revision", "select_source"]
 

@@ -16,8 +16,8 @@ from typing import Any, BinaryIO, Protocol
 import xxhash
 
 from axon.errors import DiskFullError, IntegrityError
-from axon.fastio import FileDigest
 from axon.reporting import Reporter
+from axon.store.fastio import FileDigest
 
 __all__ = ["FetchResult", "HashingWriter", "PartialDownload", "Source", "disk_full"]
 

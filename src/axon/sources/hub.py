@@ -168,7 +168,7 @@ class HubSource:
         if not entry:  # --export: the ONNX file is made from the checkpoint after the download
             result.entrypoint = None
             return result
-        from axon.onnx_signature import read_signature
+        from axon.model.onnx_signature import read_signature
 
         sig = read_signature(staging / entry)
         base = PurePosixPath(entry).parent

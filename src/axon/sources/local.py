@@ -10,10 +10,10 @@ from typing import Any
 import yaml
 
 from axon.errors import InvalidModelError, SourceError, UsageError
-from axon.fastio import FileDigest, copy_files
-from axon.layout import MANIFEST_NAME
 from axon.reporting import Reporter
 from axon.sources.base import FetchResult, disk_full
+from axon.store.fastio import FileDigest, copy_files
+from axon.store.layout import MANIFEST_NAME
 
 __all__ = ["LocalSource"]
 

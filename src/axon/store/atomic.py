@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from axon.errors import DiskFullError
-from axon.nofollow import remove_tree  # one remover for every tree: fd-based, never follows a symlink
+from axon.store.nofollow import remove_tree  # one remover for every tree: fd-based, never follows a symlink
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_dir", "fsync_tree", "remove_tree"]
 

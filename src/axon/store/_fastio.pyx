@@ -1,7 +1,7 @@
 # cython: language_level=3
 """Native hot paths of axon: streaming hashes, kernel-side copies, containment checks.
 
-Private: ``axon.fastio`` is the only importer. It owns argument checking, types and the
+Private: ``axon.store.fastio`` is the only importer. It owns argument checking, types and the
 pure-Python reference that serves as the test oracle and the fallback.
 
 Rules kept throughout (see docs/architecture.md):

@@ -26,11 +26,9 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from axon import classification
 from axon.errors import AxonError, IntegrityError, InvalidManifestError, InvalidModelError, UsageError
-from axon.fastio import open_beneath
-from axon.manifest import FileEntry, Manifest, TensorSpec
-from axon.onnx_signature import (
+from axon.model import classification
+from axon.model.onnx_signature import (
     ExternalDataOutsideError,
     ExternalRef,
     check_external_data,
@@ -40,7 +38,9 @@ from axon.onnx_signature import (
     parse_model,
     resolve_location,
 )
-from axon.pooling import DenseLayer, load_dense, pool, pooling_spec
+from axon.model.pooling import DenseLayer, load_dense, pool, pooling_spec
+from axon.store.fastio import open_beneath
+from axon.store.manifest import FileEntry, Manifest, TensorSpec
 
 __all__ = [
     "LocalModel",

@@ -18,9 +18,9 @@ from typing import Any
 import xxhash
 import yaml
 
-from axon.atomic import atomic_write_text
 from axon.errors import InvalidManifestError
-from axon.layout import MANIFEST_NAME
+from axon.store.atomic import atomic_write_text
+from axon.store.layout import MANIFEST_NAME
 
 __all__ = [
     "API_VERSION",

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from axon.errors import InvalidManifestError, InvalidModelError
-from axon.package_json import read_package_json
+from axon.model.package_json import read_package_json
 
 __all__ = ["FUNCTIONS", "check_against_graph", "check_spec", "classification_postprocessing", "is_cross_encoder",
            "is_sequence_classifier", "scores", "top_labels"]

@@ -1,6 +1,6 @@
 """Typed entry points to axon's hot paths, with a pure-Python reference of each.
 
-``axon._fastio`` (Cython) is used when it is built; the pure-Python versions below are the
+``axon.store._fastio`` (Cython) is used when it is built; the pure-Python versions below are the
 oracle the test suite compares it with, and the fallback where the extension is missing.
 Set ``AXON_PURE_PYTHON=1`` to force the fallback.
 """
@@ -47,7 +47,7 @@ def _load_native() -> ModuleType | None:
     if os.environ.get("AXON_PURE_PYTHON") == "1":
         return None
     try:
-        from axon import _fastio
+        from axon.store import _fastio
     except ImportError:
         return None
     return _fastio

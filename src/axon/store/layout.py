@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from axon.errors import AxonError, BusyError
-from axon.spec import ModelSpec
+from axon.store.spec import ModelSpec
 
 __all__ = ["MANIFEST_NAME", "StagingName", "StoreLayout", "VersionEntry", "parse_staging_name", "staging_prefix",
            "version_key"]

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from axon.errors import IntegrityError
-from axon.fastio import FileDigest, hash_files, open_beneath
-from axon.layout import MANIFEST_NAME
-from axon.manifest import FileEntry, Manifest
-from axon.nofollow import fd_path
+from axon.store.fastio import FileDigest, hash_files, open_beneath
+from axon.store.layout import MANIFEST_NAME
+from axon.store.manifest import FileEntry, Manifest
+from axon.store.nofollow import fd_path
 
 __all__ = ["Problem", "VerifyReport", "hash_paths", "list_package_files", "verify_version_dir"]
 

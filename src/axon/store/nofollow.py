@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from axon.fastio import open_beneath
+from axon.store.fastio import open_beneath
 
 __all__ = ["fd_path", "open_dir", "read_regular", "remove_tree", "set_tree_modes", "tree_entries"]
 

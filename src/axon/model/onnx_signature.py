@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from axon.errors import InvalidModelError
-from axon.manifest import TensorSpec
+from axon.store.manifest import TensorSpec
 
 __all__ = [
     "ExternalDataOutsideError",

@@ -94,7 +94,7 @@ def _keep_only_what_is_exported(staging: Path, digests: dict[str, FileDigest]) -
     """Only configuration, tokenizer and sentence-transformers module files (and the weights, until
     the export is made) stay: pickles (pytorch_model.bin, training_args.bin), code and anything
     else a checkpoint directory holds never enter the cache."""
-    from axon.sources.hub import AUX_FILES
+    from axon.sources.base import AUX_FILES
 
     for rel in list(digests):
         top = rel.split("/", 1)[0]

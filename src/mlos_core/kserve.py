@@ -9,34 +9,24 @@ from __future__ import annotations
 
 import math
 import struct
-import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from axon.store.dtypes import from_kserve, kserve_name
 from mlos_core import __version__
-from mlos_core.errors import ApiError
-from mlos_core.fastpath import JSON_HEADERS, LARGE_BODY_BYTES, Handler, Headers, ReadBody, Reply
-from mlos_core.jsonio import JSONResponse, dumps, loads
-from mlos_core.registry import LoadedModel, Registry
-from mlos_core.settings import ServerSettings
-from mlos_core.tensors import (
-    KSERVE_TO_NP,
-    MAX_DIMS,
-    RequestSchema,
-    array_from_json,
-    check_against_schema,
-    kserve_datatype,
-)
+from mlos_core.admin_api import AdminAuth
+from mlos_core.errors import JSON_HEADERS, ApiError, RawHeaders
+from mlos_core.fastpath import FastRoute, ReadBody, Reply
+from mlos_core.registry import LoadedModel
+from mlos_core.service import InferenceService, prompt_key, tensor_request, text_request
+from mlos_core.tensors import MAX_DIMS, RequestSchema, array_from_json, check_against_schema
+from mlos_core.wire import LARGE_BODY_BYTES, JSONResponse, check_text_budget, dtype_name, dumps, loads, read_json
 
-if TYPE_CHECKING:
-    from mlos_core.parse_helper import LargeBodies
-
-__all__ = ["infer_handler", "parse_request", "routes"]
+__all__ = ["fast_routes", "parse_request", "routes"]
 
 MAX_OUTPUTS = 64  # outputs one request may list
 
@@ -63,12 +53,12 @@ def _split(rest: str) -> tuple[str, str | None, str]:
 
 def _metadata(model: LoadedModel) -> dict[str, Any]:
     name, version = model.model_id.rsplit("@", 1)
-    io_in = [{"name": t.name, "datatype": kserve_datatype(t.dtype), "shape": t.shape} for t in model.manifest.inputs]
+    io_in = [{"name": t.name, "datatype": kserve_name(t.dtype), "shape": t.shape} for t in model.manifest.inputs]
     if model.text is not None:
         io_in.append({"name": "text", "datatype": "BYTES", "shape": [-1]})
     return {"name": name, "versions": [version], "platform": "onnxruntime_onnx",
             "inputs": io_in,
-            "outputs": [{"name": t.name, "datatype": kserve_datatype(t.dtype), "shape": t.shape}
+            "outputs": [{"name": t.name, "datatype": kserve_name(t.dtype), "shape": t.shape}
                         for t in model.manifest.outputs]}
 
 
@@ -210,7 +200,7 @@ def _input_arrays(model: RequestSchema, req: dict[str, Any], binary: bytes, body
                 raise ApiError(400, "bad_shape", f"input {name!r}: no texts")
             texts.extend(values)
             continue
-        np_type = KSERVE_TO_NP.get(dtype)
+        np_type = from_kserve(dtype)
         if np_type is None:
             raise ApiError(400, "bad_dtype", f"input {name!r} has unsupported datatype {dtype[:40]!r}")
         if name not in schema:
@@ -258,9 +248,6 @@ class Parsed(NamedTuple):
 
 def parse_request(body: bytes, schema: RequestSchema, header_len: str | None) -> Parsed:
     """Body -> validated request (in the helper process when the body is large)."""
-    from mlos_core.app import prompt_key
-    from mlos_core.bodies import check_text_budget
-
     req, binary = _parse_infer(body, header_len)
     request_id = req.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -275,9 +262,9 @@ def parse_request(body: bytes, schema: RequestSchema, header_len: str | None) ->
     return Parsed(request_id, arrays, texts, wanted, all_binary, key)
 
 
-def routes(settings: ServerSettings, registry: Registry, admin: Callable[[Request], None]) -> list[Route]:
-    """Everything but infer (see infer_handler)."""
-    from mlos_core.app import read_json
+def routes(service: InferenceService, admin: AdminAuth) -> list[Route]:
+    """Everything but infer (see fast_routes)."""
+    registry = service.registry
 
     async def server_meta(request: Request) -> Response:
         return JSONResponse({"name": "mlos-core", "version": __version__,
@@ -309,7 +296,7 @@ def routes(settings: ServerSettings, registry: Registry, admin: Callable[[Reques
         return JSONResponse(rows)
 
     async def repo_action(request: Request) -> Response:
-        admin(request)
+        admin.require(request)
         rest = request.path_params["rest"]
         body = await read_json(request)
         if not isinstance(body, dict):
@@ -339,35 +326,32 @@ def routes(settings: ServerSettings, registry: Registry, admin: Callable[[Reques
     ]
 
 
-def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[[LoadedModel], None],
-                  run_inference: Callable[[LoadedModel, Any], Awaitable[Any]], large_bodies: LargeBodies) -> Handler:
-    """POST /v2/models/{name}[/versions/{v}]/infer, JSON or binary tensors (a FastRoute)."""
-    from mlos_core.app import dtype_name, estimate_tokens, pending_from_arrays
-    from mlos_core.batching import Pending
+def fast_routes(service: InferenceService) -> list[FastRoute]:
+    registry = service.registry
 
-    async def infer(tail: str, headers: Headers, read_body: ReadBody) -> Reply:
+    async def infer(tail: str, headers: RawHeaders, read_body: ReadBody) -> Reply:
+        """POST /v2/models/{name}[/versions/{v}]/infer, JSON or binary tensors."""
         name, version, _ = _split(tail)
         if version:
             await registry.resolve(f"{name}@{version}")
         m = registry.find(name, version)
-        admit(m)
+        service.admit(m)
         header_len = next((v.decode("latin-1") for k, v in headers if k == HEADER_LEN), None)
         body = await read_body()
-        request_id, arrays, texts, wanted, all_binary, key = await large_bodies.parse(body, parse_request, m.schema,
-                                                                                      header_len)
-        deadline = time.perf_counter() + settings.request_timeout_s
-        if texts:  # more than a batch holds: split into batches and answered as one (run_inference)
+        request_id, arrays, texts, wanted, all_binary, key = await service.parse(body, parse_request, m.schema,
+                                                                                  header_len)
+        deadline = service.deadline()
+        if texts:  # more than a batch holds: split into batches and answered as one (service.submit)
             if len(texts) > m.schema.max_texts:
                 raise ApiError(400, "too_many_inputs", f"input 'text': at most {m.schema.max_texts} texts per "
                                "request (--max-request-inputs)")
-            pending = Pending(rows=len(texts), key=key, texts=texts, deadline=deadline,
-                              tokens=estimate_tokens(texts, m.schema))
+            pending = text_request(texts, m.schema, deadline, key=key)
         else:
             missing = sorted({t.name for t in m.manifest.inputs} - set(arrays))
             if missing:
                 raise ApiError(400, "bad_inputs", f"missing inputs {missing}")
-            pending = pending_from_arrays(m.schema, arrays, deadline)
-        result = await run_inference(m, pending)
+            pending = tensor_request(m.schema, arrays, deadline)
+        result = await service.submit(m, pending)
         if wanted is None:
             wanted = {k: all_binary for k in result.outputs}
         unknown = sorted(set(wanted) - set(result.outputs))
@@ -377,7 +361,7 @@ def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[
         outs, blobs = [], []
         for oname, as_binary in wanted.items():
             arr = np.ascontiguousarray(result.outputs[oname])
-            entry: dict[str, Any] = {"name": oname, "datatype": kserve_datatype(dtype_name(arr.dtype)),
+            entry: dict[str, Any] = {"name": oname, "datatype": kserve_name(dtype_name(arr.dtype)),
                                      "shape": list(arr.shape)}
             if as_binary:
                 raw = arr.tobytes()
@@ -395,4 +379,4 @@ def infer_handler(settings: ServerSettings, registry: Registry, admit: Callable[
         return head + b"".join(blobs), [(b"content-type", b"application/octet-stream"),
                                         (HEADER_LEN, b"%d" % len(head))]
 
-    return infer
+    return [FastRoute("/v2/models/", "/infer", infer)]

@@ -15,8 +15,6 @@ than a batch holds (up to ``--max-request-inputs``). ``usage`` counts the tokens
 from __future__ import annotations
 
 import base64
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -24,14 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlos_core.batching import Pending
-from mlos_core.bodies import check_text_budget, json_object
-from mlos_core.errors import ApiError
-from mlos_core.fastpath import JSON_HEADERS, FastRoute, Handler, Headers, ReadBody, Reply
-from mlos_core.jsonio import JSONResponse, dumps
-from mlos_core.parse_helper import LargeBodies
+from mlos_core.errors import JSON_HEADERS, ApiError, RawHeaders
+from mlos_core.fastpath import FastRoute, ReadBody, Reply
 from mlos_core.registry import LoadedModel, Registry
-from mlos_core.settings import ServerSettings
+from mlos_core.service import InferenceService, text_request
+from mlos_core.wire import JSONResponse, check_text_budget, dumps, json_object
 
 __all__ = ["EmbeddingsRequest", "fast_routes", "find_model", "openai_error_body", "parse_embeddings_request",
            "routes"]
@@ -113,32 +108,27 @@ def render_embeddings(model_id: str, embeddings: np.ndarray, as_base64: bool, to
                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
-def fast_routes(settings: ServerSettings, registry: Registry, admit: Callable[[LoadedModel], None],
-                run_inference: Callable[[LoadedModel, Pending], Awaitable[Any]],
-                large_bodies: LargeBodies) -> list[FastRoute]:
-    from mlos_core.app import estimate_tokens
+def fast_routes(service: InferenceService) -> list[FastRoute]:
+    registry = service.registry
 
-    async def embeddings(tail: str, headers: Headers, read_body: ReadBody) -> Reply:
+    async def embeddings(tail: str, headers: RawHeaders, read_body: ReadBody) -> Reply:
         body = await read_body()
-        req = await large_bodies.parse(body, parse_embeddings_request, settings.max_request_inputs)
+        req = await service.parse(body, parse_embeddings_request, service.settings.max_request_inputs)
         model = await find_model(registry, req.model)
         embedding_model(model)
         width = next((o.shape[-1] for o in model.session.session.get_outputs() if o.name == EMBEDDINGS_OUTPUT), None)
         # (not in the graph when pooling runs in numpy: then checked on the answer below)
         if req.dimensions is not None and isinstance(width, int) and req.dimensions != width:
             raise dimensions_refused(model, width)
-        admit(model)
-        pending = Pending(rows=len(req.texts), key=("text",), texts=req.texts,
-                          deadline=time.perf_counter() + settings.request_timeout_s,
-                          tokens=estimate_tokens(req.texts, model.schema), outputs=frozenset([EMBEDDINGS_OUTPUT]))
-        result = await run_inference(model, pending)
+        service.admit(model)
+        pending = text_request(req.texts, model.schema, service.deadline(), outputs=frozenset([EMBEDDINGS_OUTPUT]))
+        result = await service.submit(model, pending)
         vectors = result.outputs[EMBEDDINGS_OUTPUT]
         if req.dimensions is not None and req.dimensions != vectors.shape[-1]:
             raise dimensions_refused(model, vectors.shape[-1])
         return render_embeddings(model.model_id, vectors, req.base64, pending.tokenized), JSON_HEADERS
 
-    handler: Handler = embeddings
-    return [FastRoute("/v1/embeddings", "", handler, exact=True, errors=openai_error_body)]
+    return [FastRoute("/v1/embeddings", "", embeddings, exact=True, errors=openai_error_body)]
 
 
 def routes(registry: Registry) -> list[Route]:

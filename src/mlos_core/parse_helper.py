@@ -44,8 +44,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mlos_core.errors import ApiError
-from mlos_core.fastpath import LARGE_BODY_BYTES, Body, ClientGone, release_memory
+from mlos_core.fastpath import release_memory
 from mlos_core.protocol import HandedOffBody
+from mlos_core.wire import LARGE_BODY_BYTES, Body, ClientGone
 
 __all__ = ["LargeBodies"]
 
@@ -212,7 +213,7 @@ def _serve(sock: socket.socket, fds: socket.socket) -> None:
     import importlib
 
     # what the requests name: imported before the first one
-    for name in ("mlos_core.app", "mlos_core.kserve", "mlos_core.openai_api", "mlos_core.rerank_api"):
+    for name in ("mlos_core.native_api", "mlos_core.kserve", "mlos_core.openai_api", "mlos_core.rerank_api"):
         importlib.import_module(name)
     inp, out = sock.makefile("rb"), sock.makefile("wb")
     parsing, writing = threading.Lock(), threading.Lock()

@@ -40,7 +40,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from mlos_core.errors import error_body
+from mlos_core.errors import api_error_body
 
 __all__ = ["HAND_OFF", "HandedOffBody", "LimitedHttpToolsProtocol", "Limits", "protocol_class", "raw_error_response"]
 
@@ -92,7 +92,7 @@ class _LingeringClose:
 
 def raw_error_response(status: int, reason: str, code: str, message: str, *extra: tuple[str, str]) -> bytes:
     """A complete ``Connection: close`` HTTP/1.1 response with the API's JSON error body."""
-    body = error_body(code, message)
+    body = api_error_body(status, code, message)
     head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json", f"content-length: {len(body)}",
             "connection: close", *(f"{k}: {v}" for k, v in extra)]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body

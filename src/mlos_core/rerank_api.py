@@ -17,22 +17,17 @@ and ignored: texts are cut at the model's length as the library cuts them).
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from mlos_core.batching import Pending
-from mlos_core.bodies import check_text_budget, json_object
-from mlos_core.errors import ApiError
-from mlos_core.fastpath import JSON_HEADERS, FastRoute, Headers, ReadBody, Reply
-from mlos_core.jsonio import dumps
+from mlos_core.errors import JSON_HEADERS, ApiError, RawHeaders
+from mlos_core.fastpath import FastRoute, ReadBody, Reply
 from mlos_core.openai_api import find_model
-from mlos_core.parse_helper import LargeBodies
 from mlos_core.registry import LoadedModel, Registry
-from mlos_core.settings import ServerSettings
+from mlos_core.service import InferenceService, text_request
+from mlos_core.wire import check_text_budget, dumps, json_object
 
 __all__ = ["RerankRequest", "fast_routes", "parse_rerank_request"]
 
@@ -96,22 +91,18 @@ def the_reranker(registry: Registry) -> LoadedModel:
     return found[0]
 
 
-def fast_routes(settings: ServerSettings, registry: Registry, admit: Callable[[LoadedModel], None],
-                run_inference: Callable[[LoadedModel, Pending], Awaitable[Any]],
-                large_bodies: LargeBodies) -> list[FastRoute]:
-    from mlos_core.app import estimate_tokens
+def fast_routes(service: InferenceService) -> list[FastRoute]:
+    registry = service.registry
 
     async def score(style: str, read_body: ReadBody) -> tuple[RerankRequest, LoadedModel, np.ndarray, int]:
         body = await read_body()
-        req = await large_bodies.parse(body, parse_rerank_request, settings.max_request_inputs, style)
+        req = await service.parse(body, parse_rerank_request, service.settings.max_request_inputs, style)
         model = await find_model(registry, req.model) if req.model else the_reranker(registry)
         reranker(model)
-        admit(model)
+        service.admit(model)
         pairs = [(req.query, d) for d in req.documents]
-        pending = Pending(rows=len(pairs), key=("pairs",), texts=pairs,
-                          deadline=time.perf_counter() + settings.request_timeout_s,
-                          tokens=estimate_tokens(pairs, model.schema))
-        result = await run_inference(model, pending)
+        pending = text_request(pairs, model.schema, service.deadline(), key=("pairs",))
+        result = await service.submit(model, pending)
         name = model.manifest.postprocessing.get("output") if model.manifest.postprocessing else None
         logits = result.outputs[name if name in result.outputs else model.output_names[0]]
         values = logits if req.raw_scores else result.outputs.get("scores", logits)
@@ -121,13 +112,13 @@ def fast_routes(settings: ServerSettings, registry: Registry, admit: Callable[[L
         order = np.argsort(-scores, kind="stable").tolist()  # best first, ties in input order, a NaN last
         return order[: req.top_n] if req.top_n is not None else order
 
-    async def tei(tail: str, headers: Headers, read_body: ReadBody) -> Reply:
+    async def tei(tail: str, headers: RawHeaders, read_body: ReadBody) -> Reply:
         req, _, scores, _ = await score("tei", read_body)
         out = [{"index": i, "score": float(scores[i]), **({"text": req.documents[i]} if req.return_documents else {})}
                for i in ranked(req, scores)]
         return dumps(out), JSON_HEADERS
 
-    async def cohere(tail: str, headers: Headers, read_body: ReadBody) -> Reply:
+    async def cohere(tail: str, headers: RawHeaders, read_body: ReadBody) -> Reply:
         req, model, scores, tokens = await score("cohere", read_body)
         results = [{"index": i, "relevance_score": float(scores[i]),
                     **({"document": {"text": req.documents[i]}} if req.return_documents else {})}

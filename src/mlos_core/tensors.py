@@ -7,26 +7,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from axon.store.dtypes import numpy_type
 from mlos_core.errors import ApiError
 
 if TYPE_CHECKING:
     from axon.store.manifest import TensorSpec
 
-__all__ = ["KSERVE_TO_NP", "MAX_DIMS", "NP_TO_KSERVE", "RequestSchema", "array_from_json", "kserve_datatype",
-           "np_dtype"]
-
-NP_NAMES = {
-    "float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64, "int32": np.int32,
-    "int16": np.int16, "int8": np.int8, "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32,
-    "uint64": np.uint64, "bool": np.bool_,
-}
-KSERVE_TO_NP = {
-    "FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32,
-    "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-    "UINT64": np.uint64, "BOOL": np.bool_,
-}
-NP_TO_KSERVE = {np.dtype(v).name: k for k, v in KSERVE_TO_NP.items()}
-
+__all__ = ["MAX_DIMS", "RequestSchema", "array_from_json", "check_against_schema", "np_dtype"]
 
 class RequestSchema(NamedTuple):
     """What validating a request against a model needs: plain data, so that a large body can be
@@ -41,14 +28,10 @@ class RequestSchema(NamedTuple):
 
 
 def np_dtype(name: str) -> Any:
-    try:
-        return NP_NAMES[name]
-    except KeyError:
-        raise ApiError(400, "bad_dtype", f"unsupported dtype {name!r}") from None
-
-
-def kserve_datatype(dtype: str) -> str:
-    return NP_TO_KSERVE.get(np.dtype(dtype).name, "BYTES")
+    np_type = numpy_type(name)
+    if np_type is None:
+        raise ApiError(400, "bad_dtype", f"unsupported dtype {name!r}")
+    return np_type
 
 
 MAX_DIMS = 64  # numpy's limit on dimensions

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from axon.settings import Settings
-from mlos_core.fastpath import LARGE_BODY_BYTES
+from mlos_core.wire import LARGE_BODY_BYTES
 from tests.mlos_core import test_server
 from tests.mlos_core.test_hostile_clients import GIVE_UP_S, WellBehaved, host_port, json_error, read_until_closed
 from tests.mlos_core.test_server import MLP, TEXT, mlp_reference

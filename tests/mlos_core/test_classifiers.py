@@ -164,7 +164,7 @@ def test_an_unimplemented_cross_encoder_activation_is_refused_at_install(
 
 def test_review_cases_are_refused_or_ranked_right(core: Core, classifiers: dict[str, Classifier],
                                                   settings: Settings, tmp_path: Path) -> None:
-    from mlos_core.bodies import MAX_REQUEST_CHARS
+    from mlos_core.wire import MAX_REQUEST_CHARS
 
     # a small request that would take a batcher half a minute: the query is tokenized per document
     huge = "fox " * (MAX_REQUEST_CHARS // 64)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mlos_core.jsonio import JSONResponse, dumps, loads
+from mlos_core.wire import JSONResponse, dumps, loads
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "int64", "int32", "uint8", "bool"])

@@ -39,6 +39,7 @@ from axon.model.onnx_signature import (
     resolve_location,
 )
 from axon.model.pooling import DenseLayer, load_dense, pool, pooling_spec
+from axon.store.dtypes import numpy_type
 from axon.store.fastio import open_beneath
 from axon.store.manifest import FileEntry, Manifest, TensorSpec
 
@@ -65,9 +66,6 @@ PROTOBUF_LIMIT = (1 << 31) - 1  # a serialized ModelProto is at most this large
 INLINE_BELOW = 1 << 20
 
 DEFAULT_MAX_LENGTH = 512
-NP_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64,
-             "int32": np.int32, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}
-
 
 class TextEncoder:
     """Tokenizes a batch, padded to its longest sequence, into the model's named inputs.
@@ -148,7 +146,7 @@ class TextEncoder:
         for t in self.inputs:
             if t.name not in columns:
                 raise UsageError(f"The model's input {t.name!r} cannot be made from text; give tensors instead.")
-            feeds[t.name] = np.asarray(columns[t.name], dtype=NP_DTYPES.get(t.dtype, np.int64))
+            feeds[t.name] = np.asarray(columns[t.name], dtype=numpy_type(t.dtype) or np.int64)
         return feeds
 
 
@@ -221,7 +219,7 @@ def synthesize_inputs(inputs: list[TensorSpec], batch: int = 1, seq: int = 8) ->
     feeds = {}
     for t in inputs:
         shape = [d if d > 0 else (batch if i == 0 else seq) for i, d in enumerate(t.shape)]
-        dtype = NP_DTYPES.get(t.dtype)
+        dtype = numpy_type(t.dtype)
         if dtype is None:
             raise UsageError(f"Input {t.name!r} has dtype {t.dtype!r}, which cannot be synthesised.")
         kind = np.dtype(dtype).kind

@@ -19,9 +19,18 @@ from axon.errors import DiskFullError, IntegrityError
 from axon.reporting import Reporter
 from axon.store.fastio import FileDigest
 
-__all__ = ["FetchResult", "HashingWriter", "PartialDownload", "Source", "disk_full"]
+__all__ = ["AUX_FILES", "FetchResult", "HashingWriter", "PartialDownload", "Source", "disk_full"]
 
 READ_CHUNK = 1 << 20
+
+# A package's files beside its graph, fetched when the repository has them: configuration, tokenizer and
+# sentence-transformers module files.
+AUX_FILES = (
+    "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+    "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json",
+    "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json",
+    "generation_config.json", "preprocessor_config.json",
+)
 
 
 @dataclass(slots=True)

@@ -15,17 +15,11 @@ from typing import Any
 
 from axon.errors import DiskFullError, InvalidModelError, PermissionDeniedError, SourceError
 from axon.reporting import Reporter
-from axon.sources.base import FetchResult, HashingWriter, PartialDownload, check_digest, disk_full
+from axon.sources.base import AUX_FILES, FetchResult, HashingWriter, PartialDownload, check_digest, disk_full
 
-__all__ = ["AUX_FILES", "ONNX_CANDIDATES", "HubSource"]
+__all__ = ["ONNX_CANDIDATES", "HubSource"]
 
 ONNX_CANDIDATES = ("model.onnx", "onnx/model.onnx")
-AUX_FILES = (
-    "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-    "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json",
-    "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json",
-    "generation_config.json", "preprocessor_config.json",
-)
 
 
 @dataclass(frozen=True, slots=True)

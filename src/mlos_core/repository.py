@@ -13,7 +13,6 @@ so what was hashed is what onnxruntime gets, whatever happens to the files after
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,8 +21,9 @@ from axon.errors import AxonError, IntegrityError, InvalidManifestError, Invalid
 from axon.model.inference import VerifiedModel
 from axon.model.inference import read_verified_model as _read_model
 from axon.model.onnx_signature import ExternalDataOutsideError, UnsupportedOperatorError
-from axon.store.fastio import hash_files, is_within
-from axon.store.layout import MANIFEST_NAME
+from axon.store.fastio import is_within
+from axon.store.integrity import verify_version_dir
+from axon.store.layout import MANIFEST_NAME, contains
 from axon.store.manifest import Manifest, load_manifest
 from axon.store.spec import ModelSpec, parse_spec
 from mlos_core.errors import ApiError
@@ -72,8 +72,7 @@ def locate(root: Path, *, model_id: str | None = None, manifest_path: str | None
         raise _outside(f"path {str(manifest_file)!r}", root)
     real_root = Path(os.path.realpath(root))
     if not os.path.exists(manifest_file):
-        raw = os.path.realpath(manifest_file)
-        if not (raw == str(real_root) or raw.startswith(str(real_root) + os.sep)):
+        if not contains(root, manifest_file):
             raise _outside(f"path {str(manifest_file)!r}", root)
         raise ApiError(404, "not_published", f"no published model at {str(version_dir)!r}")
     if os.path.islink(version_dir) or os.path.islink(manifest_file):
@@ -93,29 +92,27 @@ def locate(root: Path, *, model_id: str | None = None, manifest_path: str | None
 
 
 def verify_files(root: Path, located: Located, *, already_verified: Collection[str] = ()) -> None:
-    """Every file: inside the repository, a regular file, recorded size and xxh3-128 (409 if not).
+    """Every listed file: a regular file beneath the version directory (no symlink anywhere on the
+    way: 403 if not), of its recorded size and xxh3-128 (409 if not).
 
     Files in *already_verified* (read and hashed in memory by :func:`read_verified_model`) get the
-    containment and size checks but are not hashed a second time."""
-    paths, entries = [], []
-    for entry in located.manifest.files:
-        p = located.version_dir / entry.path
-        try:
-            st = p.lstat()
-        except FileNotFoundError:
-            raise ApiError(409, "integrity", f"file {entry.path!r} of {str(located.spec)!r} is missing") from None
-        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode) or not is_within(root, p):
-            raise _outside(f"file {entry.path!r} of {str(located.spec)!r}", root)
-        if st.st_size != entry.size:
-            raise ApiError(409, "integrity", f"file {entry.path!r} of {str(located.spec)!r} has {st.st_size} bytes, "
-                           f"the manifest says {entry.size}")
-        if entry.path not in already_verified:
-            paths.append(p)
-            entries.append(entry)
-    for entry, digest in zip(entries, hash_files(paths, sha256=False), strict=True):
-        if digest.xxh3_128 != entry.xxh3_128:
-            raise ApiError(409, "integrity", f"file {entry.path!r} of {str(located.spec)!r} does not match its "
-                           "recorded hash; it was changed after publishing (axon verify --published)")
+    type and size checks but are not hashed a second time."""
+    report = verify_version_dir(located.version_dir, located.manifest, check_sha256=False,
+                                already_hashed=already_verified, report_unlisted=False)
+    if report.ok:
+        return
+    problem, spec = report.problems[0], str(located.spec)
+    if problem.kind == "not-a-file":
+        raise _outside(f"file {problem.path!r} of {spec!r}", root)
+    if problem.kind == "missing":
+        raise ApiError(409, "integrity", f"file {problem.path!r} of {spec!r} is missing")
+    if problem.kind == "size":
+        raise ApiError(409, "integrity", f"file {problem.path!r} of {spec!r} has {problem.actual} bytes, "
+                       f"the manifest says {problem.expected}")
+    if problem.kind == "unreadable":
+        raise ApiError(409, "integrity", f"file {problem.path!r} of {spec!r} cannot be read ({problem.actual})")
+    raise ApiError(409, "integrity", f"file {problem.path!r} of {spec!r} does not match its recorded hash; it was "
+                   "changed after publishing (axon verify --published)")
 
 
 def model_refusal(exc: AxonError, spec: object) -> ApiError:

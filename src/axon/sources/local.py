@@ -12,7 +12,7 @@ import yaml
 from axon.errors import InvalidModelError, SourceError, UsageError
 from axon.reporting import Reporter
 from axon.sources.base import FetchResult, disk_full
-from axon.store.fastio import FileDigest, copy_files
+from axon.store.fastio import FileDigest, copy_files, is_within
 from axon.store.layout import MANIFEST_NAME
 
 __all__ = ["LocalSource"]
@@ -51,7 +51,7 @@ class LocalSource:
                     continue
                 if full.is_symlink():
                     target = full.resolve()
-                    if not target.is_relative_to(root) or not target.is_file():
+                    if not is_within(root, full) or not target.is_file():
                         raise UsageError(
                             f"Symlink {rel!r} points outside the model directory ({str(target)!r}); refusing to "
                             "follow it.", hint="Copy the file into the model directory instead.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,13 +95,16 @@ def hash_paths(
 
 def verify_version_dir(
     version_dir: Path, manifest: Manifest, *, progress: Callable[[int], object] | None = None,
-    check_sha256: bool = True,
+    check_sha256: bool = True, already_hashed: Collection[str] = (), report_unlisted: bool = True,
 ) -> VerifyReport:
     """Re-hash every listed file and compare size, sha256 and xxh3-128 with the manifest.
 
     Every file is opened beneath the version directory without following any symlink, and the
     hash reads that open file: a symlink swapped in after a check is refused, never followed.
-    *check_sha256* false checks xxh3-128 alone (8x faster): enough to catch corruption.
+    *check_sha256* false checks xxh3-128 alone (8x faster): enough to catch corruption. Files in
+    *already_hashed* (their bytes were read and checked in memory by the caller) are opened and
+    their type and size checked, but not hashed again. *report_unlisted*: files present but not
+    listed are problems too.
     """
     report = VerifyReport(manifest.spec_text, version_dir)
     try:
@@ -111,11 +114,12 @@ def verify_version_dir(
         return report
     try:
         listed = {e.path for e in manifest.files}
-        for rel in list_package_files(version_dir):
+        for rel in list_package_files(version_dir) if report_unlisted else ():
             if rel not in listed:
                 report.problems.append(Problem(rel, "unexpected"))
         for start in range(0, len(manifest.files), _FD_BATCH):
-            _verify_batch(vfd, manifest.files[start:start + _FD_BATCH], report, progress, check_sha256)
+            _verify_batch(vfd, manifest.files[start:start + _FD_BATCH], report, progress, check_sha256,
+                          already_hashed)
     finally:
         os.close(vfd)
     report.problems.sort(key=lambda p: (p.kind == "unexpected", p.path))
@@ -126,7 +130,8 @@ _FD_BATCH = 256  # files held open at once while hashing
 
 
 def _verify_batch(vfd: int, entries: list[FileEntry], report: VerifyReport,
-                  progress: Callable[[int], object] | None, check_sha256: bool) -> None:
+                  progress: Callable[[int], object] | None, check_sha256: bool, already_hashed: Collection[str]
+                  ) -> None:
     opened: list[tuple[FileEntry, int]] = []
     try:
         for entry in entries:
@@ -151,6 +156,9 @@ def _verify_batch(vfd: int, entries: list[FileEntry], report: VerifyReport,
                 report.problems.append(Problem(entry.path, "not-a-file", actual="not a regular file"))
             elif st.st_size != entry.size:
                 report.problems.append(Problem(entry.path, "size", str(entry.size), str(st.st_size)))
+            elif entry.path in already_hashed:
+                report.files_checked += 1
+                report.bytes_checked += st.st_size
             else:
                 present.append((entry, fd))
         try:

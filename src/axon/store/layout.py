@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from axon.errors import AxonError, BusyError
+from axon.store.fastio import is_within
 from axon.store.spec import ModelSpec
 
 __all__ = ["MANIFEST_NAME", "StagingName", "StoreLayout", "VersionEntry", "parse_staging_name", "staging_prefix",
@@ -28,6 +29,16 @@ INTERNAL_DIR = ".axon"
 # <key>.<pid>.[x<digest>.]<random>: the pid says whether its writer is alive; "x<digest>" marks a
 # staging directory that may hold, after an interrupted --force, the replaced copy with that digest.
 _STAGING_RE = re.compile(r"^(?P<key>.+)\.(?P<pid>\d+)\.(?:x(?P<replaces>[0-9a-f]{8,64})\.)?(?P<rand>[A-Za-z0-9_]+)$")
+
+
+def contains(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """Whether *path* is inside *root*, or would be once created: its nearest existing ancestor
+    is within *root* (real paths, on component boundaries: ``fastio.is_within``). The caller has
+    refused ``..`` segments in the part that does not exist yet."""
+    probe = Path(path)
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    return is_within(root, probe)
 
 
 def version_key(spec: ModelSpec) -> str:

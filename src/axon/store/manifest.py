@@ -20,7 +20,7 @@ import yaml
 
 from axon.errors import InvalidManifestError
 from axon.store.atomic import atomic_write_text
-from axon.store.layout import MANIFEST_NAME
+from axon.store.layout import MANIFEST_NAME, contains
 
 __all__ = [
     "API_VERSION",
@@ -159,12 +159,6 @@ def safe_relative_path(path: str, where: str = "manifest") -> str:
     return str(pure)
 
 
-def _resolves_inside(version_dir: Path, rel: str) -> bool:
-    root = os.path.realpath(version_dir)
-    target = os.path.realpath(os.path.join(root, rel))
-    return target == root or target.startswith(root.rstrip("/") + "/")
-
-
 def _req(mapping: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(mapping, Mapping) or key not in mapping:
         raise InvalidManifestError(f"Invalid manifest: missing '{where}{key}'.")
@@ -218,7 +212,7 @@ def manifest_from_dict(data: Any, *, version_dir: Path | None = None) -> Manifes
         size = _req(item, "size", int, "spec.files[].")
         if size < 0:
             raise InvalidManifestError(f"Invalid manifest: file {rel!r} has a negative size.")
-        if version_dir is not None and not _resolves_inside(version_dir, rel):
+        if version_dir is not None and not contains(version_dir, version_dir / rel):
             raise InvalidManifestError(
                 f"Invalid manifest: file {rel!r} resolves outside its version directory {str(version_dir)!r}."
             )

@@ -27,6 +27,7 @@ from typing import Any
 
 from axon.errors import AxonError
 from axon.permissions import caller, owner_name
+from axon.store.modes import AUDIT_LOG_MODE, FILE_MODE
 
 __all__ = ["AuditLog", "AuditRecord"]
 
@@ -63,7 +64,8 @@ class AuditLog:
         if not os.path.isdir(self.receipts) or os.path.islink(self.receipts):
             return None  # a repository set up by hand: claims only
         name = f"{record.time.replace(':', '')}-{record.uid}-{secrets.token_hex(6)}.json"
-        fd = os.open(self.receipts / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.receipts / name, flags, FILE_MODE)
         try:
             os.write(fd, body)
             os.fsync(fd)
@@ -79,7 +81,7 @@ class AuditLog:
         line = (json.dumps(fields, sort_keys=True) + "\n").encode()
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-                         | os.O_CLOEXEC, 0o664)
+                         | os.O_CLOEXEC, AUDIT_LOG_MODE)
         except OSError as exc:
             if exc.errno != errno.ELOOP:
                 raise

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from axon.errors import AxonError, NotInstalledError
-from axon.install import cleanup_stale_staging
 from axon.store.atomic import fsync_dir, remove_tree
 from axon.store.integrity import VerifyReport, verify_version_dir
-from axon.store.layout import StoreLayout, VersionEntry, version_key
+from axon.store.layout import MANIFEST_NAME, StoreLayout, VersionEntry, version_key
 from axon.store.manifest import Manifest, load_manifest
 from axon.store.spec import ModelSpec
 
@@ -57,7 +56,7 @@ def list_installed(root: Path) -> list[CachedModel]:
         if not entry.has_manifest:
             continue
         try:
-            manifest = load_manifest(entry.path / "manifest.yaml")
+            manifest = load_manifest(entry.path / MANIFEST_NAME)
         except AxonError:
             continue
         out.append(CachedModel(entry.spec, entry.path, manifest))
@@ -67,9 +66,9 @@ def list_installed(root: Path) -> list[CachedModel]:
 def get_installed(root: Path, spec: ModelSpec) -> CachedModel:
     layout = StoreLayout(root)
     path = layout.version_dir(spec)
-    if not (path / "manifest.yaml").is_file():
+    if not (path / MANIFEST_NAME).is_file():
         raise NotInstalledError(str(spec))
-    return CachedModel(spec, path, load_manifest(path / "manifest.yaml"))
+    return CachedModel(spec, path, load_manifest(path / MANIFEST_NAME))
 
 
 def verify(root: Path, spec: ModelSpec, *, progress: Callable[[int], object] | None = None) -> VerifyReport:
@@ -147,7 +146,7 @@ def gc(root: Path, *, dry_run: bool = False, keep_partial: bool = False) -> GcRe
                 report.bytes_freed += _dir_size(d)
         else:
             sizes = {d: _dir_size(d) for d in layout.staging.iterdir()}
-            for d in cleanup_stale_staging(layout):
+            for d in layout.cleanup_stale_staging():
                 report.removed.append(str(d))
                 report.bytes_freed += sizes.get(d, 0)
     if layout.trash.is_dir():
@@ -172,7 +171,7 @@ def _valid(entry: VersionEntry) -> bool:
     if not entry.has_manifest:
         return False
     try:
-        load_manifest(entry.path / "manifest.yaml")
+        load_manifest(entry.path / MANIFEST_NAME)
     except AxonError:
         return False
     return True

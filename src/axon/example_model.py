@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from axon.store.layout import MANIFEST_NAME
+
 __all__ = ["EncoderConfig", "build_encoder_onnx", "build_example_package", "build_tokenizer"]
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -205,7 +207,7 @@ def build_example_package(out_dir: Path, cfg: EncoderConfig | None = None, *, ma
             "requirements": {"memory_bytes": (out_dir / "model.onnx").stat().st_size * 4, "gpu": "optional"},
         },
     }
-    (out_dir / "manifest.yaml").write_text(yaml.safe_dump(partial, sort_keys=False))
+    (out_dir / MANIFEST_NAME).write_text(yaml.safe_dump(partial, sort_keys=False))
     write_reference(out_dir, max_length)
     return out_dir
 

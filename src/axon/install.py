@@ -8,24 +8,20 @@ version directory without a valid manifest is never considered installed.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from axon.errors import AxonError, UsageError
+from axon.errors import UsageError
 from axon.package import build_manifest
 from axon.reporting import NullReporter, Reporter
 from axon.settings import Settings
 from axon.sources import select_source
-from axon.store.atomic import fsync_dir, fsync_tree, remove_tree
-from axon.store.fastio import rename_exchange
-from axon.store.layout import StoreLayout, parse_staging_name, staging_prefix
-from axon.store.manifest import Manifest, load_manifest, write_manifest
+from axon.store.atomic import fsync_tree, move_into_place, remove_tree
+from axon.store.layout import StoreLayout
+from axon.store.manifest import Manifest, read_version_manifest, write_manifest
 from axon.store.spec import ModelSpec
 
-__all__ = ["InstallResult", "cleanup_stale_staging", "install"]
+__all__ = ["InstallResult", "install"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,50 +30,6 @@ class InstallResult:
     path: Path
     manifest: Manifest
     status: str  # installed | replaced | unchanged | already-installed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def cleanup_stale_staging(layout: StoreLayout, *,
-                          recover: Callable[[Path, str], bool] | None = None) -> list[Path]:
-    """Remove staging directories whose creating process is gone (killed mid-install).
-
-    A directory named as possibly holding a replaced copy (``x<digest>``, an interrupted
-    ``publish --force``) is offered to *recover* first, which returns True when it kept it.
-    """
-    removed: list[Path] = []
-    if not layout.staging.is_dir():
-        return removed
-    for entry in layout.staging.iterdir():
-        name = parse_staging_name(entry.name)
-        if name.pid is not None and (name.pid == os.getpid() or _pid_alive(name.pid)):
-            continue
-        try:
-            if name.replaces and recover is not None and recover(entry, name.replaces):
-                continue
-            remove_tree(entry)
-        except OSError:
-            continue  # another user's leftover we may not delete: theirs (or root's) to clean
-        removed.append(entry)
-    return removed
-
-
-def installed_manifest(layout: StoreLayout, spec: ModelSpec) -> Manifest | None:
-    path = layout.manifest_path(spec)
-    if not path.is_file():
-        return None
-    try:
-        return load_manifest(path)
-    except AxonError:
-        return None
 
 
 def install(
@@ -106,7 +58,7 @@ def install(
     reporter = reporter or NullReporter()
     layout = StoreLayout(settings.cache_dir)
     target = layout.version_dir(spec)
-    existing = installed_manifest(layout, spec)
+    existing = read_version_manifest(layout, spec)
     if existing is not None and not force and not only_if_changed:
         return InstallResult(spec, target, existing, "already-installed")
     layout.ensure_internal()
@@ -115,13 +67,13 @@ def install(
     source = select_source(spec, settings, layout.downloads, from_=from_, revision=revision, sha256=sha256,
                            entrypoint=entrypoint, export=export)
     with layout.lock(spec):
-        cleanup_stale_staging(layout)
-        existing = installed_manifest(layout, spec)
+        layout.cleanup_stale_staging()
+        existing = read_version_manifest(layout, spec)
         if only_if_changed and existing is not None and existing.source.get("type") == "hf":
             resolve_commit = getattr(source, "resolve_commit", None)
             if resolve_commit is not None and resolve_commit() == existing.source.get("commit"):
                 return InstallResult(spec, target, existing, "unchanged")
-        staging = Path(tempfile.mkdtemp(prefix=staging_prefix(spec), dir=layout.staging))
+        staging = layout.new_staging(spec)
         try:
             reporter.stage(f"fetching {spec} from {source.describe()}")
             fetched = source.fetch(staging, reporter)
@@ -138,13 +90,9 @@ def install(
             write_manifest(staging, manifest)  # last file written: its presence means complete
             fsync_tree(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                rename_exchange(staging, target)  # atomic: readers see old or new, never neither
-                status = "replaced"
-            else:
-                os.rename(staging, target)
-                status = "installed"
-            fsync_dir(target.parent)
+            replace = target.exists()
+            move_into_place(staging, target, replace=replace)  # the replaced copy, if any, is deleted below
+            status = "replaced" if replace else "installed"
             return InstallResult(spec, target, manifest, status)
         finally:
             with contextlib.suppress(OSError):

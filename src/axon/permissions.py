@@ -10,19 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from axon.errors import PermissionDeniedError
+from axon.store.modes import DIR_MODE, FILE_MODE, SHARED_DIR_MODE
 from axon.store.nofollow import open_dir, set_tree_modes
 
 __all__ = ["Caller", "adopt_dir", "apply_published_modes", "caller", "ensure_shared_dirs", "group_id", "make_dir",
            "owner_name", "require_publisher"]
-
-# The permission model (docs/operations.md has it as a table). A publish-group member adds
-# versions and can rename, remove or replace nothing they do not own: every directory members
-# write into is sticky, axon's state directory is root's, and each version's history is its owner's.
-FILE_MODE = 0o444
-DIR_MODE = 0o2555  # a published version: read-only, setgid: nobody edits it in place
-SHARED_DIR_MODE = 0o3775  # <root>/, <ns>/, <name…>/, .axon/{staging,locks,history}/: add entries, touch only your own
-STATE_DIR_MODE = 0o2755  # <root>/.axon/: root creates, renames and removes everything directly in it
-HISTORY_KEY_MODE = 0o2755  # .axon/history/<key>/: only the version's owner (and root) moves copies in or out
 
 @dataclass(frozen=True, slots=True)
 class Caller:

@@ -17,9 +17,17 @@ from typing import Any
 import yaml
 
 from axon.errors import AxonError, PermissionDeniedError
-from axon.permissions import HISTORY_KEY_MODE, SHARED_DIR_MODE, STATE_DIR_MODE, group_id
+from axon.permissions import group_id
 from axon.store.atomic import atomic_write_text
 from axon.store.layout import INTERNAL_DIR, MANIFEST_NAME
+from axon.store.modes import (
+    AUDIT_LOG_MODE,
+    CORE_DIR_MODE,
+    HISTORY_KEY_MODE,
+    RECORD_MODE,
+    SHARED_DIR_MODE,
+    STATE_DIR_MODE,
+)
 from axon.store.nofollow import open_dir, read_regular
 
 __all__ = ["RECORD_NAME", "read_repository_group", "setup_production"]
@@ -146,7 +154,7 @@ def setup_production(root: Path, group: str) -> dict[str, Any]:
     core = internal / "core"  # MLOS Core's token and registrations; left as it is when it exists
     if not os.path.lexists(core):
         core.mkdir()
-        _own(core, gid, 0o2750)
+        _own(core, gid, CORE_DIR_MODE)
     history = internal / "history"
     for key_dir in history.iterdir():
         st = os.lstat(key_dir)
@@ -155,12 +163,12 @@ def setup_production(root: Path, group: str) -> dict[str, Any]:
                 os.fchmod(fd, HISTORY_KEY_MODE)  # owner kept: each version's history is its owner's
     adopted = _adopt_shared_dirs(root, gid)
     record = internal / RECORD_NAME
-    atomic_write_text(record, yaml.safe_dump({"group": group, "gid": gid}, sort_keys=False), mode=0o644)
-    _own(record, gid, 0o644)
+    atomic_write_text(record, yaml.safe_dump({"group": group, "gid": gid}, sort_keys=False), mode=RECORD_MODE)
+    _own(record, gid, RECORD_MODE)
     audit = internal / "audit.log"
-    fd = os.open(audit, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o664)
+    fd = os.open(audit, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, AUDIT_LOG_MODE)
     os.close(fd)
-    _own(audit, gid, 0o664)
+    _own(audit, gid, AUDIT_LOG_MODE)
     append_only = False
     if shutil.which("chattr"):
         # Kernel-enforced append-only: not even a group member can rewrite history.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +26,7 @@ from axon.audit import AuditLog, AuditRecord
 from axon.cached_version import CachedVersion, open_cached_version
 from axon.crashpoints import crash_point
 from axon.errors import AlreadyInstalledError, AxonError, IntegrityError, PermissionDeniedError
-from axon.install import cleanup_stale_staging, installed_manifest
 from axon.permissions import (
-    DIR_MODE,
-    HISTORY_KEY_MODE,
-    SHARED_DIR_MODE,
     Caller,
     adopt_dir,
     apply_published_modes,
@@ -44,11 +39,12 @@ from axon.permissions import (
 from axon.production import read_repository_group
 from axon.reporting import NullReporter, Reporter
 from axon.settings import Settings
-from axon.store.atomic import atomic_write_bytes, fsync_dir, remove_tree
-from axon.store.fastio import copy_files, rename_exchange
+from axon.store.atomic import atomic_write_bytes, fsync_dir, move_into_place, remove_tree
+from axon.store.fastio import copy_files
 from axon.store.integrity import Problem, VerifyReport, verify_version_dir
-from axon.store.layout import MANIFEST_NAME, StoreLayout, staging_prefix, version_key
-from axon.store.manifest import Manifest, load_manifest
+from axon.store.layout import MANIFEST_NAME, StoreLayout, version_key
+from axon.store.manifest import Manifest, load_manifest, read_version_manifest
+from axon.store.modes import DIR_MODE, HISTORY_KEY_MODE, SHARED_DIR_MODE
 from axon.store.nofollow import fd_path, open_dir, read_regular
 from axon.store.spec import ModelSpec, parse_spec
 
@@ -168,7 +164,7 @@ class ProductionRepo:
             _require_sticky_if_shared(d, dst, hint)
 
     def current(self, spec: ModelSpec) -> Manifest | None:
-        return installed_manifest(self.layout, spec)
+        return read_version_manifest(self.layout, spec)
 
     def record(self, action: str, spec: ModelSpec, result: str, **kw: Any) -> None:
         self.audit.append(AuditRecord(action=action, spec=str(spec), result=result, **kw))
@@ -232,7 +228,7 @@ class ProductionRepo:
         return True
 
     def cleanup_staging(self, who: Caller, gid: int | None) -> None:
-        cleanup_stale_staging(self.layout, recover=lambda path, digest: self.recover_staging(path, digest, who, gid))
+        self.layout.cleanup_stale_staging(recover=lambda path, digest: self.recover_staging(path, digest, who, gid))
 
 
 def _require_sticky_if_shared(path: Path, st: os.stat_result, hint: str) -> None:
@@ -387,7 +383,7 @@ def _publish(spec: ModelSpec, repo: ProductionRepo, source: CachedVersion, who: 
                                  len(manifest.files))
         history_dir, _ = repo.history_dir_for(spec, who, gid)
         replaces = existing.digest if (exists and existing is not None) else None
-        staging = Path(tempfile.mkdtemp(prefix=staging_prefix(spec, replaces=replaces), dir=layout.staging))
+        staging = layout.new_staging(spec, replaces=replaces)
         holds_old_copy = False
         try:
             reporter.stage(f"copying {len(manifest.files)} files into {repo.root}")
@@ -401,8 +397,8 @@ def _publish(spec: ModelSpec, repo: ProductionRepo, source: CachedVersion, who: 
                 if who.is_root and target_owner != 0:
                     apply_published_modes(target, gid, uid=0)  # root takes the copy it replaces over
                 _make_movable(target)
-                rename_exchange(staging, target)  # readers see the old or the new copy, never neither
-                holds_old_copy = True
+                holds_old_copy = True  # from the exchange on (if it fails, recovery tells the copies apart by digest)
+                move_into_place(staging, target, replace=True)
                 crash_point("publish:after-exchange")
                 history = history_dir / _stamp(old_digest)
                 os.rename(staging, history)  # the replaced copy, kept for rollback
@@ -411,10 +407,9 @@ def _publish(spec: ModelSpec, repo: ProductionRepo, source: CachedVersion, who: 
                 fsync_dir(history_dir)
                 status = "replaced"
             else:
-                os.rename(staging, target)
+                move_into_place(staging, target, replace=False)
                 status = "published"
             _seal(target)
-            fsync_dir(target.parent)
             fsync_dir(layout.staging)
         except BaseException as exc:
             if not holds_old_copy:  # after the exchange staging holds the replaced copy: recovery keeps it
@@ -499,15 +494,14 @@ def rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
             if who.is_root and target_owner != 0:
                 apply_published_modes(target, gid, uid=0)
             _make_movable(target)
-            rename_exchange(newest, target)
+            move_into_place(newest, target, replace=True)
             crash_point("rollback:after-exchange")
             moved_to = history_dir / _stamp(current.digest if current else None)
             os.rename(newest, moved_to)
         else:
             ensure_shared_dirs(repo.root, target.parent, gid, who)
-            os.rename(newest, target)
+            move_into_place(newest, target, replace=False)
         _seal(target)
-        fsync_dir(target.parent)
         fsync_dir(history_dir)
         repo.record("rollback", spec, "ok", digest_old=current.digest if current else None,
                     digest_new=restored.digest, source=str(newest))

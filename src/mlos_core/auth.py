@@ -30,6 +30,7 @@ from pathlib import Path
 from starlette.requests import Request
 
 from axon.store.atomic import atomic_write_text
+from axon.store.modes import CORE_DIR_MODE, CORE_FILE_MODE
 from mlos_core.errors import ApiError
 
 __all__ = ["TOKEN_DIR_MODE", "TOKEN_FILE_MODE", "TokenFileError", "check_token_file", "load_or_create_token",
@@ -37,8 +38,8 @@ __all__ = ["TOKEN_DIR_MODE", "TOKEN_FILE_MODE", "TokenFileError", "check_token_f
 
 log = logging.getLogger("mlos_core.auth")
 
-TOKEN_DIR_MODE = 0o2750  # setgid: the token file gets the directory's (the repository's) group
-TOKEN_FILE_MODE = 0o640
+TOKEN_DIR_MODE = CORE_DIR_MODE  # setgid: the token file gets the directory's (the repository's) group
+TOKEN_FILE_MODE = CORE_FILE_MODE
 
 
 class TokenFileError(Exception):

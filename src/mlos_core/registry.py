@@ -18,6 +18,7 @@ from axon.model.inference import load_dense_layers
 from axon.model.pooling import DenseLayer
 from axon.store.atomic import atomic_write_text
 from axon.store.manifest import Manifest
+from axon.store.modes import CORE_FILE_MODE
 from mlos_core.batching import Batcher, Pending
 from mlos_core.errors import ApiError
 from mlos_core.preprocessing import TextPipeline, postprocess
@@ -185,10 +186,10 @@ class Registry:
         model = self.models.get(model_id)
         if model is not None:
             return model
-        stamp = self._state_stamp()
+        stamp, (saved, _) = await asyncio.to_thread(self._saved_now)
         if model_id in self.failed and self._failed_at.get(model_id) == stamp:
             raise self._failed_error(model_id)
-        if model_id not in self._saved_at(stamp)[0]:
+        if model_id not in saved:
             return self.get(model_id)
         loading = self._loading.get(model_id)
         if loading is None:
@@ -294,7 +295,8 @@ class Registry:
 
     async def register(self, *, model_id: str | None = None, manifest_path: str | None = None,
                        persist: bool = True) -> dict[str, Any]:
-        located = locate(self.settings.repository, model_id=model_id, manifest_path=manifest_path)
+        located = await asyncio.to_thread(locate, self.settings.repository, model_id=model_id,
+                                          manifest_path=manifest_path)
         key = str(located.spec)
         async with self._lock(key):
             current = self.models.get(key)
@@ -316,7 +318,7 @@ class Registry:
             self.failed.pop(key, None)
             self._failed_at.pop(key, None)
             if persist:
-                self._persist_change(add=key)
+                await asyncio.to_thread(self._persist_change, add=key)
             if current is not None:
                 await current.batcher.close()  # in-flight requests on the old copy finish first
                 return {**loaded.describe(), "status": "reloaded"}
@@ -325,10 +327,10 @@ class Registry:
     async def unregister(self, model_id: str, *, persist: bool = True) -> dict[str, Any]:
         async with self._lock(model_id):
             model = self.models.pop(model_id, None)
-            if model is None and not (persist and model_id in self.saved_models()):
+            if model is None and not (persist and model_id in await asyncio.to_thread(self.saved_models)):
                 raise ApiError(404, "model_not_found", f"model {model_id!r} is not registered")
             if persist:
-                self._persist_change(remove=model_id)
+                await asyncio.to_thread(self._persist_change, remove=model_id)
                 self.failed.pop(model_id, None)
                 self._failed_at.pop(model_id, None)
             if model is not None:
@@ -366,13 +368,19 @@ class Registry:
     def saved_models(self) -> list[str]:
         return self._saved_at(self._state_stamp())[0]
 
+    def _saved_now(self) -> tuple[Stamp, tuple[list[str], str | None]]:
+        """Blocking (reads the file): the registrations file's stamp and what it says."""
+        stamp = self._state_stamp()
+        return stamp, self._saved_at(stamp)
+
     def _persist_change(self, *, add: str | None = None, remove: str | None = None) -> None:
         """Read-modify-write of the registrations file under a lock: workers share it."""
         import fcntl
         import os
 
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.settings.state_dir / "registrations.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = os.open(self.settings.state_dir / "registrations.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
+                     CORE_FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             models = set(self.saved_models())
@@ -380,15 +388,16 @@ class Registry:
                 models.add(add)
             if remove:
                 models.discard(remove)
-            atomic_write_text(self.state_file, json.dumps({"models": sorted(models)}, indent=2) + "\n", mode=0o640)
+            text = json.dumps({"models": sorted(models)}, indent=2) + "\n"
+            atomic_write_text(self.state_file, text, mode=CORE_FILE_MODE)
         finally:
             os.close(fd)
 
     async def sync_from_state(self) -> None:
         """Load what the registrations file lists and unload what it no longer does (other workers).
         A model that failed to load is retried only once the file has changed since."""
-        stamp = self._state_stamp()
-        saved = set(self._saved_at(stamp)[0])
+        stamp, (listed, _) = await asyncio.to_thread(self._saved_now)
+        saved = set(listed)
         for model_id in sorted(saved - set(self.models)):
             if model_id in self.failed and self._failed_at.get(model_id) == stamp:
                 continue
@@ -417,10 +426,7 @@ class Registry:
     async def watch_state(self, interval_s: float = 0.5) -> None:
         last = None
         while True:
-            try:
-                mtime = self.state_file.stat().st_mtime_ns
-            except FileNotFoundError:
-                mtime = 0
+            mtime = (await asyncio.to_thread(self._state_stamp))[2]
             if mtime != last:
                 last = mtime
                 try:
@@ -432,9 +438,9 @@ class Registry:
     async def restore(self) -> None:
         """Re-register (and so re-verify) what was registered before the restart. Nothing saved
         stops the server from starting: what cannot be loaded is listed as failed (/models, /ready)."""
-        stamp = self._state_stamp()
+        stamp, (saved, _) = await asyncio.to_thread(self._saved_now)
         self._note_state_error(stamp)
-        for model_id in self._saved_at(stamp)[0]:
+        for model_id in saved:
             try:
                 await self.register(model_id=model_id, persist=False)
             except Exception as exc:

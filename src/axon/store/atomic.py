@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from axon.errors import DiskFullError
+from axon.store.fastio import rename_exchange
 from axon.store.nofollow import remove_tree  # one remover for every tree: fd-based, never follows a symlink
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_dir", "fsync_tree", "remove_tree"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_dir", "fsync_tree", "move_into_place", "remove_tree"]
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -79,3 +80,16 @@ def staging_dir(parent: str | os.PathLike[str], prefix: str) -> Iterator[Path]:
     finally:
         if path.exists():
             remove_tree(path)
+
+
+def move_into_place(new: str | os.PathLike[str], target: str | os.PathLike[str], *, replace: bool) -> None:
+    """Put the complete directory *new* at *target* in one atomic step, then fsync the parent.
+
+    With *replace*, *target* exists and the two are swapped (``renameat2(RENAME_EXCHANGE)``):
+    readers see the old copy or the new one, never neither, and *new* then holds the old copy
+    for the caller to keep or delete. Otherwise a plain rename, which fails if *target* exists."""
+    if replace:
+        rename_exchange(new, target)
+    else:
+        os.rename(new, target)
+    fsync_dir(os.path.dirname(os.path.abspath(target)))

@@ -12,12 +12,14 @@ import fcntl
 import os
 import re
 import stat
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from axon.errors import AxonError, BusyError
 from axon.store.fastio import is_within
+from axon.store.nofollow import remove_tree
 from axon.store.spec import ModelSpec
 
 __all__ = ["MANIFEST_NAME", "StagingName", "StoreLayout", "VersionEntry", "parse_staging_name", "staging_prefix",
@@ -52,6 +54,16 @@ def version_key(spec: ModelSpec) -> str:
 def staging_prefix(spec: ModelSpec, *, replaces: str | None = None) -> str:
     """mkdtemp prefix of a staging directory for *spec*, written by this process."""
     return f"{version_key(spec)}.{os.getpid()}." + (f"x{replaces}." if replaces else "")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +120,33 @@ class StoreLayout:
 
     def model_dir(self, spec: ModelSpec) -> Path:
         return self.version_dir(spec).parent
+
+    def new_staging(self, spec: ModelSpec, *, replaces: str | None = None) -> Path:
+        """A fresh staging directory for *spec* (mode 0700), named so that a later run can tell
+        whether its writer is still alive (and, with *replaces*, which copy it may hold)."""
+        return Path(tempfile.mkdtemp(prefix=staging_prefix(spec, replaces=replaces), dir=self.staging))
+
+    def cleanup_stale_staging(self, *, recover: Callable[[Path, str], bool] | None = None) -> list[Path]:
+        """Remove staging directories whose creating process is gone (killed mid-install).
+
+        A directory named as possibly holding a replaced copy (``x<digest>``, an interrupted
+        ``publish --force``) is offered to *recover* first, which returns True when it kept it.
+        """
+        removed: list[Path] = []
+        if not self.staging.is_dir():
+            return removed
+        for entry in self.staging.iterdir():
+            name = parse_staging_name(entry.name)
+            if name.pid is not None and (name.pid == os.getpid() or _pid_alive(name.pid)):
+                continue
+            try:
+                if name.replaces and recover is not None and recover(entry, name.replaces):
+                    continue
+                remove_tree(entry)
+            except OSError:
+                continue  # another user's leftover we may not delete: theirs (or root's) to clean
+            removed.append(entry)
+        return removed
 
     def ensure_internal(self) -> None:
         for d in (self.staging, self.downloads, self.trash, self.locks):

@@ -18,9 +18,10 @@ from typing import Any
 import xxhash
 import yaml
 
-from axon.errors import InvalidManifestError
+from axon.errors import AxonError, InvalidManifestError
 from axon.store.atomic import atomic_write_text
-from axon.store.layout import MANIFEST_NAME, contains
+from axon.store.layout import MANIFEST_NAME, StoreLayout, contains
+from axon.store.spec import ModelSpec
 
 __all__ = [
     "API_VERSION",
@@ -30,6 +31,7 @@ __all__ = [
     "compute_integrity_digest",
     "load_manifest",
     "parse_manifest",
+    "read_version_manifest",
     "safe_relative_path",
     "write_manifest",
 ]
@@ -296,3 +298,14 @@ def write_manifest(version_dir: Path, manifest: Manifest) -> Path:
     target = version_dir / MANIFEST_NAME
     atomic_write_text(target, manifest.dump(), mode=0o644)
     return target
+
+
+def read_version_manifest(layout: StoreLayout, spec: ModelSpec) -> Manifest | None:
+    """The manifest of *spec*'s version in *layout*, or None when there is none (or it is unreadable)."""
+    path = layout.manifest_path(spec)
+    if not path.is_file():
+        return None
+    try:
+        return load_manifest(path)
+    except AxonError:
+        return None

@@ -80,7 +80,7 @@ def open_cached_version(cache_root: Path, spec: ModelSpec) -> Iterator[CachedVer
         NotInstalledError (1), IntegrityError (3: a symlink or foreign file where the package
         should be), InvalidManifestError (2).
     """
-    path = cache_root.joinpath(*spec.parts)
+    path = cache_root / spec.relpath
     try:
         # The cache root itself must not be a symlink either (a user pointing "their" cache at
         # somebody else's would have root publish that one), and what lies beneath it must
@@ -95,7 +95,7 @@ def open_cached_version(cache_root: Path, spec: ModelSpec) -> Iterator[CachedVer
         raise
     try:
         root_owner = os.fstat(rootfd).st_uid
-        vfd = open_beneath(rootfd, "/".join(spec.parts), os.O_RDONLY | os.O_DIRECTORY, follow_symlinks=False)
+        vfd = open_beneath(rootfd, spec.relpath, os.O_RDONLY | os.O_DIRECTORY, follow_symlinks=False)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise NotInstalledError(str(spec)) from None

@@ -70,7 +70,6 @@ class Batcher:
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._executor = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix=f"ort-{name}")
-        self.in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -143,7 +142,6 @@ class Batcher:
             if not live:
                 continue
             rows = sum(i.rows for i in live)
-            self.in_flight += 1
             t0 = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self.run_batch, live)
@@ -156,8 +154,6 @@ class Batcher:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
-            finally:
-                self.in_flight -= 1
             compute_us = int((time.perf_counter() - t0) * 1e6)
             self.observe(event="batch", size=rows, compute_s=compute_us / 1e6)
             for item, out in zip(live, results, strict=True):

@@ -50,7 +50,7 @@ def locate(root: Path, *, model_id: str | None = None, manifest_path: str | None
             spec = parse_spec(model_id)
         except InvalidSpecError as exc:
             raise ApiError(400, "bad_model_id", str(exc)) from None
-        version_dir = root.joinpath(*spec.parts)
+        version_dir = root / spec.relpath
         manifest_file = version_dir / MANIFEST_NAME
     elif manifest_path is not None:
         if "\x00" in manifest_path or ".." in PurePosixPath(manifest_path).parts:

@@ -20,12 +20,9 @@ import pytest
 
 from axon.settings import Settings
 from mlos_core.wire import LARGE_BODY_BYTES
-from tests.mlos_core import test_server
 from tests.mlos_core.test_hostile_clients import GIVE_UP_S, WellBehaved, host_port, json_error, read_until_closed
-from tests.mlos_core.test_server import MLP, TEXT, mlp_reference
 from tests.support.core_server import Core, core_server
-
-published = test_server.published
+from tests.support.served import MLP, TEXT, mlp_reference
 
 ROWS = np.arange(24, dtype=np.float32).reshape(6, 4) / 7
 PAD = b" " * (LARGE_BODY_BYTES + (1 << 20))  # JSON whitespace: a valid request, well above the hand-off size

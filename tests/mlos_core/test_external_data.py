@@ -35,7 +35,6 @@ from mlos_core.registry import Registry
 from mlos_core.runtime import create_session
 from mlos_core.settings import ServerSettings
 from mlos_core.telemetry import Metrics
-from tests.mlos_core.test_server import ort_text_embedding
 from tests.support.core_server import Core, core_server, publish_dir_as
 from tests.support.onnx_models import (
     HIDDEN_PLACES,
@@ -45,6 +44,7 @@ from tests.support.onnx_models import (
     unknown_op_model,
     write_external_data_package,
 )
+from tests.support.served import ort_text_embedding
 
 GOOD = "demo/ext@1"
 PLACES = ("initializer", "constant", "then")

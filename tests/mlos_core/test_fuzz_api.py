@@ -31,12 +31,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.mlos_core import test_server
-from tests.mlos_core.test_server import MLP, TEXT
 from tests.support.core_server import Core
-
-published = test_server.published  # the module's fixtures: one server with demo/enc@1 and demo/mlp@1
-core = test_server.core
+from tests.support.served import MLP, TEXT
 
 _CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 settings.register_profile("mlos-fuzz", max_examples=300, deadline=None, derandomize=True, database=None,

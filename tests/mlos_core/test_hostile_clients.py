@@ -14,15 +14,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
 from axon.settings import Settings
-from tests.mlos_core import test_server
-from tests.mlos_core.test_server import MLP
 from tests.support.core_server import Core, core_server
-
-published = test_server.published  # the module's published repository (demo/enc@1, demo/mlp@1)
+from tests.support.served import MLP, TEXT
 
 SMALL = json.dumps({"inputs": {"x": [[1, 2, 3, 4]]}}).encode()
 GIVE_UP_S = 60  # a bound on waiting for the server to act, so a regression fails instead of hanging
@@ -279,4 +277,71 @@ def test_worker_processes_apply_the_same_limits(published: tuple[Settings, Path]
                 status, _, body = json_error(read_until_closed(sock))
             assert (status, body["code"]) == (431, "headers_too_large")
         assert c.call("GET", "/health")[0] == 200
+    assert "Traceback" not in c.log.read_text()
+
+
+def test_mixed_hostile_traffic_breaks_nothing(published: tuple[Settings, Path], tmp_path: Path) -> None:
+    """Good requests, malformed ones, oversized bodies, chunked bodies, binary KServe tensors and
+    clients hanging up mid-body, all at once against a small queue: every answer is one the kind
+    of request allows, and the server logs no traceback."""
+    settings, _ = published
+    allowed = {"good": {200, 503}, "text": {200, 503}, "bad": {400, 503}, "big": {413, 503},
+               "chunked": {200, 503}, "kserve_binary": {200, 503}, "get": {405}}
+    small = json.dumps({"inputs": {"x": [[1, 2, 3, 4]]}}).encode()
+    head = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 16}}],
+                       "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
+    seen: dict[str, set[int]] = {}
+    lock = threading.Lock()
+    with core_server(settings.publish_dir, tmp_path, "--max-body-bytes", "20000", "--max-queue-size", "4",
+                     "--max-batch-size", "8") as c:
+        for spec in (MLP, TEXT):
+            assert c.call("POST", "/models/register", {"model_id": spec})[0] == 201
+        host, port = c.url.removeprefix("http://").split(":")
+        stop = time.monotonic() + 3
+
+        def client(seed: int) -> None:
+            kinds = [*allowed, "gone"]
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            i = seed
+            while time.monotonic() < stop:
+                kind = kinds[i % len(kinds)]
+                i += 1
+                if kind == "gone":
+                    with socket.create_connection((host, int(port)), timeout=10) as sock:
+                        sock.sendall(f"POST /models/{MLP}/inference HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n"
+                                     .encode() + small[:5])
+                    continue
+                if kind == "get":
+                    conn.request("GET", f"/models/{MLP}/inference")
+                elif kind == "chunked":
+                    conn.request("POST", f"/models/{MLP}/inference", body=iter([small[:7], small[7:]]),
+                                 encode_chunked=True)
+                elif kind == "kserve_binary":
+                    tensor = np.arange(1, 5, dtype="<f4").tobytes()
+                    conn.request("POST", "/v2/models/demo/mlp/infer", body=head + tensor,
+                                 headers={"Inference-Header-Content-Length": str(len(head))})
+                else:
+                    body = {"good": small, "text": json.dumps({"input": ["hello world", "mlos"]}).encode(),
+                            "bad": b"{nope", "big": b'{"inputs": {"x": [' + b"[1,2,3,4]," * 3000 + b"[1,2,3,4]]}}"}
+                    conn.request("POST", f"/models/{TEXT if kind == 'text' else MLP}/inference", body=body[kind],
+                                 headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                with lock:
+                    seen.setdefault(kind, set()).add(resp.status)
+                if resp.getheader("connection") == "close":
+                    conn.close()
+                    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.close()
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert c.call("POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})[0] == 200
+    assert set(seen) == set(allowed)
+    assert all(seen[k] <= allowed[k] for k in seen), seen
+    assert all(200 in seen[k] for k in ("good", "text", "chunked", "kserve_binary")), seen
     assert "Traceback" not in c.log.read_text()

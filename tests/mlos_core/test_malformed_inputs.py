@@ -10,12 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.mlos_core import test_server
-from tests.mlos_core.test_server import MLP
 from tests.support.core_server import Core
-
-published = test_server.published  # the module's fixtures: one server with demo/enc@1 and demo/mlp@1
-core = test_server.core
+from tests.support.served import MLP
 
 KSERVE_MLP = "/v2/models/demo/mlp/versions/1/infer"
 KSERVE_TEXT = "/v2/models/demo/enc/versions/1/infer"

@@ -12,9 +12,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from axon.demo import sandbox_settings
-from tests.mlos_core.test_server import MLP
 from tests.support.core_server import core_server, publish_dir_as
 from tests.support.onnx_models import write_mlp
+from tests.support.served import MLP
 
 X = {"inputs": {"x": [[1, 2, 3, 4]]}}
 

@@ -62,7 +62,6 @@ class OnnxSignature:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     external_data: list[str] = field(default_factory=list)  # relative to the model file's directory
-    producer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +395,6 @@ def signature_of(model: Any, name: str = "model.onnx") -> OnnxSignature:
         inputs=_tensor_specs(graph.input, initializers),
         outputs=_tensor_specs(graph.output, set()),
         external_data=external,
-        producer=model.producer_name,
     )
 
 

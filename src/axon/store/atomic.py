@@ -10,7 +10,6 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from axon.errors import DiskFullError
@@ -68,18 +67,6 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes, *, mode: int
 
 def atomic_write_text(target: str | os.PathLike[str], text: str, *, mode: int = 0o644) -> None:
     atomic_write_bytes(target, text.encode("utf-8"), mode=mode)
-
-
-@contextlib.contextmanager
-def staging_dir(parent: str | os.PathLike[str], prefix: str) -> Iterator[Path]:
-    """A fresh directory under *parent*; removed on exit unless it was renamed away."""
-    os.makedirs(parent, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    try:
-        yield path
-    finally:
-        if path.exists():
-            remove_tree(path)
 
 
 def move_into_place(new: str | os.PathLike[str], target: str | os.PathLike[str], *, replace: bool) -> None:

@@ -113,13 +113,10 @@ class StoreLayout:
         return self.internal / "locks"
 
     def version_dir(self, spec: ModelSpec) -> Path:
-        return self.root.joinpath(*spec.parts)
+        return self.root / spec.relpath
 
     def manifest_path(self, spec: ModelSpec) -> Path:
         return self.version_dir(spec) / MANIFEST_NAME
-
-    def model_dir(self, spec: ModelSpec) -> Path:
-        return self.version_dir(spec).parent
 
     def new_staging(self, spec: ModelSpec, *, replaces: str | None = None) -> Path:
         """A fresh staging directory for *spec* (mode 0700), named so that a later run can tell

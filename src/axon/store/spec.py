@@ -30,9 +30,10 @@ class ModelSpec:
         """Path components under a store root: (ns, name parts..., version)."""
         return (self.namespace, *self.name.split("/"), self.version)
 
-    def with_version(self, version: str) -> ModelSpec:
-        _check_part(f"{self.model_id}@{version}", version, _VERSION, "version")
-        return ModelSpec(self.namespace, self.name, version)
+    @property
+    def relpath(self) -> str:
+        """Where the version lives under a store root, as a relative POSIX path (``ns/name…/version``)."""
+        return "/".join(self.parts)
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}@{self.version}"

@@ -1,0 +1,177 @@
+"""The server over its life: reloads, restarts, overload, SIGTERM, body limits, several workers, bad options."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from axon.demo import sandbox_settings
+from axon.settings import Settings
+from tests.support.core_server import Core, core_server, publish_dir_as
+from tests.support.onnx_models import write_mlp
+from tests.support.served import MLP, mlp_reference
+
+
+def _post_chunked(host: str, port: int, path: str, pieces: list[bytes]) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request("POST", path, body=iter(pieces), headers={"Content-Type": "application/json"},
+                     encode_chunked=True)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_reload_restart_and_unregister(tmp_path: Path) -> None:
+    settings = sandbox_settings(tmp_path)
+    write_mlp(tmp_path / "v1" / "model.onnx", seed=1)
+    write_mlp(tmp_path / "v2" / "model.onnx", seed=2)
+    publish_dir_as(settings, MLP, tmp_path / "v1")
+    x = {"inputs": {"x": [[0.5, 1, 2, 3]]}}
+    with core_server(settings.publish_dir, tmp_path) as c:
+        assert c.call("POST", "/models/register", {"model_id": MLP})[0] == 201
+        first = c.call("POST", f"/models/{MLP}/inference", x)[1]["outputs"]["y"]["data"]
+        assert c.call("POST", "/models/register", {"model_id": MLP})[1]["status"] == "unchanged"
+        publish_dir_as(settings, MLP, tmp_path / "v2", force=True)
+        status, body, _ = c.call("POST", "/models/register", {"model_id": MLP})
+        assert status == 200 and body["status"] == "reloaded"
+        second = c.call("POST", f"/models/{MLP}/inference", x)[1]["outputs"]["y"]["data"]
+        assert second != first
+    with core_server(settings.publish_dir, tmp_path) as c:  # restart: restored and re-verified
+        assert [m["model_id"] for m in c.call("GET", "/models")[1]["models"]] == [MLP]
+        assert c.call("POST", f"/models/{MLP}/inference", x)[1]["outputs"]["y"]["data"] == second
+        assert c.call("DELETE", f"/models/{MLP}")[0] == 200
+        assert c.call("POST", f"/models/{MLP}/inference", x)[0] == 404
+    with core_server(settings.publish_dir, tmp_path) as c:
+        assert c.call("GET", "/models")[1]["models"] == []
+
+
+def test_queue_overflow_gets_503_while_admitted_requests_succeed(published: tuple[Settings, Path],
+                                                                 tmp_path: Path) -> None:
+    settings, _ = published
+    with core_server(settings.publish_dir, tmp_path, "--max-queue-size", "4", "--max-queue-delay-ms", "400",
+                     "--max-batch-size", "64") as c:
+        c.call("POST", "/models/register", {"model_id": MLP})
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            futs = [pool.submit(c.call, "POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})
+                    for _ in range(20)]
+            time.sleep(0.15)  # four requests now fill the queue for the rest of the 400 ms window
+            # a full queue is checked before the body is read: even a malformed request gets the 503,
+            # and so does one whose body has not arrived (nothing waits for it)
+            status, body, _ = c.call("POST", f"/models/{MLP}/inference", raw=b"{not json")
+            host, port = c.url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                sock.sendall(f"POST /models/{MLP}/inference HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                             .encode())
+                no_body = b""
+                while b"queue_full" not in no_body and (chunk := sock.recv(4096)):
+                    no_body += chunk
+            results = [f.result() for f in futs]
+        assert (status, body["code"]) == (503, "queue_full")
+        assert no_body.startswith(b"HTTP/1.1 503") and b"queue_full" in no_body
+    codes = sorted(r[0] for r in results)
+    assert codes.count(200) >= 4 and codes.count(503) >= 1 and set(codes) <= {200, 503}
+    rejected = [r for r in results if r[0] == 503]
+    assert all(r[2].get("retry-after") == "1" and r[1]["code"] == "queue_full" for r in rejected)
+
+
+def test_sigterm_drains_in_flight_requests(published: tuple[Settings, Path], tmp_path: Path) -> None:
+    settings, _ = published
+    with core_server(settings.publish_dir, tmp_path, "--max-queue-delay-ms", "700", "--max-batch-size", "64") as c:
+        c.call("POST", "/models/register", {"model_id": MLP})
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            futs = [pool.submit(c.call, "POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})
+                    for _ in range(8)]
+            time.sleep(0.3)  # the requests now wait in the batch window
+            c.proc.send_signal(signal.SIGTERM)
+            codes = [f.result()[0] for f in futs]
+        # uvicorn re-raises the signal once drained: a clean SIGTERM exit, as systemd expects.
+        assert c.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert codes == [200] * 8
+
+
+def test_request_body_limit(published: tuple[Settings, Path], tmp_path: Path) -> None:
+    settings, _ = published
+    with core_server(settings.publish_dir, tmp_path, "--max-body-bytes", "1000", "--no-intra-op-spinning",
+                     "--intra-op-threads", "1") as c:
+        c.call("POST", "/models/register", {"model_id": MLP})
+        big = b'{"inputs": {"x": [' + b"[1,2,3,4]," * 200 + b"[1,2,3,4]]}}"
+        status, body, _ = c.call("POST", f"/models/{MLP}/inference", raw=big)
+        assert status == 413 and body["code"] == "body_too_large"
+        # the same server (started without spinning, one intra-op thread) still serves normal bodies
+        status, body, _ = c.call("POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})
+        assert status == 200 and np.allclose(body["outputs"]["y"]["data"], mlp_reference(np.asarray([[1, 2, 3, 4]])))
+        # chunked bodies (no Content-Length) arrive in several pieces: counted as they come
+        host, port = c.url.removeprefix("http://").split(":")
+        url = f"/models/{MLP}/inference"
+        assert _post_chunked(host, int(port), url, [big[i:i + 100] for i in range(0, len(big), 100)])[0] == 413
+        small = b'{"inputs": {"x": [[1, 2, 3, 4]]}}'
+        status, body = _post_chunked(host, int(port), url, [small[:10], small[10:20], small[20:]])
+        assert status == 200 and np.allclose(body["outputs"]["y"]["data"], mlp_reference(np.asarray([[1, 2, 3, 4]])))
+        # a client that hangs up halfway through its body gets no answer and breaks nothing
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"POST /models/{MLP}/inference HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n"
+                         .encode() + small[:10])
+        time.sleep(0.2)
+        assert c.call("POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})[0] == 200
+    assert "Traceback" not in c.log.read_text()
+
+
+def test_concurrency_is_thread_safe_under_reload(core: Core, published: tuple[Settings, Path]) -> None:
+    """Re-registering while clients hammer the model drops no request."""
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            codes.append(core.call("POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})[0])
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    status, _, _ = core.call("POST", "/models/register", {"model_id": MLP})
+    time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert status == 200 and codes and set(codes) == {200}
+
+
+def test_several_worker_processes_share_registrations(published: tuple[Settings, Path], tmp_path: Path) -> None:
+    settings, _ = published
+    with core_server(settings.publish_dir, tmp_path, "--workers", "2") as c:
+        assert c.call("POST", "/models/register", {"model_id": MLP})[0] in (200, 201)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # connections land on both workers
+            codes = list(pool.map(lambda _: c.call("POST", f"/models/{MLP}/inference",
+                                                   {"inputs": {"x": [[1, 2, 3, 4]]}})[0], range(60)))
+        assert set(codes) == {200}
+        assert c.call("DELETE", f"/models/{MLP}")[0] == 200
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # every worker follows the registrations file
+            codes = [c.call("POST", f"/models/{MLP}/inference", {"inputs": {"x": [[1, 2, 3, 4]]}})[0]
+                     for _ in range(10)]
+            if set(codes) == {404}:
+                break
+            time.sleep(0.2)
+        assert set(codes) == {404}
+
+
+def test_bad_server_options_exit_2(tmp_path: Path) -> None:
+    for args in (["--precision", "fp16", "--device", "cpu"], ["--device", "tpu"]):
+        proc = subprocess.run([sys.executable, "-m", "mlos_core", "serve", "--repository", str(tmp_path), *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr

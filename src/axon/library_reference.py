@@ -124,8 +124,9 @@ def library_reference(version_dir: Path, manifest: Manifest, texts: list[str] | 
         if post.get("type") in ("classification", "softmax"):
             clf = pipeline("text-classification", model=where, device="cpu", trust_remote_code=False,
                            model_kwargs=_SAFE, **kwargs)
-            labels = [clf.model.config.id2label[i] for i in range(clf.model.config.num_labels)]
-            rows = clf(texts, top_k=None, truncation=True)
+            config: Any = clf.model.config  # the stubs type id2label loosely; it maps ints to names here
+            labels = [config.id2label[i] for i in range(config.num_labels)]
+            rows: Any = clf(texts, top_k=None, truncation=True)  # one list of {label, score} per text
             scores = np.asarray([[{r["label"]: r["score"] for r in row}[label] for label in labels] for row in rows],
                                 np.float32)
             return LibraryReference("transformers pipeline('text-classification')", texts,

@@ -310,10 +310,11 @@ def _copy_into_staging(source: CachedVersion, staging: Path, reporter: Reporter)
     try:
         for entry in manifest.files:
             fds.append(source.open_file(entry))
-        pairs = [(fd_path(fd), staging / e.path) for fd, e in zip(fds, manifest.files, strict=True)]
+        pairs: list[tuple[str | os.PathLike[str], str | os.PathLike[str]]] = [
+            (fd_path(fd), staging / e.path) for fd, e in zip(fds, manifest.files, strict=True)]
         reporter.start(f"publish {source.spec}", manifest.total_size)
         try:
-            results = copy_files(pairs, verify=True, durable=True, progress=reporter.advance)  # type: ignore[arg-type]
+            results = copy_files(pairs, verify=True, durable=True, progress=reporter.advance)
         finally:
             reporter.finish()
     finally:
@@ -566,9 +567,9 @@ def published(settings: Settings) -> list[dict[str, Any]]:
             row.update(digest=m.digest, size=m.total_size, files=len(m.files), valid=True)
         except AxonError as exc:
             row.update(digest=None, size=None, files=None, valid=False, problem=str(exc))
-        rec = last.get(spec)
-        if rec is not None and rec.get("digest_new") == row.get("digest"):
-            row.update(publisher=rec.get("user"), published=rec.get("time"))
+        latest = last.get(spec)
+        if latest is not None and latest.get("digest_new") == row.get("digest"):
+            row.update(publisher=latest.get("user"), published=latest.get("time"))
         else:
             st = entry.path.stat()
             row.update(publisher=owner_name(st.st_uid), published=time.strftime(

@@ -84,7 +84,8 @@ def _module_file(path: str, name: str) -> str:
 def _short_type(entry: Any) -> str:
     if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
         raise InvalidModelError(f"modules.json holds an entry without a module type: {entry!r}.")
-    return entry["type"].rsplit(".", 1)[-1]
+    kind: str = entry["type"]
+    return kind.rsplit(".", 1)[-1]
 
 
 def _modes(cfg: dict[str, Any], where: str) -> tuple[str, ...]:
@@ -196,8 +197,9 @@ def _dense(staging: Path, files: set[str], path: str) -> DenseSpec:
     cfg = read_package_json(staging, files, cfg_rel, required=True)
     if not isinstance(cfg, dict):
         raise InvalidModelError(f"The package's {cfg_rel!r} is not a JSON object.")
-    sizes = [cfg.get("in_features"), cfg.get("out_features")]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+    in_features, out_features = cfg.get("in_features"), cfg.get("out_features")
+    if not (isinstance(in_features, int) and isinstance(out_features, int)) or isinstance(in_features, bool) \
+            or isinstance(out_features, bool) or min(in_features, out_features) < 1:
         raise InvalidModelError(f"{cfg_rel}: in_features and out_features must be positive integers.")
     if cfg.get("use_residual"):
         raise InvalidModelError(f"{cfg_rel}: a Dense layer with use_residual is not implemented.")
@@ -216,6 +218,6 @@ def _dense(staging: Path, files: set[str], path: str) -> DenseSpec:
         raise InvalidModelError(f"The Dense module {path!r} has no model.safetensors"
                                 + (" (only pytorch_model.bin, a pickle axon does not load)" if old in files else "")
                                 + ".", hint="Save the model again with safe_serialization=True (the default).")
-    spec = DenseSpec(weights, sizes[0], sizes[1], bool(cfg.get("bias", True)), activation)
+    spec = DenseSpec(weights, in_features, out_features, bool(cfg.get("bias", True)), activation)
     dense_layer(spec, (staging / weights).read_bytes())  # the shapes must be what the config says
     return spec

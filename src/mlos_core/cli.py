@@ -90,7 +90,7 @@ def serve(config_file: Path | None, port_file: Path | None, **options: object) -
         sys.exit(1)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # here, so that a planted token stops the server with one line (the lifespan checks again)
-        load_or_create_token(settings.token_file, settings.repository)  # type: ignore[arg-type]
+        load_or_create_token(settings.token_file, settings.repository)
     except (TokenFileError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -99,7 +99,7 @@ def serve(config_file: Path | None, port_file: Path | None, **options: object) -
         _serve_workers(settings, port_file)
         return
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, **_uvicorn_options(settings))  # type: ignore[arg-type]
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, **_uvicorn_options(settings))
     server = uvicorn.Server(config)
     if port_file is not None:
         _write_port_when_started(server, port_file)

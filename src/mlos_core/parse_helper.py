@@ -114,7 +114,8 @@ class LargeBodies:
         finally:
             self._waiting.pop(rid, None)
         if status == "ok":
-            return value  # type: ignore[no-any-return]
+            result: T = value  # unpickled: what fn returned in the helper
+            return result
         if status == "gone" and isinstance(body, HandedOffBody):
             body.client_gone()
             raise ClientGone

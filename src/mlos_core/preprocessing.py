@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ class TextPipeline(TextEncoder):
         except AxonError as exc:
             raise model_refusal(exc, manifest.spec_text) from None
 
-    def encode(self, texts: list[str], prompt: str | None = None) -> dict[str, np.ndarray]:
+    def encode(self, texts: Sequence[str | tuple[str, str]], prompt: str | None = None) -> dict[str, np.ndarray]:
         try:
             return super().encode(texts, prompt)
         except UsageError as exc:

@@ -34,9 +34,9 @@ import asyncio
 import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -117,7 +117,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- connections ---------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's says BaseTransport; a TCP connection's is a Transport
         if len(self.connections) >= self.limits.max_connections:
             # Not registered with the server: answered, half-closed, dropped after a short linger
             # (or when the client closes) so that the request it sends meanwhile does not reset the 503.
@@ -173,7 +173,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:  # checked only if called: nothing per request
-            self.scope.setdefault("extensions", {})[HAND_OFF] = functools.partial(self._hand_off_body, cycle)
+            extensions = cast(dict[str, Any], self.scope.setdefault("extensions", {}))
+            extensions[HAND_OFF] = functools.partial(self._hand_off_body, cycle)
 
     def on_message_complete(self) -> None:
         if self.cycle is not None:  # the whole body came: nothing to hand off, and no cycle through the scope
@@ -193,8 +194,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # --- large bodies read elsewhere ---------------------------------------------------------------
 
     @staticmethod
-    def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    def _content_length(raw: Iterable[tuple[bytes, bytes]]) -> int | None:
         """The body's length when it can be handed off: one Content-Length, no Transfer-Encoding."""
+        headers = list(raw)
         lengths = [v for k, v in headers if k == b"content-length"]
         if len(lengths) != 1 or not lengths[0].isdigit() or any(k == b"transfer-encoding" for k, _ in headers):
             return None
@@ -222,7 +224,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             cycle.waiting_for_100_continue = False
         cycle.body = bytearray()
         cycle.keep_alive = False  # the parser never sees the rest of this body: close after the answer
-        cycle.transport = _LingeringClose(self.transport, self._linger)
+        cycle.transport = cast(asyncio.Transport, _LingeringClose(self.transport, self._linger))  # duck-typed
         cycle.scope.get("extensions", {}).pop(HAND_OFF, None)  # once; and no cycle through the scope
         self._done = True
         self._in_body = False

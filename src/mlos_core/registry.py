@@ -110,16 +110,12 @@ class LoadedModel:
             prompt_length = self.text.prompt_length(prompt) if prompt else None
             count_tokens(items, feeds)
         else:
-            names = list(items[0].tensors or {})
-            feeds = {n: np.concatenate([item.tensors[n] for item in items], axis=0)  # type: ignore[index]
-                     for n in names}
+            tensors = [item.tensors for item in items if item.tensors is not None]  # a tensor batch: all of them
+            feeds = {n: np.concatenate([t[n] for t in tensors], axis=0) for n in tensors[0]}
         available = self.output_names
-        wanted: set[str] | None = set()
-        for item in items:
-            if item.outputs is None:
-                wanted = None
-                break
-            wanted |= set(item.outputs)  # type: ignore[operator]
+        wanted: set[str] | None = None
+        if all(item.outputs is not None for item in items):
+            wanted = {name for item in items for name in item.outputs or ()}
         names = available
         if wanted is not None and "embeddings" in available and wanted <= {"embeddings"}:
             names = ["embeddings"]  # only the pooled rows leave the device
@@ -283,7 +279,7 @@ class Registry:
                 self.metrics.request(model_id, "timeout", "deadline_exceeded")
 
         s = self.settings
-        loaded = LoadedModel(located, info, text, None, dense=dense,  # type: ignore[arg-type]
+        loaded = LoadedModel(located, info, text, None, dense=dense,  # type: ignore[arg-type]  # batcher: below
                              max_request_inputs=self.settings.max_request_inputs)
         loaded.batcher = Batcher(model_id, loaded.run_batch, max_batch_size=s.max_batch_size,
                                  max_queue_delay_s=s.max_queue_delay_ms / 1000, max_queue_size=s.max_queue_size,

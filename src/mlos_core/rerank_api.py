@@ -109,7 +109,7 @@ def fast_routes(service: InferenceService) -> list[FastRoute]:
         return req, model, np.asarray(values, np.float32).reshape(len(pairs), -1)[:, 0], pending.tokenized
 
     def ranked(req: RerankRequest, scores: np.ndarray) -> list[int]:
-        order = np.argsort(-scores, kind="stable").tolist()  # best first, ties in input order, a NaN last
+        order: list[int] = np.argsort(-scores, kind="stable").tolist()  # best first, ties in input order, a NaN last
         return order[: req.top_n] if req.top_n is not None else order
 
     async def tei(tail: str, headers: RawHeaders, read_body: ReadBody) -> Reply:

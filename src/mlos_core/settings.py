@@ -39,15 +39,17 @@ class ServerSettings:
     idle_timeout_s: float = 5.0
     max_header_bytes: int = 64 << 10
     max_connections: int = 1024
-    token_file: Path | None = None
-    state_dir: Path | None = None  # type: ignore[assignment]
+    # None here means "the default", filled in by __post_init__ (state_dir/token, repository/.axon/core),
+    # so that readers always see a Path.
+    token_file: Path = None  # type: ignore[assignment]  # filled in by __post_init__
+    state_dir: Path = None  # type: ignore[assignment]  # filled in by __post_init__
     log_level: str = "info"
 
     def __post_init__(self) -> None:
         if self.state_dir is None:
             object.__setattr__(self, "state_dir", self.repository / ".axon" / "core")
         if self.token_file is None:
-            object.__setattr__(self, "token_file", self.state_dir / "token")  # type: ignore[operator]
+            object.__setattr__(self, "token_file", self.state_dir / "token")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
         if self.precision not in ("fp32", "fp16"):

@@ -165,12 +165,13 @@ def scores(function: str, logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float32, copy=False)
     if function == "softmax":
         z = np.exp(x - x.max(axis=-1, keepdims=True))
-        return z / z.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+        normalized: np.ndarray = z / z.sum(axis=-1, keepdims=True)
+        return normalized
     if function == "sigmoid":
         with np.errstate(over="ignore"):  # exp(-x) = inf for a very negative logit: the score is 0
-            return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)  # type: ignore[no-any-return]
+            return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
     if function == "tanh":
-        return np.tanh(x)  # type: ignore[no-any-return]
+        return np.tanh(x)
     return x.copy()
 
 

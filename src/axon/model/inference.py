@@ -18,10 +18,10 @@ import io
 import math
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import xxhash
@@ -138,7 +138,7 @@ class TextEncoder:
         if prompt:
             if any(not isinstance(t, str) for t in texts):
                 raise UsageError("A prompt goes with single texts, not text pairs.")
-            texts = [prompt + t for t in texts]  # type: ignore[operator]
+            texts = [prompt + t for t in texts if isinstance(t, str)]  # all of them (checked above)
         encodings = self.tokenizer.encode_batch(list(texts))
         columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
                    "token_type_ids": [e.type_ids for e in encodings]}
@@ -156,10 +156,11 @@ def _add_lowercase(tokenizer: Any) -> None:
     from tokenizers.normalizers import Lowercase, Sequence
 
     current = tokenizer.normalizer
-    if isinstance(current, Lowercase) or (isinstance(current, Sequence)
-                                          and any(isinstance(n, Lowercase) for n in current)):
+    # A Sequence iterates over its normalizers (the stubs do not say so).
+    chained = list(cast("Iterable[Any]", current)) if isinstance(current, Sequence) else None
+    if isinstance(current, Lowercase) or (chained is not None and any(isinstance(n, Lowercase) for n in chained)):
         return
-    rest = list(current) if isinstance(current, Sequence) else ([current] if current is not None else [])
+    rest = chained if chained is not None else ([current] if current is not None else [])
     tokenizer.normalizer = Sequence([Lowercase(), *rest])
 
 
@@ -318,11 +319,11 @@ def _tensor_nbytes(tensor: Any) -> int | None:
     packed = {getattr(onnx.TensorProto, n, -1): per for n, per in
               (("INT4", 2), ("UINT4", 2), ("FLOAT4E2M1", 2), ("INT2", 4), ("UINT2", 4))}
     if tensor.data_type in packed:
-        return -(-count // packed[tensor.data_type])
+        return int(-(-count // packed[tensor.data_type]))
     if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
         return None
     try:
-        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        return int(count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize)
     except (KeyError, ValueError, TypeError):
         return None
 

@@ -13,7 +13,7 @@ domains this onnxruntime build does not provide.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -93,9 +93,9 @@ def _dtype_name(elem_type: int) -> str:
         return onnx.TensorProto.DataType.Name(elem_type).lower()
 
 
-def _tensor_specs(values: object, skip: set[str]) -> list[TensorSpec]:
+def _tensor_specs(values: Iterable[Any], skip: set[str]) -> list[TensorSpec]:
     out = []
-    for v in values:  # type: ignore[attr-defined]
+    for v in values:
         if v.name in skip:
             continue
         tt = v.type.tensor_type

@@ -174,16 +174,19 @@ def load_dense(spec: PoolingSpec | None, read: Any) -> tuple[DenseLayer, ...]:
 
 
 def _activate(x: np.ndarray, activation: str) -> np.ndarray:
+    out: np.ndarray
     if activation == "tanh":
-        return np.tanh(x)
-    if activation == "relu":
-        return np.maximum(x, np.float32(0))
-    if activation == "sigmoid":
-        return np.float32(1) / (np.float32(1) + np.exp(-x))
-    if activation == "gelu":
+        out = np.tanh(x)
+    elif activation == "relu":
+        out = np.maximum(x, np.float32(0))
+    elif activation == "sigmoid":
+        out = np.float32(1) / (np.float32(1) + np.exp(-x))
+    elif activation == "gelu":
         erf = np.vectorize(math.erf, otypes=[np.float64])
-        return (0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))).astype(np.float32)
-    return x
+        out = (0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))).astype(np.float32)
+    else:
+        out = x
+    return out
 
 
 def exclude_prompt(mask: np.ndarray, prompt_length: int | None) -> np.ndarray:

@@ -167,7 +167,7 @@ class PartialDownload:
                                 hint="Wait for it to finish, then run the command again.") from None
             self.meta_path.write_text(json.dumps(validator))
             have = f.seek(0, os.SEEK_END)
-            yield f, have  # type: ignore[misc]
+            yield f, have
         finally:
             f.close()
 

@@ -184,7 +184,7 @@ class HubSource:
                   reporter: Reporter) -> None:
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
         from huggingface_hub.file_download import http_get
-        from huggingface_hub.utils import build_hf_headers
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # documented, not in __all__
 
         url = hf_hub_url(self.repo_id, rf.path, revision=commit, endpoint=self.endpoint)
         headers = build_hf_headers(token=self.token)
@@ -215,7 +215,7 @@ class HubSource:
             reporter.advance(have)
             progress = _ReporterTqdm.bind(reporter)
             try:
-                http_get(url, writer, resume_size=have, headers=headers, expected_size=size,  # type: ignore[arg-type]
+                http_get(url, writer, resume_size=have, headers=headers, expected_size=size,  # type: ignore[arg-type]  # a file-like writer
                          displayed_filename=rf.path, tqdm_class=progress)
             except Exception as exc:
                 raise self._translate(exc) from exc

@@ -61,7 +61,8 @@ class UrlSource:
     def _open(self, headers: dict[str, str]) -> http.client.HTTPResponse:
         req = urllib.request.Request(self.url, headers={"User-Agent": f"axon/{__version__}", **headers})
         try:
-            return urllib.request.urlopen(req, timeout=TIMEOUT_S)  # type: ignore[no-any-return]
+            response: http.client.HTTPResponse = urllib.request.urlopen(req, timeout=TIMEOUT_S)
+            return response
         except urllib.error.HTTPError as exc:
             if exc.code == 416:
                 raise

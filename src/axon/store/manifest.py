@@ -52,7 +52,7 @@ class FileEntry:
         return {"path": self.path, "size": self.size, "sha256": self.sha256, "xxh3_128": self.xxh3_128}
 
 
-class _FlowList(list):  # type: ignore[type-arg]
+class _FlowList(list[Any]):
     """A list YAML writes on one line: shapes read better as [-1, -1, 384]."""
 
 

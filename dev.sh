@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The two entry points of this repository on a fresh machine (README, top):
 #   ./dev.sh demo   set everything up, then run `axon demo` (the full pipeline on the bundled model)
-#   ./dev.sh test   set everything up, then run ruff and the test suite (.ci/run calls this)
+#   ./dev.sh test   set everything up, then run ruff, mypy --strict and the test suite (.ci/run calls this)
 # Set-up = a virtual environment in .venv with the package (and its Cython extension) installed
 # editable with the [test] extra; it is redone whenever pyproject.toml, setup.py or the .pyx change.
 set -euo pipefail
@@ -45,6 +45,7 @@ case "$cmd" in
     test)
         setup
         "$VENV/bin/ruff" check src tests benchmarks
+        "$VENV/bin/mypy"  # --strict over src/ (pyproject.toml: [tool.mypy])
         set +e
         "$VENV/bin/python" -m pytest "$@"
         rc=$?

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -96,27 +95,6 @@ def validate_cmd(spec: ModelSpec, reference: str | None, device: str | None, bat
         raise ChecksFailed(f"Validation of {str(spec)!r} failed.", hint="See the failed lines above.")
 
 
-def _load_input_file(path: Path) -> dict[str, Any]:
-    import numpy as np
-
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            return {"tensors": {k: data[k] for k in data.files}}
-    if path.suffix == ".npy":
-        raise UsageError("A .npy file holds one unnamed array; use .npz (np.savez(file, name=array)) or JSON.")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"Cannot read --input-file {str(path)!r}: {exc}") from None
-    if isinstance(doc, dict) and "input" in doc:
-        return {"texts": doc["input"] if isinstance(doc["input"], list) else [doc["input"]]}
-    if isinstance(doc, dict) and "inputs" in doc:
-        doc = doc["inputs"]
-    if not isinstance(doc, dict):
-        raise UsageError("--input-file JSON must be {'input': text} or {'inputs': {name: nested list}}.")
-    return {"tensors": doc}
-
-
 @click.command("run")
 @spec_argument
 @click.option("--input", "texts", multiple=True, help="Text to run the model on (repeat for a batch).")
@@ -139,40 +117,27 @@ def run_cmd(spec: ModelSpec, texts: tuple[str, ...], input_file: Path | None, de
     """
     import numpy as np
 
-    from axon.cache import get_installed
-    from axon.model.inference import LocalModel
+    from axon.local_run import RunInputs, run_locally
 
-    if bool(texts) == bool(input_file):
-        raise UsageError("Give either --input TEXT or --input-file FILE.")
-    settings = load_settings()
-    cached = get_installed(settings.cache_dir, spec)
-    model = LocalModel(cached.path, cached.manifest, device=device or settings.device)
-    feeds = {"texts": list(texts)} if texts else _load_input_file(input_file)  # type: ignore[arg-type]
-    if "tensors" in feeds:
-        dtypes = {t.name: t.dtype for t in cached.manifest.inputs}
-        feeds["tensors"] = {k: np.asarray(v, dtype=dtypes.get(k, "float32")) for k, v in feeds["tensors"].items()}
-    if (prompt or prompt_name) and "texts" not in feeds:
-        raise UsageError("--prompt and --prompt-name apply to text input (--input).")
-    outputs = model.run(**feeds, prompt=prompt, prompt_name=prompt_name) if "texts" in feeds else model.run(**feeds)
-    post = cached.manifest.postprocessing
-    if post and post.get("type") not in (None, "none") and not raw:
-        outputs = {k: v for k, v in outputs.items() if k not in {t.name for t in cached.manifest.outputs}}
+    inputs = RunInputs(texts=texts, input_file=input_file)
+    result = run_locally(spec, load_settings(), inputs, device=device, raw=raw, prompt=prompt,
+                         prompt_name=prompt_name)
+    outputs = result.outputs
 
     def human() -> str:
-        lines = [f"{spec} on {model.provider}"]
+        lines = [f"{spec} on {result.provider}"]
         with np.printoptions(precision=5, threshold=12, edgeitems=3, suppress=True):
             for name, arr in outputs.items():
                 lines.append(f"{name}  {arr.dtype.name} {list(arr.shape)}")
                 lines.append("  " + str(arr).replace("\n", "\n  "))
-        labels = (post or {}).get("labels")
         scores = outputs.get("scores", outputs.get("probabilities"))
-        if labels and scores is not None:
+        if result.labels and scores is not None:
             for row in scores.reshape(len(scores), -1):
-                lines.append(f"  top: {labels[int(np.argmax(row))]} ({float(np.max(row)):.3f})")
+                lines.append(f"  top: {result.labels[int(np.argmax(row))]} ({float(np.max(row)):.3f})")
         return "\n".join(lines)
 
     Output(json_mode=as_json).result(
-        {"spec": str(spec), "provider": model.provider,
+        {"spec": str(spec), "provider": result.provider,
          "outputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name, "data": v.tolist()}
                      for k, v in outputs.items()}},
         human)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -155,44 +154,12 @@ def test_integration_cmd(spec: ModelSpec, text: str, as_json: bool) -> None:
       axon test-integration acme/encoder@1.0.0
       MLOS_CORE_ENDPOINT=http://gpu-box:8080 axon test-integration acme/encoder@1.0.0
     """
-    import numpy as np
+    from axon.core_integration import check_core_integration
 
-    from axon.cache import get_installed
-    from axon.core_client import CoreClient
-    from axon.model.inference import LocalModel, synthesize_inputs
-
-    settings = load_settings()
-    client = CoreClient(settings)
-    checks: list[tuple[str, bool, str]] = []
-    health = client.health()
-    checks.append(("health", health.get("status") == "healthy", f"{settings.core_endpoint} version "
-                   f"{health.get('version')}"))
-    models = {m["model_id"]: m for m in client.models().get("models", [])}
-    state = models.get(str(spec), {}).get("state")
-    checks.append(("registered", state == "ready", f"state {state or 'not registered'}"
-                   + ("" if state else f" (run: axon register {spec})")))
-    if state == "ready":
-        cached = get_installed(settings.cache_dir, spec)
-        local = LocalModel(cached.path, cached.manifest, device="cpu")
-        if local.text is not None:
-            body: dict[str, Any] = {"input": text}
-            mine = local.run(texts=[text])
-        else:
-            feeds = synthesize_inputs(cached.manifest.inputs)
-            body = {"inputs": {k: v.tolist() for k, v in feeds.items()}}
-            mine = local.run(tensors=feeds)
-        answer = client.infer(spec, body)["outputs"]
-        worst = 0.0
-        for name, arr in mine.items():
-            if name in answer:
-                worst = max(worst, float(np.abs(np.asarray(answer[name]["data"]) - arr).max(initial=0)))
-        same = worst <= 1e-3 and set(mine) <= set(answer)
-        checks.append(("same answer", same, f"max abs difference {worst:.2e} over {sorted(mine)}"))
-        checks.append(("same content", models[str(spec)].get("digest") == cached.manifest.digest,
-                       f"server digest {models[str(spec)].get('digest')}, cache {cached.manifest.digest}"))
-    ok = all(c[1] for c in checks)
+    report = check_core_integration(spec, load_settings(), text=text)
     Output(json_mode=as_json).result(
-        {"spec": str(spec), "passed": ok, "checks": [{"name": n, "ok": o, "detail": d} for n, o, d in checks]},
-        lambda: "\n".join(f"{'PASS' if o else 'FAIL'}  {n:<13} {d}" for n, o, d in checks))
-    if not ok:
-        raise ChecksFailed(f"Integration test of {str(spec)!r} against {settings.core_endpoint} failed.")
+        {"spec": str(spec), "passed": report.passed,
+         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks]},
+        lambda: "\n".join(f"{'PASS' if c.ok else 'FAIL'}  {c.name:<13} {c.detail}" for c in report.checks))
+    if not report.passed:
+        raise ChecksFailed(f"Integration test of {str(spec)!r} against {report.endpoint} failed.")

@@ -70,7 +70,8 @@ def validate_cmd(spec: ModelSpec, reference: str | None, device: str | None, bat
       axon validate acme/ranker@2.1.0 --reference golden.json --device cuda
       axon validate hf/BAAI/bge-small-en-v1.5 --reference library
     """
-    from axon.validation import summary, validate
+    from axon.release import validate_with_auto_publish
+    from axon.validation import summary
 
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1.")
@@ -79,16 +80,10 @@ def validate_cmd(spec: ModelSpec, reference: str | None, device: str | None, bat
         ref = Path(reference)
         if not ref.is_file():
             raise UsageError(f"--reference {reference!r} is not a file (or the word 'library').")
-    settings = load_settings()
     out = Output(json_mode=as_json, quiet=quiet)
-    report = validate(spec, settings, reference=ref, device=device, batch_size=batch_size, seconds=seconds,
-                      reporter=out.reporter)
-    published = None
-    if report["passed"] and settings.auto_publish_on_validation:
-        from axon.publish import publish
-
-        published = publish(spec, settings, reporter=out.reporter).status
-        report["auto_published"] = published
+    result = validate_with_auto_publish(spec, load_settings(), reference=ref, device=device, batch_size=batch_size,
+                                        seconds=seconds, reporter=out.reporter)
+    report, published = result.report, result.auto_published
     out.result(report, lambda: summary(report) + (f"\nauto-published: {published}" if published else ""))
     if not report["passed"]:
         raise ChecksFailed(f"Validation of {str(spec)!r} failed.", hint="See the failed lines above.")

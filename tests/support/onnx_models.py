@@ -212,3 +212,10 @@ def model_with_hidden_tensor(place: str, location: str) -> onnx.ModelProto:
         init = helper.make_graph([], "init", [], [], [t])
         model.training_info.add().initialization.CopyFrom(init)
     return model
+
+
+def mlp_outputs(x: np.ndarray, **kwargs: int) -> np.ndarray:
+    """What :func:`mlp_model` (same *kwargs*) computes for *x*, in numpy: the oracle of its runs."""
+    init = {t.name: numpy_helper.to_array(t) for t in mlp_model(**kwargs).graph.initializer}
+    y: np.ndarray = np.maximum(np.asarray(x, np.float32) @ init["W"] + init["b"], 0)
+    return y

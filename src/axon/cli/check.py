@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -72,7 +70,8 @@ def validate_cmd(spec: ModelSpec, reference: str | None, device: str | None, bat
       axon validate acme/ranker@2.1.0 --reference golden.json --device cuda
       axon validate hf/BAAI/bge-small-en-v1.5 --reference library
     """
-    from axon.validation import summary, validate
+    from axon.release import validate_with_auto_publish
+    from axon.validation import summary
 
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1.")
@@ -81,40 +80,13 @@ def validate_cmd(spec: ModelSpec, reference: str | None, device: str | None, bat
         ref = Path(reference)
         if not ref.is_file():
             raise UsageError(f"--reference {reference!r} is not a file (or the word 'library').")
-    settings = load_settings()
     out = Output(json_mode=as_json, quiet=quiet)
-    report = validate(spec, settings, reference=ref, device=device, batch_size=batch_size, seconds=seconds,
-                      reporter=out.reporter)
-    published = None
-    if report["passed"] and settings.auto_publish_on_validation:
-        from axon.publish import publish
-
-        published = publish(spec, settings, reporter=out.reporter).status
-        report["auto_published"] = published
+    result = validate_with_auto_publish(spec, load_settings(), reference=ref, device=device, batch_size=batch_size,
+                                        seconds=seconds, reporter=out.reporter)
+    report, published = result.report, result.auto_published
     out.result(report, lambda: summary(report) + (f"\nauto-published: {published}" if published else ""))
     if not report["passed"]:
         raise ChecksFailed(f"Validation of {str(spec)!r} failed.", hint="See the failed lines above.")
-
-
-def _load_input_file(path: Path) -> dict[str, Any]:
-    import numpy as np
-
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            return {"tensors": {k: data[k] for k in data.files}}
-    if path.suffix == ".npy":
-        raise UsageError("A .npy file holds one unnamed array; use .npz (np.savez(file, name=array)) or JSON.")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"Cannot read --input-file {str(path)!r}: {exc}") from None
-    if isinstance(doc, dict) and "input" in doc:
-        return {"texts": doc["input"] if isinstance(doc["input"], list) else [doc["input"]]}
-    if isinstance(doc, dict) and "inputs" in doc:
-        doc = doc["inputs"]
-    if not isinstance(doc, dict):
-        raise UsageError("--input-file JSON must be {'input': text} or {'inputs': {name: nested list}}.")
-    return {"tensors": doc}
 
 
 @click.command("run")
@@ -139,40 +111,27 @@ def run_cmd(spec: ModelSpec, texts: tuple[str, ...], input_file: Path | None, de
     """
     import numpy as np
 
-    from axon.cache import get_installed
-    from axon.model.inference import LocalModel
+    from axon.local_run import RunInputs, run_locally
 
-    if bool(texts) == bool(input_file):
-        raise UsageError("Give either --input TEXT or --input-file FILE.")
-    settings = load_settings()
-    cached = get_installed(settings.cache_dir, spec)
-    model = LocalModel(cached.path, cached.manifest, device=device or settings.device)
-    feeds = {"texts": list(texts)} if texts else _load_input_file(input_file)  # type: ignore[arg-type]
-    if "tensors" in feeds:
-        dtypes = {t.name: t.dtype for t in cached.manifest.inputs}
-        feeds["tensors"] = {k: np.asarray(v, dtype=dtypes.get(k, "float32")) for k, v in feeds["tensors"].items()}
-    if (prompt or prompt_name) and "texts" not in feeds:
-        raise UsageError("--prompt and --prompt-name apply to text input (--input).")
-    outputs = model.run(**feeds, prompt=prompt, prompt_name=prompt_name) if "texts" in feeds else model.run(**feeds)
-    post = cached.manifest.postprocessing
-    if post and post.get("type") not in (None, "none") and not raw:
-        outputs = {k: v for k, v in outputs.items() if k not in {t.name for t in cached.manifest.outputs}}
+    inputs = RunInputs(texts=texts, input_file=input_file)
+    result = run_locally(spec, load_settings(), inputs, device=device, raw=raw, prompt=prompt,
+                         prompt_name=prompt_name)
+    outputs = result.outputs
 
     def human() -> str:
-        lines = [f"{spec} on {model.provider}"]
+        lines = [f"{spec} on {result.provider}"]
         with np.printoptions(precision=5, threshold=12, edgeitems=3, suppress=True):
             for name, arr in outputs.items():
                 lines.append(f"{name}  {arr.dtype.name} {list(arr.shape)}")
                 lines.append("  " + str(arr).replace("\n", "\n  "))
-        labels = (post or {}).get("labels")
         scores = outputs.get("scores", outputs.get("probabilities"))
-        if labels and scores is not None:
+        if result.labels and scores is not None:
             for row in scores.reshape(len(scores), -1):
-                lines.append(f"  top: {labels[int(np.argmax(row))]} ({float(np.max(row)):.3f})")
+                lines.append(f"  top: {result.labels[int(np.argmax(row))]} ({float(np.max(row)):.3f})")
         return "\n".join(lines)
 
     Output(json_mode=as_json).result(
-        {"spec": str(spec), "provider": model.provider,
+        {"spec": str(spec), "provider": result.provider,
          "outputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name, "data": v.tolist()}
                      for k, v in outputs.items()}},
         human)
@@ -190,44 +149,12 @@ def test_integration_cmd(spec: ModelSpec, text: str, as_json: bool) -> None:
       axon test-integration acme/encoder@1.0.0
       MLOS_CORE_ENDPOINT=http://gpu-box:8080 axon test-integration acme/encoder@1.0.0
     """
-    import numpy as np
+    from axon.core_integration import check_core_integration
 
-    from axon.cache import get_installed
-    from axon.core_client import CoreClient
-    from axon.model.inference import LocalModel, synthesize_inputs
-
-    settings = load_settings()
-    client = CoreClient(settings)
-    checks: list[tuple[str, bool, str]] = []
-    health = client.health()
-    checks.append(("health", health.get("status") == "healthy", f"{settings.core_endpoint} version "
-                   f"{health.get('version')}"))
-    models = {m["model_id"]: m for m in client.models().get("models", [])}
-    state = models.get(str(spec), {}).get("state")
-    checks.append(("registered", state == "ready", f"state {state or 'not registered'}"
-                   + ("" if state else f" (run: axon register {spec})")))
-    if state == "ready":
-        cached = get_installed(settings.cache_dir, spec)
-        local = LocalModel(cached.path, cached.manifest, device="cpu")
-        if local.text is not None:
-            body: dict[str, Any] = {"input": text}
-            mine = local.run(texts=[text])
-        else:
-            feeds = synthesize_inputs(cached.manifest.inputs)
-            body = {"inputs": {k: v.tolist() for k, v in feeds.items()}}
-            mine = local.run(tensors=feeds)
-        answer = client.infer(spec, body)["outputs"]
-        worst = 0.0
-        for name, arr in mine.items():
-            if name in answer:
-                worst = max(worst, float(np.abs(np.asarray(answer[name]["data"]) - arr).max(initial=0)))
-        same = worst <= 1e-3 and set(mine) <= set(answer)
-        checks.append(("same answer", same, f"max abs difference {worst:.2e} over {sorted(mine)}"))
-        checks.append(("same content", models[str(spec)].get("digest") == cached.manifest.digest,
-                       f"server digest {models[str(spec)].get('digest')}, cache {cached.manifest.digest}"))
-    ok = all(c[1] for c in checks)
+    report = check_core_integration(spec, load_settings(), text=text)
     Output(json_mode=as_json).result(
-        {"spec": str(spec), "passed": ok, "checks": [{"name": n, "ok": o, "detail": d} for n, o, d in checks]},
-        lambda: "\n".join(f"{'PASS' if o else 'FAIL'}  {n:<13} {d}" for n, o, d in checks))
-    if not ok:
-        raise ChecksFailed(f"Integration test of {str(spec)!r} against {settings.core_endpoint} failed.")
+        {"spec": str(spec), "passed": report.passed,
+         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks]},
+        lambda: "\n".join(f"{'PASS' if c.ok else 'FAIL'}  {c.name:<13} {c.detail}" for c in report.checks))
+    if not report.passed:
+        raise ChecksFailed(f"Integration test of {str(spec)!r} against {report.endpoint} failed.")

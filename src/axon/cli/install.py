@@ -82,23 +82,8 @@ def update_cmd(spec: ModelSpec, as_json: bool, quiet: bool) -> None:
     Examples:
       axon update hf/sentence-transformers/all-MiniLM-L6-v2
     """
-    from axon.cache import get_installed
+    from axon.update import update
 
-    settings = load_settings()
-    current = get_installed(settings.cache_dir, spec)
-    src = current.manifest.source
-    kind = src.get("type")
-    from_ = None
-    revision = None
-    if kind == "url":
-        from_ = src.get("url")
-    elif kind == "local":
-        from_ = src.get("path")
-    elif kind == "hf":
-        revision = src.get("revision")
     out = Output(json_mode=as_json, quiet=quiet)
-    exported = "export" in src  # made by --export: made again from the new checkpoint
-    result = install(spec, settings, from_=from_, revision=revision,
-                     entrypoint=None if exported else current.manifest.entrypoint, export=exported,
-                     only_if_changed=True, reporter=out.reporter)
+    result = update(spec, load_settings(), reporter=out.reporter)
     out.result(_payload(result), lambda: _human(result))

@@ -9,7 +9,7 @@ import click
 from axon.cli._context import load_settings
 from axon.cli._options import json_option, quiet_option, spec_argument
 from axon.cli._output import Output, human_bytes, table
-from axon.errors import AxonError, UsageError
+from axon.errors import UsageError
 from axon.store.spec import ModelSpec
 
 
@@ -36,37 +36,16 @@ def publish_cmd(spec: ModelSpec, validate: bool, notify: bool, force: bool, dry_
       axon publish acme/ranker@2.1.0 --dry-run
       axon publish acme/ranker@2.1.0 --force --notify
     """
-    from axon.publish import publish
+    from axon.release import release
 
     out = Output(json_mode=as_json, quiet=quiet)
-    settings = load_settings()
-    if validate:
-        from axon.cache import get_installed
-        from axon.validation import passing_report
-        from axon.validation import validate as run_validation
-
-        cached = get_installed(settings.cache_dir, spec)
-        if passing_report(cached.path, cached.manifest.digest) is None:
-            out.reporter.stage(f"no passing validation for digest {cached.manifest.digest[:12]}: validating now")
-            report = run_validation(spec, settings, reporter=out.reporter)
-            if not report["passed"]:
-                raise AxonError(f"Validation of {str(spec)!r} failed; not publishing.",
-                                 hint=f"See the report: axon validate {spec}")
-    result = publish(spec, settings, force=force, dry_run=dry_run, reporter=out.reporter)
+    released = release(spec, load_settings(), require_validation=validate, notify=notify, force=force,
+                       dry_run=dry_run, reporter=out.reporter)
+    result, notified = released.published, released.notified
     payload = {"spec": str(spec), "status": result.status, "path": str(result.path), "digest": result.digest,
                "digest_old": result.digest_old, "size": result.size, "files": result.files,
-               "seconds": round(result.seconds, 3), "history": str(result.history) if result.history else None}
-    notified = None
-    if notify and result.status in ("published", "replaced", "unchanged"):
-        from axon.core_client import CoreClient
-
-        try:
-            CoreClient(settings).register(spec)
-            notified = True
-        except Exception as exc:  # a failed notify is a warning, not a failed publish
-            notified = False
-            out.reporter.warn(f"could not notify MLOS Core: {exc}. Register later with: axon register {spec}")
-    payload["notified"] = notified
+               "seconds": round(result.seconds, 3), "history": str(result.history) if result.history else None,
+               "notified": notified}
 
     def human() -> str:
         if result.status == "dry-run":

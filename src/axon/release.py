@@ -50,7 +50,7 @@ def _notify_core(spec: ModelSpec, settings: Settings, reporter: Reporter) -> boo
     try:
         CoreClient(settings).register(spec)
     except Exception as exc:  # a failed notify is a warning, not a failed publish
-        reporter.warn(f"could not notify MLOS Core: {exc}. Register later with: axon register {spec}")
+        reporter.warn(f"could not notify MLOS Core: {str(exc).rstrip('.')}. Register later with: axon register {spec}")
         return False
     return True
 

@@ -33,6 +33,7 @@ def update(spec: ModelSpec, settings: Settings, *, reporter: Reporter | None = N
     elif kind == "hf":
         revision = src.get("revision")
     exported = "export" in src  # made by --export: made again from the new checkpoint
-    return install(spec, settings, from_=from_, revision=revision,
-                   entrypoint=None if exported else current.manifest.entrypoint, export=exported,
+    # A URL names its one file itself; an export makes its own model.onnx.
+    entrypoint = None if exported or kind == "url" else current.manifest.entrypoint
+    return install(spec, settings, from_=from_, revision=revision, entrypoint=entrypoint, export=exported,
                    only_if_changed=True, reporter=reporter)

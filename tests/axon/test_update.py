@@ -66,8 +66,6 @@ def test_a_hub_install_follows_its_branch(hub: tuple[FakeHub, str]) -> None:
     assert get_installed(settings.cache_dir, spec).manifest.digest == r.manifest.digest != first.manifest.digest
 
 
-@pytest.mark.xfail(strict=True, reason="pre-existing: update passes the recorded entrypoint, which a URL "
-                   "source refuses ('--entrypoint does not apply to a URL')")
 def test_a_url_install_refetches_its_url(settings: Settings, file_server: tuple[FileServer, str]) -> None:
     fs, url = file_server
     fs.files["m.onnx"] = mlp_model(seed=0).SerializeToString()
@@ -75,6 +73,7 @@ def test_a_url_install_refetches_its_url(settings: Settings, file_server: tuple[
     fs.files["m.onnx"] = mlp_model(seed=1).SerializeToString()
     r = update(SPEC, settings)
     assert r.status == "replaced" and r.manifest.digest != first.manifest.digest
+    assert update(SPEC, settings).status == "unchanged"
 
 
 def test_only_an_installed_version_updates(settings: Settings) -> None:

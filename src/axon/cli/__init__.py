@@ -34,10 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("axon.cli.publish", "audit_cmd"),
     "setup-production": ("axon.cli.publish", "setup_production_cmd"),
     "register": ("axon.cli.core", "register_cmd"),
-    "test": ("axon.cli.check", "test_cmd"),
+    "test": ("axon.cli.check", "smoke_test_cmd"),
     "validate": ("axon.cli.check", "validate_cmd"),
     "run": ("axon.cli.check", "run_cmd"),
-    "test-integration": ("axon.cli.check", "test_integration_cmd"),
+    "test-integration": ("axon.cli.check", "integration_check_cmd"),
     "doctor": ("axon.cli.doctor", "doctor_cmd"),
     "unregister": ("axon.cli.core", "unregister_cmd"),
 }

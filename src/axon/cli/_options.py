@@ -12,7 +12,7 @@ from axon.store.spec import ModelSpec, parse_spec
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class SpecType(click.ParamType):
+class SpecType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click; we support 8.1
     name = "SPEC"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> ModelSpec:
@@ -34,7 +34,3 @@ def json_option(f: F) -> F:
 
 def quiet_option(f: F) -> F:
     return click.option("-q", "--quiet", is_flag=True, help="Print only errors.")(f)
-
-
-def force_option(help_text: str) -> Callable[[F], F]:
-    return click.option("--force", is_flag=True, help=help_text)

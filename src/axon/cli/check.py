@@ -23,7 +23,7 @@ class ChecksFailed(AxonError):
 @spec_argument
 @click.option("--device", type=DEVICE, help="Execution device (default: config 'device').")
 @json_option
-def test_cmd(spec: ModelSpec, device: str | None, as_json: bool) -> None:
+def smoke_test_cmd(spec: ModelSpec, device: str | None, as_json: bool) -> None:
     """Quick smoke test of a cached model: integrity, onnx.checker, load, one inference.
 
     One line per check; exit 1 if any fails.
@@ -141,7 +141,7 @@ def run_cmd(spec: ModelSpec, texts: tuple[str, ...], input_file: Path | None, de
 @spec_argument
 @click.option("--input", "text", default="Hello, MLOS!", show_default=True, help="Text to compare on.")
 @json_option
-def test_integration_cmd(spec: ModelSpec, text: str, as_json: bool) -> None:
+def integration_check_cmd(spec: ModelSpec, text: str, as_json: bool) -> None:
     """Check the running MLOS Core: health, registration, and that its answer equals local inference.
 
     \b

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -84,7 +85,7 @@ def unpublish_cmd(spec: ModelSpec, purge: bool, yes: bool, as_json: bool) -> Non
     from axon.publish import unpublish
 
     if purge and not yes:
-        if not click.get_text_stream("stdin").isatty():
+        if not sys.stdin.isatty():
             raise UsageError("--purge deletes for good and needs confirmation; no terminal to ask on.",
                              hint=f"Confirm with: axon unpublish {spec} --purge --yes")
         click.confirm(f"Delete {spec} and every replaced copy of it for good?", abort=True)

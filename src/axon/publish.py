@@ -52,6 +52,7 @@ __all__ = [
     "AlreadyPublishedError",
     "ProductionRepo",
     "PublishResult",
+    "audit_records",
     "publish",
     "published",
     "rollback",
@@ -578,6 +579,12 @@ def published(settings: Settings) -> list[dict[str, Any]]:
     return out
 
 
+def audit_records(settings: Settings, spec: ModelSpec | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The production audit log's records (of *spec*, or all), oldest first, and the problems met
+    reading it (unparsable lines, receipts that do not match), each described in one line."""
+    return ProductionRepo(settings).audit.read(str(spec) if spec is not None else None)
+
+
 def verify_published(spec: ModelSpec, settings: Settings, *, progress: Callable[[int], object] | None = None
                      ) -> VerifyReport:
     repo = ProductionRepo(settings)
@@ -587,6 +594,7 @@ def verify_published(spec: ModelSpec, settings: Settings, *, progress: Callable[
                         hint="List what is there with: axon published")
     manifest = load_manifest(target / MANIFEST_NAME)
     report = verify_version_dir(target, manifest, progress=progress)
+    report.published = True
     recorded = _recorded_digest(repo, spec, {0, os.lstat(target).st_uid})
     if recorded is not None and recorded != manifest.digest:
         # Files and manifest agree, but not with what the last publish recorded: changed in place.

@@ -149,12 +149,11 @@ def audit_cmd(spec: str | None, as_json: bool) -> None:
       axon audit
       axon audit acme/ranker@2.1.0 --json
     """
-    from axon.publish import ProductionRepo
+    from axon.publish import audit_records
     from axon.store.spec import parse_spec
 
-    wanted = str(parse_spec(spec)) if spec else None
-    repo = ProductionRepo(load_settings())
-    records, problems = repo.audit.read(wanted)
+    wanted = parse_spec(spec) if spec else None
+    records, problems = audit_records(load_settings(), wanted)
     out = Output(json_mode=as_json)
     for p in problems:
         out.reporter.warn(p)

@@ -51,20 +51,28 @@ class VerifyReport:
     files_checked: int = 0
     bytes_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
+    published: bool = False  # a copy in the production repository (else the dev cache)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def raise_for_problems(self) -> None:
-        if self.problems:
-            first = self.problems[0]
-            more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-            raise IntegrityError(
-                f"Integrity check failed for {self.spec!r}: {first.describe()}{more}.",
-                path=first.path, expected=first.expected, actual=first.actual,
-                hint=f"Reinstall it with: axon install {self.spec} --force",
-            )
+        """IntegrityError (exit 3) naming the first problem, with what repairs it: reinstalling a
+        dev-cache copy, republishing a production one (``published``)."""
+        if not self.problems:
+            return
+        first = self.problems[0]
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        if self.published:
+            raise IntegrityError(f"The published copy of {self.spec!r} is damaged: {first.describe()}{more}.",
+                                 hint=f"Restore it with: axon publish {self.spec} --force (from a verified dev "
+                                 "cache copy)")
+        raise IntegrityError(
+            f"Integrity check failed for {self.spec!r}: {first.describe()}{more}.",
+            path=first.path, expected=first.expected, actual=first.actual,
+            hint=f"Reinstall it with: axon install {self.spec} --force",
+        )
 
 
 def list_package_files(version_dir: Path) -> list[str]:

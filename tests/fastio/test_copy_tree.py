@@ -241,7 +241,7 @@ def test_signals_during_the_copy_eintr(tmp_path: Path, method: str) -> None:
     try:
         for i in range(3):
             size, used, sha, _ = fastio._native.copy_file_ex(  # type: ignore[union-attr]
-                tmp_path / "src.bin", tmp_path / f"dst{i}.bin", True, False, False, None, None, True, method)
+                tmp_path / "src.bin", tmp_path / f"dst{i}.bin", verify=True, method=method)
             assert (size, used, sha) == (len(data), method, hashlib.sha256(data).hexdigest())
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
@@ -359,8 +359,8 @@ def test_verified_copy_of_one_large_file_hashes_sha256_beside_the_copy(tmp_path:
     (tmp_path / "src.bin").write_bytes(data)
     seen: list[bool] = []
     size, used, sha, xxh = fastio._native.copy_file_ex(  # type: ignore[union-attr]
-        tmp_path / "src.bin", tmp_path / "dst.bin", True, True, False, lambda n: seen.append(_sha_helper_running()),
-        None, True, "copy_file_range", False, split)
+        tmp_path / "src.bin", tmp_path / "dst.bin", verify=True, durable=True,
+        progress=lambda n: seen.append(_sha_helper_running()), method="copy_file_range", hash_pipeline=split)
     assert (size, used) == (len(data), "copy_file_range")
     assert (sha, xxh) == (hashlib.sha256(data).hexdigest(), xxhash.xxh3_128(data).hexdigest())
     assert any(seen) == split and not _sha_helper_running()
@@ -381,8 +381,8 @@ def test_a_failing_verified_copy_stops_its_sha256_helper(tmp_path: Path) -> None
     with tmpfs(tmp_path / "tiny", "4m") as mnt:
         with pytest.raises(OSError) as info:
             fastio._native.copy_file_ex(  # type: ignore[union-attr]
-                tmp_path / "src.bin", mnt / "dst.bin", True, True, False, None, None, True, "copy_file_range",
-                False, True)
+                tmp_path / "src.bin", mnt / "dst.bin", verify=True, durable=True, method="copy_file_range",
+                hash_pipeline=True)
         assert info.value.errno == errno.ENOSPC
         assert not (mnt / "dst.bin").exists()
     assert not _sha_helper_running()

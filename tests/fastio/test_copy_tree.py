@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -256,6 +257,18 @@ def test_signals_during_the_copy_eintr(tmp_path: Path, method: str) -> None:
 ])
 def test_ctrl_c_stops_a_big_copy_within_a_second(tmp_path: Path, method: str, verify: bool, files: int,
                                                  pause: float) -> None:
+    _interrupt_a_big_copy(tmp_path, files, pause, lambda src, dst, progress: fastio.copy_tree(
+        src, dst, method=method, verify=verify, progress=progress))
+
+
+def test_ctrl_c_stops_the_reference_copy_too(tmp_path: Path) -> None:
+    """The same scheduler drives the pure-Python copies: Ctrl-C stops them between chunks."""
+    _interrupt_a_big_copy(tmp_path, 2, 0.01, lambda src, dst, progress: fastio.copy_tree_py(
+        src, dst, verify=True, progress=progress))
+
+
+def _interrupt_a_big_copy(tmp_path: Path, files: int, pause: float,
+                          copy: Callable[[Path, Path, Callable[[int], None]], object]) -> None:
     src = tmp_path / "src"
     src.mkdir()
     for i in range(files):
@@ -282,7 +295,7 @@ def test_ctrl_c_stops_a_big_copy_within_a_second(tmp_path: Path, method: str, ve
     threading.Thread(target=interrupt, daemon=True).start()
     interrupted = False
     try:
-        fastio.copy_tree(src, dst, method=method, verify=verify, progress=slow_progress)
+        copy(src, dst, slow_progress)
     except KeyboardInterrupt:
         interrupted = True
     finally:

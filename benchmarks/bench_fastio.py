@@ -201,8 +201,8 @@ def bench_single_file(big: Path, work: Path, repeat: int) -> None:
         os.sync()
 
     def copy(verify: bool, split: bool) -> None:
-        fastio._native.copy_file_ex(big, dst, verify, True, True, None, None, True, "reflink",  # type: ignore[union-attr]
-                                    False, split)
+        fastio._native.copy_file_ex(big, dst, verify=verify, durable=True, drop_cache=True,  # type: ignore[union-attr]
+                                    method="reflink", hash_pipeline=split)
 
     size = big.stat().st_size
     print(f"\n== one large file: {size / 2**30:.2f} GiB ==", flush=True)
@@ -226,11 +226,18 @@ def bench_hash(bigs: list[Path], repeat: int) -> None:
     report("hash_files sha256+xxh3 vs hashlib sha256 alone", size / t_ours / 1e9, size / t_sha / 1e9,
            kind="throughput", target=0.95)
     print(f"     peak RSS growth {rss.growth_mib:.1f} MiB")
-    native = fastio._native
+    # The scheduler of fastio.hash_files driving the native per-file work, with the per-file
+    # sha256/xxh3 pipeline forced on or off.
+    native = fastio._NATIVE if fastio.native_available() else None
+
+    def hash_native(paths: list[str], workers: int, pipeline: bool | None, sha256: bool = True) -> object:
+        assert native is not None
+        return fastio._hash_files(native, paths, workers=workers, pipeline=pipeline, sha256=sha256)
+
     if shutil.which("xxhsum") and native is not None:
         t_xxhsum = best_of(repeat, lambda: subprocess.run(["xxhsum", "-H2", str(f)], check=True,
                                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        t_xxh = best_of(repeat, lambda: native.hash_files([str(f)], 1, None, False, False))
+        t_xxh = best_of(repeat, lambda: hash_native([str(f)], 1, False, sha256=False))
         report("hash_files xxh3-only vs xxhsum -H2", size / t_xxh / 1e9, size / t_xxhsum / 1e9,
                kind="throughput", target=1.0)
     else:
@@ -238,11 +245,11 @@ def bench_hash(bigs: list[Path], repeat: int) -> None:
     two = [str(bigs[0]), str(bigs[1])]
     hashlib_sha256(bigs[1])
     if native is not None:
-        t_one = best_of(repeat, lambda: native.hash_files(two, 1, None, False, True))
-        t_two = best_of(repeat, lambda: native.hash_files(two, 2, None, False, True))
+        t_one = best_of(repeat, lambda: hash_native(two, 1, False))
+        t_two = best_of(repeat, lambda: hash_native(two, 2, False))
         report("hash_files 2 workers vs 1 worker, 2 files", 2 * size / t_two / 1e9, 2 * size / t_one / 1e9,
                kind="throughput", target=1.8)
-        t_pipe = best_of(repeat, lambda: native.hash_files(two, 1, None, None, True))
+        t_pipe = best_of(repeat, lambda: hash_native(two, 1, None))
         print(f"     (1 worker with the sha256/xxh3 pipeline: {2 * size / t_pipe / 1e9:.2f} GB/s)")
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -241,7 +242,7 @@ def test_signals_during_the_copy_eintr(tmp_path: Path, method: str) -> None:
     try:
         for i in range(3):
             size, used, sha, _ = fastio._native.copy_file_ex(  # type: ignore[union-attr]
-                tmp_path / "src.bin", tmp_path / f"dst{i}.bin", True, False, False, None, None, True, method)
+                tmp_path / "src.bin", tmp_path / f"dst{i}.bin", verify=True, method=method)
             assert (size, used, sha) == (len(data), method, hashlib.sha256(data).hexdigest())
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
@@ -256,6 +257,18 @@ def test_signals_during_the_copy_eintr(tmp_path: Path, method: str) -> None:
 ])
 def test_ctrl_c_stops_a_big_copy_within_a_second(tmp_path: Path, method: str, verify: bool, files: int,
                                                  pause: float) -> None:
+    _interrupt_a_big_copy(tmp_path, files, pause, lambda src, dst, progress: fastio.copy_tree(
+        src, dst, method=method, verify=verify, progress=progress))
+
+
+def test_ctrl_c_stops_the_reference_copy_too(tmp_path: Path) -> None:
+    """The same scheduler drives the pure-Python copies: Ctrl-C stops them between chunks."""
+    _interrupt_a_big_copy(tmp_path, 2, 0.01, lambda src, dst, progress: fastio.copy_tree_py(
+        src, dst, verify=True, progress=progress))
+
+
+def _interrupt_a_big_copy(tmp_path: Path, files: int, pause: float,
+                          copy: Callable[[Path, Path, Callable[[int], None]], object]) -> None:
     src = tmp_path / "src"
     src.mkdir()
     for i in range(files):
@@ -282,7 +295,7 @@ def test_ctrl_c_stops_a_big_copy_within_a_second(tmp_path: Path, method: str, ve
     threading.Thread(target=interrupt, daemon=True).start()
     interrupted = False
     try:
-        fastio.copy_tree(src, dst, method=method, verify=verify, progress=slow_progress)
+        copy(src, dst, slow_progress)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -359,8 +372,8 @@ def test_verified_copy_of_one_large_file_hashes_sha256_beside_the_copy(tmp_path:
     (tmp_path / "src.bin").write_bytes(data)
     seen: list[bool] = []
     size, used, sha, xxh = fastio._native.copy_file_ex(  # type: ignore[union-attr]
-        tmp_path / "src.bin", tmp_path / "dst.bin", True, True, False, lambda n: seen.append(_sha_helper_running()),
-        None, True, "copy_file_range", False, split)
+        tmp_path / "src.bin", tmp_path / "dst.bin", verify=True, durable=True,
+        progress=lambda n: seen.append(_sha_helper_running()), method="copy_file_range", hash_pipeline=split)
     assert (size, used) == (len(data), "copy_file_range")
     assert (sha, xxh) == (hashlib.sha256(data).hexdigest(), xxhash.xxh3_128(data).hexdigest())
     assert any(seen) == split and not _sha_helper_running()
@@ -381,8 +394,8 @@ def test_a_failing_verified_copy_stops_its_sha256_helper(tmp_path: Path) -> None
     with tmpfs(tmp_path / "tiny", "4m") as mnt:
         with pytest.raises(OSError) as info:
             fastio._native.copy_file_ex(  # type: ignore[union-attr]
-                tmp_path / "src.bin", mnt / "dst.bin", True, True, False, None, None, True, "copy_file_range",
-                False, True)
+                tmp_path / "src.bin", mnt / "dst.bin", verify=True, durable=True, method="copy_file_range",
+                hash_pipeline=True)
         assert info.value.errno == errno.ENOSPC
         assert not (mnt / "dst.bin").exists()
     assert not _sha_helper_running()

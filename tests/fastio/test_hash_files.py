@@ -39,7 +39,7 @@ def test_hash_files_matches_hashlib(tmp_path: Path, workers: int) -> None:
 def test_pipelined_and_serial_agree(tmp_path: Path, pipeline: bool) -> None:
     data = os.urandom(33 << 20)
     (tmp_path / "x").write_bytes(data)
-    size, sha, xxh = fastio._native.hash_file(tmp_path / "x", None, fastio.HASH_CHUNK_BYTES, pipeline)  # type: ignore[union-attr]
+    size, sha, xxh = fastio._native.hash_file(tmp_path / "x", pipeline=pipeline)  # type: ignore[union-attr]
     assert (size, sha, xxh) == (len(data), hashlib.sha256(data).hexdigest(), xxhash.xxh3_128(data).hexdigest())
 
 

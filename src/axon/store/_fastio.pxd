@@ -109,4 +109,3 @@ cdef enum:
     SPLIT_HASH_BUFFERS = 8              # verified copy: RW_CHUNK_BYTES buffers in flight to the sha256 thread
     PIPELINE_MIN_BYTES = 8 << 20        # smaller files are hashed in the calling thread alone
     COLD_PAGE_PERCENT = 5               # a source with fewer pages cached than this is "cold"
-    DEFER_SYNC_MAX_BYTES = 8 << 20      # smaller files are made durable by one syncfs at the end

@@ -1,8 +1,9 @@
 # cython: language_level=3
 """Native hot paths of axon: streaming hashes, kernel-side copies, containment checks.
 
-Private: ``axon.store.fastio`` is the only importer. It owns argument checking, types and the
-pure-Python reference that serves as the test oracle and the fallback.
+Private: ``axon.store.fastio`` is the only importer. It owns argument checking, types, the
+pure-Python reference that serves as the test oracle and the fallback, and the scheduling of
+many files over threads; this module does the work of one file at a time.
 
 Rules kept throughout (see docs/architecture.md):
 * ``nogil`` covers only syscalls on C values; paths become C strings before, Python results
@@ -11,14 +12,13 @@ Rules kept throughout (see docs/architecture.md):
   ``OSError(errno, strerror, path)`` so Python picks the right subclass. Errnos that mean
   "not supported here" step down to the next copy method instead of raising.
 * Between chunks the GIL is taken back to run signal handlers (Ctrl-C mid-file), check the
-  shared cancel flag (worker threads cannot see signals) and report progress.
+  shared cancel flag (``fastio.Cancel``: worker threads cannot see signals) and report progress.
 """
 
 import hashlib
 import os
 import stat as _stat
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from collections import deque
 from queue import SimpleQueue
 
@@ -37,22 +37,17 @@ cdef extern from "errno.h":
     const int ENXIO
 
 METHODS = ("reflink", "copy_file_range", "sendfile", "readwrite")
-
-
-cdef class Cancel:
-    """A flag shared by the threads of one operation; set it to stop them between chunks."""
-
-    cdef public bint cancelled
-
-    def set(self):
-        self.cancelled = True
+# A file this large is worth a second hashing thread and has its pages dropped behind the copy;
+# fastio.py's scheduler counts large files with the same bound (a test checks they agree).
+LARGE_FILE_BYTES = PIPELINE_MIN_BYTES
 
 
 cdef inline object _oserror(int err, object path):
     return OSError(err, os.strerror(err), path)
 
 
-cdef inline void _check(Cancel cancel) except *:
+cdef inline void _check(object cancel) except *:
+    """Raise when *cancel* (a ``fastio.Cancel``, or anything with ``cancelled``) is set."""
     if cancel is not None and cancel.cancelled:
         raise KeyboardInterrupt("cancelled")
     PyErr_CheckSignals()
@@ -110,7 +105,7 @@ cdef ssize_t _read_full(int fd, unsigned char *buf, size_t size, object path, of
 # --- hashing ------------------------------------------------------------------------------
 
 
-cdef tuple _hash_serial(int fd, object path, Py_ssize_t chunk_size, object progress, Cancel cancel, bint want_sha):
+cdef tuple _hash_serial(int fd, object path, Py_ssize_t chunk_size, object progress, object cancel, bint want_sha):
     cdef bytearray buffer = bytearray(chunk_size)
     cdef unsigned char[::1] view = buffer
     cdef ssize_t n
@@ -186,7 +181,7 @@ class _Sha256Beside:
         return self.sha.hexdigest()
 
 
-cdef tuple _hash_pipelined(int fd, object path, Py_ssize_t chunk_size, object progress, Cancel cancel):
+cdef tuple _hash_pipelined(int fd, object path, Py_ssize_t chunk_size, object progress, object cancel):
     """Read and compute xxh3 here while a helper thread computes sha256 (_Sha256Beside)."""
     cdef unsigned char[::1] raw
     cdef ssize_t got
@@ -211,11 +206,12 @@ cdef tuple _hash_pipelined(int fd, object path, Py_ssize_t chunk_size, object pr
         helper.stop()
 
 
-def hash_file(object path, object progress=None, Py_ssize_t chunk_size=HASH_CHUNK_BYTES,
-              object pipeline=None, Cancel cancel=None, bint sha256=True):
+def hash_file(object path, *, object progress=None, Py_ssize_t chunk_size=HASH_CHUNK_BYTES,
+              object pipeline=None, object cancel=None, bint sha256=True):
     """Return ``(size, sha256_hex, xxh3_128_hex)`` of *path* in one streaming read pass.
 
     *pipeline*: None decides by size; True/False forces the two-thread pipeline on or off.
+    *cancel*: a ``fastio.Cancel``, checked between chunks.
     *sha256*: False computes xxh3-128 alone (sha256 is then None).
     """
     cdef bytes bpath = os.fsencode(path)
@@ -236,65 +232,6 @@ def hash_file(object path, object progress=None, Py_ssize_t chunk_size=HASH_CHUN
         return _hash_serial(fd, path, chunk_size, progress, cancel, sha256)
     finally:
         close(fd)
-
-
-def hash_files(list paths, int workers=0, object progress=None, object pipeline=None, bint sha256=True):
-    """Hash many files over *workers* threads (largest first); results follow *paths*' order."""
-    if not paths:
-        return []
-    ncpu = os.cpu_count() or 1
-    if workers <= 0:
-        workers = ncpu
-    workers = min(workers, len(paths))
-    cancel = Cancel()
-    lock = threading.Lock()
-    report = _serialized(progress, lock)
-    if pipeline is None and workers >= ncpu:
-        pipeline = False  # pipelining pays only while fewer files are hashed at once than there are cores
-    if workers == 1:
-        return [hash_file(p, report, HASH_CHUNK_BYTES, pipeline, cancel, sha256) for p in paths]
-    sizes = []
-    for p in paths:
-        try:
-            sizes.append(os.stat(p).st_size)
-        except OSError:
-            sizes.append(0)
-    order = sorted(range(len(paths)), key=lambda i: -sizes[i])
-    results = [None] * len(paths)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="axon-hash") as pool:
-        futures = {pool.submit(hash_file, paths[i], report, HASH_CHUNK_BYTES, pipeline, cancel, sha256): i
-                   for i in order}
-        _wait_all(futures, cancel)
-        for fut, i in futures.items():
-            results[i] = fut.result()
-    return results
-
-
-def _serialized(object progress, object lock):
-    """The caller's progress callback, called from one worker thread at a time."""
-    if progress is None:
-        return None
-
-    def report(n):
-        with lock:
-            progress(n)
-
-    return report
-
-
-cdef _wait_all(dict futures, Cancel cancel):
-    """Wait for every future; on the first failure or Ctrl-C, stop the others and re-raise."""
-    pending = set(futures)
-    try:
-        while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-            for fut in done:
-                if fut.exception() is not None:
-                    raise fut.exception()
-    except BaseException:
-        cancel.set()
-        wait(pending)
-        raise
 
 
 # --- copying ------------------------------------------------------------------------------
@@ -363,7 +300,7 @@ cdef class _Copier:
     cdef object src
     cdef object dst
     cdef object progress
-    cdef Cancel cancel
+    cdef object cancel
     cdef public str method
     cdef object sha
     cdef object xxh
@@ -373,7 +310,7 @@ cdef class _Copier:
     cdef public bint split_hash
     cdef object helper
 
-    def __cinit__(self, int fin, int fout, object src, object dst, object progress, Cancel cancel, str method):
+    def __cinit__(self, int fin, int fout, object src, object dst, object progress, object cancel, str method):
         self.fin = fin
         self.fout = fout
         self.src = src
@@ -608,17 +545,17 @@ cdef int _fsync(int fd, object path) except -1:
             raise _oserror(err, path)
 
 
-def copy_file_ex(object src, object dst, bint verify=False, bint durable=False, bint drop_cache=False,
-                 object progress=None, Cancel cancel=None, bint exclusive=True, str method="reflink",
-                 bint defer_small_sync=False, object hash_pipeline=None, bint hash_after=True,
-                 bint start_writeback=False):
+def copy_file_ex(object src, object dst, *, bint verify=False, bint durable=False, bint drop_cache=False,
+                 object progress=None, object cancel=None, bint exclusive=True, str method="reflink",
+                 object hash_pipeline=None, bint hash_after=True, bint start_writeback=False):
     """Copy one regular file; returns ``(size, method, sha256, xxh3_128)`` (digests None unless verify).
 
     *method* is where the chain FICLONE -> copy_file_range -> sendfile -> pread/pwrite starts.
     The destination is created (``O_EXCL`` unless *exclusive* is false), written, optionally
     hashed (inline when the bytes pass through user space, else by one read of the
-    destination), fsynced, given the source's mode, and removed again on any failure.
-    With *defer_small_sync*, files under 8 MiB skip their fsync: the caller runs one syncfs.
+    destination), fsynced (*durable*), given the source's mode, and removed again on any
+    failure. *drop_cache*: the copy's pages are dropped once on disk, and the source's when
+    they were not cached before. *cancel* (a ``fastio.Cancel``) is checked between chunks.
     *hash_pipeline* (None: decide by size and cores; a bool, or a callable returning one) says
     whether verifying may use a second thread (sha256 beside the copy, or the two-thread hash
     pipeline afterwards); it pays only while fewer copies run than there are cores.
@@ -652,8 +589,6 @@ def copy_file_ex(object src, object dst, bint verify=False, bint durable=False, 
                      0o600)
         try:
             copier = _Copier(fin, fout, src, dst, progress, cancel, "copy_file_range" if method == "reflink" else method)
-            if durable and defer_small_sync and size < DEFER_SYNC_MAX_BYTES:
-                durable = False
             copier.start_writeback = durable or start_writeback
             copier.drop_behind = (durable or start_writeback) and drop_cache and size >= PIPELINE_MIN_BYTES
             if verify and size >= PIPELINE_MIN_BYTES:
@@ -677,7 +612,7 @@ def copy_file_ex(object src, object dst, bint verify=False, bint durable=False, 
                 # The kernel moved the bytes: hash what landed, one read (from the page cache
                 # unless it was a reflink), before fsync so hashing overlaps the writeback.
                 pipeline = hash_pipeline() if callable(hash_pipeline) else hash_pipeline
-                _, sha, xxh = hash_file(dst, None, HASH_CHUNK_BYTES, pipeline, cancel, True)
+                _, sha, xxh = hash_file(dst, pipeline=pipeline, cancel=cancel)
                 digests = (sha, xxh)
             if durable:
                 _fsync(fout, dst)
@@ -705,99 +640,10 @@ def copy_file_ex(object src, object dst, bint verify=False, bint durable=False, 
     return size, copier.method, digests[0], digests[1]
 
 
-def copy_file(object src, object dst, object progress=None):
+def copy_file(object src, object dst, *, object progress=None):
     """Copy *src* to a new or truncated *dst* (same mode); returns ``(bytes, method)``."""
-    size, method, _, _ = copy_file_ex(src, dst, False, False, False, progress, None, False, "copy_file_range")
+    size, method, _, _ = copy_file_ex(src, dst, progress=progress, exclusive=False, method="copy_file_range")
     return size, method
-
-
-def copy_files(list pairs, int workers=0, bint verify=False, bint durable=False, bint drop_cache=False,
-               object progress=None, str method="reflink", bint final_sync=True):
-    """Copy ``[(src, dst)]`` regular files over *workers* threads, largest first.
-
-    Returns ``[(size, method, sha256, xxh3_128)]`` in the order of *pairs*. Each file is copied
-    and, with *verify*, hashed as it goes (inline, or from the destination right behind each
-    kernel chunk); with *durable* its writeback starts chunk by chunk and, with *drop_cache*,
-    chunks more than a window behind are waited for and dropped. Reflinked and sparse files are
-    hashed afterwards, across all cores. Then the large files are fsynced and one ``syncfs``
-    covers the rest (*durable*; skipped when *final_sync* is false: the caller runs it). On any
-    failure (or Ctrl-C) the other workers stop between chunks, every file written is removed,
-    and the first error is raised.
-    """
-    if not pairs:
-        return []
-    cancel = Cancel()
-    lock = threading.Lock()
-    report = _serialized(progress, lock)
-    sizes = []
-    for s, _ in pairs:
-        try:
-            sizes.append(os.stat(s).st_size)
-        except OSError:
-            sizes.append(0)
-    order = sorted(range(len(pairs)), key=lambda i: -sizes[i])
-    ncpu = os.cpu_count() or 1
-    nworkers = workers if workers > 0 else ncpu
-    if verify and workers <= 0:
-        # sha256 is sequential within a file: with fewer threads than large files, the last
-        # one would be copied and hashed alone on one core while the others sit idle.
-        nworkers = max(nworkers, sum(1 for n in sizes if n >= PIPELINE_MIN_BYTES))
-    nworkers = min(nworkers, len(pairs))
-    results = [None] * len(pairs)
-    written = [False] * len(pairs)
-    # Verifying, a large file's sha256 may run on a core of its own while fewer large files are
-    # copied at once than there are cores.
-    split_hash = verify and min(nworkers, sum(1 for n in sizes if n >= PIPELINE_MIN_BYTES)) < ncpu
-
-    def copy_one(i):
-        s, d = pairs[i]
-        row = copy_file_ex(s, d, verify, False, drop_cache, report, cancel, True, method, False, split_hash, False,
-                           durable)
-        written[i] = True
-        return row
-
-    def sync_one(i):
-        cdef int fd
-        if results[i][0] < DEFER_SYNC_MAX_BYTES:
-            return  # covered by the final syncfs
-        d = pairs[i][1]
-        fd = _open(os.fsencode(d), d, O_RDONLY, 0)
-        try:
-            _fsync(fd, d)
-            if drop_cache:
-                with nogil:
-                    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)
-        finally:
-            close(fd)
-
-    try:
-        with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="axon-copy") as pool:
-            futures = {pool.submit(copy_one, i): i for i in order}
-            _wait_all(futures, cancel)
-            for fut, i in futures.items():
-                results[i] = list(fut.result())
-            if verify:
-                todo = [i for i in order if results[i][2] is None]
-                # One thread per large file (sha256 is sequential within a file): with fewer
-                # threads than large files, the last one would be hashed alone on one core.
-                big = sum(1 for i in todo if results[i][0] >= PIPELINE_MIN_BYTES)
-                digests = hash_files([pairs[i][1] for i in todo], max(workers or ncpu, big))
-                for i, (_, sha, xxh) in zip(todo, digests):
-                    results[i][2], results[i][3] = sha, xxh
-            if durable:
-                futures = {pool.submit(sync_one, i): i for i in order}
-                _wait_all(futures, cancel)
-        if durable and final_sync:
-            syncfs_path(os.path.dirname(pairs[0][1]) or ".")
-    except BaseException:
-        for i, done in enumerate(written):
-            if done:
-                try:
-                    os.unlink(pairs[i][1])
-                except OSError:
-                    pass
-        raise
-    return [tuple(r) for r in results]
 
 
 def syncfs_path(object path):
@@ -813,81 +659,6 @@ def syncfs_path(object path):
             raise _oserror(err, path)
     finally:
         close(fd)
-
-
-def _scan_tree(str src):
-    """(dirs, files, links) under *src*, relative; anything else is an error."""
-    dirs, files, links = [], [], []
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        with os.scandir(os.path.join(src, rel) if rel else src) as it:
-            for entry in it:
-                r = os.path.join(rel, entry.name) if rel else entry.name
-                st = entry.stat(follow_symlinks=False)
-                if _stat.S_ISLNK(st.st_mode):
-                    links.append((r, os.readlink(entry.path)))
-                elif _stat.S_ISDIR(st.st_mode):
-                    dirs.append((r, st.st_mode & 0o7777))
-                    stack.append(r)
-                elif _stat.S_ISREG(st.st_mode):
-                    files.append((r, st.st_size))
-                else:
-                    raise OSError(EINVAL, "not a regular file, directory or symlink", entry.path)
-    return sorted(dirs), files, sorted(links)
-
-
-def copy_tree(object src, object dst, int workers=0, bint verify=False, bint durable=False,
-              object drop_cache=None, object progress=None, str method="reflink"):
-    """Copy a directory tree; returns ``[(relpath, size, method, sha256, xxh3_128)]`` sorted by path.
-
-    Files go to *workers* threads, largest first (each file is one unit of work). Symlinks are
-    recreated as symlinks; FIFOs, sockets and devices are refused. With *durable*, every file
-    and directory is fsynced before returning. On any failure (or Ctrl-C) the other workers
-    stop between chunks and everything created under *dst* is removed.
-    """
-    src = os.fspath(src)
-    dst = os.fspath(dst)
-    if drop_cache is None:
-        drop_cache = durable
-    dirs, files, links = _scan_tree(src)
-    created_root = not os.path.exists(dst)
-    src_mode = os.stat(src).st_mode & 0o7777
-    os.makedirs(dst, mode=0o700, exist_ok=True)
-    results = []
-    try:
-        for rel, _mode in dirs:
-            os.mkdir(os.path.join(dst, rel), 0o700)
-        pairs = [(os.path.join(src, rel), os.path.join(dst, rel)) for rel, _ in files]
-        copied = copy_files(pairs, workers, verify, durable, drop_cache, progress, method, False)
-        results = [(rel, *row) for (rel, _), row in zip(files, copied)]
-        for rel, target in links:
-            os.symlink(target, os.path.join(dst, rel))
-        for rel, mode in reversed(dirs):
-            os.chmod(os.path.join(dst, rel), mode)
-        if created_root:
-            os.chmod(dst, src_mode)
-        if durable:
-            # One syncfs covers the small files, every directory, the symlinks and dst's own
-            # entry in its parent: cheaper than an fsync each when there are thousands.
-            syncfs_path(dst)
-    except BaseException:
-        if created_root:
-            _remove_tree(dst)
-        raise
-    results.sort()
-    return results
-
-
-def _remove_tree(path):
-    import shutil
-
-    for dirpath, _dirnames, _filenames in os.walk(path):
-        try:
-            os.chmod(dirpath, 0o700)
-        except OSError:
-            pass
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # --- containment --------------------------------------------------------------------------

@@ -290,6 +290,16 @@ def _require_owner(path: Path, who: Caller) -> int:
 def _seal(path: Path) -> None:
     with open_dir(path) as fd:
         os.fchmod(fd, DIR_MODE)
+        os.fsync(fd)  # the mode is the version's seal: durable before the command reports success
+
+
+def _same_directory(path: Path, was: os.stat_result) -> bool:
+    """Whether *path* is still the directory *was* describes (not moved away, not exchanged)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (was.st_dev, was.st_ino)
 
 
 def _check_copy(spec: ModelSpec, manifest: Manifest, results: list[Any]) -> None:
@@ -386,7 +396,7 @@ def _publish(spec: ModelSpec, repo: ProductionRepo, source: CachedVersion, who: 
         history_dir, _ = repo.history_dir_for(spec, who, gid)
         replaces = existing.digest if (exists and existing is not None) else None
         staging = layout.new_staging(spec, replaces=replaces)
-        holds_old_copy = False
+        new_copy = os.lstat(staging)  # after an exchange the name staging holds the replaced copy instead
         try:
             reporter.stage(f"copying {len(manifest.files)} files into {repo.root}")
             _copy_into_staging(source, staging, reporter)
@@ -399,12 +409,10 @@ def _publish(spec: ModelSpec, repo: ProductionRepo, source: CachedVersion, who: 
                 if who.is_root and target_owner != 0:
                     apply_published_modes(target, gid, uid=0)  # root takes the copy it replaces over
                 _make_movable(target)
-                holds_old_copy = True  # from the exchange on (if it fails, recovery tells the copies apart by digest)
                 move_into_place(staging, target, replace=True)
                 crash_point("publish:after-exchange")
                 history = history_dir / _stamp(old_digest)
                 os.rename(staging, history)  # the replaced copy, kept for rollback
-                holds_old_copy = False
                 crash_point("publish:after-history")
                 fsync_dir(history_dir)
                 status = "replaced"
@@ -414,7 +422,7 @@ def _publish(spec: ModelSpec, repo: ProductionRepo, source: CachedVersion, who: 
             _seal(target)
             fsync_dir(layout.staging)
         except BaseException as exc:
-            if not holds_old_copy:  # after the exchange staging holds the replaced copy: recovery keeps it
+            if _same_directory(staging, new_copy):  # the replaced copy (after the exchange) is recovery's to keep
                 with contextlib.suppress(OSError):
                     remove_tree(staging)
             if not isinstance(exc, KeyboardInterrupt):

@@ -322,13 +322,13 @@ class Registry:
 
     async def unregister(self, model_id: str, *, persist: bool = True) -> dict[str, Any]:
         async with self._lock(model_id):
-            model = self.models.pop(model_id, None)
-            if model is None and not (persist and model_id in await asyncio.to_thread(self.saved_models)):
+            if model_id not in self.models and not (persist and model_id in await asyncio.to_thread(self.saved_models)):
                 raise ApiError(404, "model_not_found", f"model {model_id!r} is not registered")
-            if persist:
+            if persist:  # first: until the file says so, a request would load the saved registration again
                 await asyncio.to_thread(self._persist_change, remove=model_id)
                 self.failed.pop(model_id, None)
                 self._failed_at.pop(model_id, None)
+            model = self.models.pop(model_id, None)
             if model is not None:
                 await model.batcher.close()
         return {"status": "unregistered", "model_id": model_id}
@@ -342,9 +342,10 @@ class Registry:
 
     def _saved_at(self, stamp: Stamp) -> tuple[list[str], str | None]:
         """The saved model ids and, if the file is malformed, why: read once per version of the file."""
-        if self._saved is None or self._saved[0] != stamp:
-            self._saved = (stamp, *self._read_saved())
-        return self._saved[1], self._saved[2]
+        saved = self._saved  # one read of the attribute: other threads may replace it meanwhile
+        if saved is None or saved[0] != stamp:
+            saved = self._saved = (stamp, *self._read_saved())
+        return saved[1], saved[2]
 
     def _read_saved(self) -> tuple[list[str], str | None]:
         try:
@@ -379,7 +380,7 @@ class Registry:
                      CORE_FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            models = set(self.saved_models())
+            models = set(self._read_saved()[0])  # the file itself, never a cached read of it
             if add:
                 models.add(add)
             if remove:

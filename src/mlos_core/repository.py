@@ -101,7 +101,9 @@ def verify_files(root: Path, located: Located, *, already_verified: Collection[s
                                 already_hashed=already_verified, report_unlisted=False)
     if report.ok:
         return
-    problem, spec = report.problems[0], str(located.spec)
+    # A file that is not what it claims to be (a symlink, a directory) is refused as such first.
+    problem = next((p for p in report.problems if p.kind == "not-a-file"), report.problems[0])
+    spec = str(located.spec)
     if problem.kind == "not-a-file":
         raise _outside(f"file {problem.path!r} of {spec!r}", root)
     if problem.kind == "missing":

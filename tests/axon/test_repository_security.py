@@ -643,3 +643,28 @@ def test_concurrent_swapper_thread_safety_of_verify(tmp_path: Path) -> None:
     finally:
         stop.set()
         t.join()
+
+
+def test_a_force_publish_whose_exchange_fails_leaves_no_copy_in_staging(repo: tuple[Path, str, int],
+                                                                        tmp_path: Path) -> None:
+    """The new copy stays in staging only when the exchange made it the replaced copy; when the
+    exchange itself fails it is the new copy, and it goes at once (a long-lived process that
+    publishes again and again would otherwise pile whole models up in .axon/staging)."""
+    root, _, _ = repo
+    settings = _root_settings(tmp_path, root)
+    install_package(settings, tmp_path, seed=1)
+    first = publish(parse_spec(SPEC), settings).digest
+    install_package(settings, tmp_path, seed=2)
+    target = StoreLayout(root).version_dir(parse_spec(SPEC))
+
+    def pin_the_target(staging: Path) -> None:  # immutable: renameat2(RENAME_EXCHANGE) fails with EPERM
+        if subprocess.run(["chattr", "+i", str(target)], capture_output=True, check=False).returncode != 0:
+            pytest.skip("chattr +i is not available on this file system")
+
+    try:
+        with pytest.raises(PermissionError):
+            publish(parse_spec(SPEC), settings, force=True, before_rename=pin_the_target)
+    finally:
+        subprocess.run(["chattr", "-i", str(target)], capture_output=True, check=False)
+    assert list(StoreLayout(root).staging.iterdir()) == []
+    assert visible_versions_verify(settings) == [first]

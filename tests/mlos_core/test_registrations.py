@@ -121,3 +121,34 @@ def test_a_malformed_registrations_file_does_not_stop_startup(tmp_path: Path, co
         assert c.call("POST", f"/models/{MLP}/inference", X)[0] == 404  # nothing was loaded from it
         assert c.call("GET", "/v2/repository/index")[0] == 200
     assert "Traceback" not in c.log.read_text()
+
+
+def test_an_unregistered_model_stays_gone_under_requests_for_it(tmp_path: Path) -> None:
+    """Requests keep asking for a model while an admin unregisters it: once the DELETE has
+    answered, no request may have loaded it back from the registrations file (the file is
+    rewritten before the model leaves memory, so a request sees it loaded or not saved)."""
+    import threading
+
+    settings = sandbox_settings(tmp_path)
+    write_mlp(tmp_path / "m" / "model.onnx")
+    publish_dir_as(settings, MLP, tmp_path / "m")
+    with core_server(settings.publish_dir, tmp_path) as c:
+        for _ in range(5):
+            assert c.call("POST", "/models/register", {"model_id": MLP})[0] in (200, 201)
+            stop = threading.Event()
+            statuses: list[int] = []
+
+            def ask(stop: threading.Event = stop, statuses: list[int] = statuses) -> None:
+                while not stop.is_set():
+                    statuses.append(c.call("POST", f"/models/{MLP}/inference", X)[0])
+
+            askers = [threading.Thread(target=ask) for _ in range(4)]
+            for t in askers:
+                t.start()
+            assert c.call("DELETE", f"/models/{MLP}")[0] == 200
+            stop.set()
+            for t in askers:
+                t.join()
+            assert set(statuses) <= {200, 404}, statuses
+            assert c.call("POST", f"/models/{MLP}/inference", X)[0] == 404
+            assert MLP not in [m["model_id"] for m in c.call("GET", "/models")[1]["models"]]

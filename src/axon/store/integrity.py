@@ -118,7 +118,10 @@ def verify_version_dir(
     try:
         vfd = os.open(version_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        report.problems.append(Problem(".", "unreadable", actual=exc.strerror or str(exc)))
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW | O_DIRECTORY: a symlink or a file
+            report.problems.append(Problem(".", "not-a-file", actual="not a directory (a symlink?)"))
+        else:
+            report.problems.append(Problem(".", "unreadable", actual=exc.strerror or str(exc)))
         return report
     try:
         listed = {e.path for e in manifest.files}
@@ -169,10 +172,12 @@ def _verify_batch(vfd: int, entries: list[FileEntry], report: VerifyReport,
                 report.bytes_checked += st.st_size
             else:
                 present.append((entry, fd))
+        by_path = {fd_path(fd): entry.path for entry, fd in present}
         try:
-            digests = hash_paths([Path(fd_path(fd)) for _, fd in present], progress=progress, sha256=check_sha256)
-        except PermissionError as exc:
-            report.problems.append(Problem(str(exc.filename), "unreadable", actual="permission denied"))
+            digests = hash_paths([Path(p) for p in by_path], progress=progress, sha256=check_sha256)
+        except OSError as exc:  # a read error, or no /proc to reopen the descriptors through
+            where = by_path.get(str(exc.filename), str(exc.filename))
+            report.problems.append(Problem(where, "unreadable", actual=exc.strerror or type(exc).__name__))
             return
         for (entry, _), digest in zip(present, digests, strict=True):
             report.files_checked += 1

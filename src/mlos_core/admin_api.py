@@ -24,7 +24,6 @@ class AdminAuth:
         self.token: str | None = None
 
     def load(self) -> None:
-        assert self.settings.token_file is not None, "ServerSettings always names a token file"
         self.token = load_or_create_token(self.settings.token_file, self.settings.repository)
 
     def require(self, request: Request) -> None:

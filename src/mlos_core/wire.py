@@ -25,7 +25,7 @@ from mlos_core.protocol import HAND_OFF, HandedOffBody
 
 __all__ = ["ADMIN_BODY_BYTES", "LARGE_BODY_BYTES", "MAX_REQUEST_CHARS", "Body", "ClientGone", "JSONResponse",
            "check_text_budget", "dtype_name", "dumps", "json_object", "loads", "outputs_json", "parse_json",
-           "read_asgi_body", "read_asgi_chunks", "read_asgi_large", "read_json"]
+           "read_asgi_body", "read_asgi_large", "read_json"]
 
 # A body above this is parsed in a helper process (parse_helper.py), never on the event loop.
 LARGE_BODY_BYTES = 256 << 10
@@ -94,17 +94,10 @@ async def read_asgi_large(scope: Scope, receive: Receive, limit: int,
             return chunks
 
 
-async def read_asgi_chunks(scope: Scope, receive: Receive, limit: int,
-                           on_large: Callable[[], None] | None = None) -> list[bytes]:
-    """:func:`read_asgi_large` without the hand-off: always the bytes themselves."""
-    body = await read_asgi_large(scope, receive, limit, on_large, hand_off=False)
-    assert isinstance(body, list)
-    return body
-
-
 async def read_asgi_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body as one bytes object (small bodies: the Starlette routes)."""
-    chunks = await read_asgi_chunks(scope, receive, limit)
+    """The whole request body as one bytes object, never handed off (small bodies: the Starlette routes)."""
+    chunks = await read_asgi_large(scope, receive, limit, hand_off=False)
+    assert isinstance(chunks, list)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

@@ -85,6 +85,15 @@ class BusyError(AxonError):
     """Another axon process holds the lock for this model version."""
 
 
+class StoreError(AxonError):
+    """An object store (S3 API) failed or refused: unreachable, no credentials, no bucket, or a
+    store that does not keep the promises the repository relies on (conditional writes)."""
+
+
+class ConflictError(AxonError):
+    """A conditional write lost: someone else created or replaced the object first."""
+
+
 class DiskFullError(AxonError, OSError):
     """The disk (or a quota) filled while writing."""
 

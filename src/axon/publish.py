@@ -25,7 +25,7 @@ from typing import Any
 from axon.audit import AuditLog, AuditRecord
 from axon.cached_version import CachedVersion, open_cached_version
 from axon.crashpoints import crash_point
-from axon.errors import AlreadyInstalledError, AxonError, IntegrityError, PermissionDeniedError
+from axon.errors import AlreadyInstalledError, AxonError, IntegrityError, PermissionDeniedError, UsageError
 from axon.permissions import (
     Caller,
     adopt_dir,
@@ -68,7 +68,7 @@ class AlreadyPublishedError(AlreadyInstalledError):
 @dataclass(frozen=True, slots=True)
 class PublishResult:
     spec: ModelSpec
-    path: Path
+    path: Path | str  # a version directory, or an s3:// URL
     status: str  # published | replaced | unchanged | dry-run
     digest: str
     digest_old: str | None = None
@@ -82,6 +82,10 @@ class ProductionRepo:
     """The production root: versions, axon's state dir, history and audit log."""
 
     def __init__(self, settings: Settings) -> None:
+        if settings.publish_store is not None:
+            raise UsageError(f"This command does not work on an object-store repository ({settings.publish_store}) "
+                             "yet: publish, published, audit, verify --published and setup-production do.",
+                             hint="docs/operations.md, \"Object storage\", says what is there so far.")
         self.settings = settings
         self.root = settings.publish_dir
         self.layout = StoreLayout(self.root)
@@ -356,6 +360,12 @@ def publish(spec: ModelSpec, settings: Settings, *, force: bool = False, dry_run
     """
     reporter = reporter or NullReporter()
     t0 = time.perf_counter()
+    if settings.publish_store is not None:
+        from axon.object_repository import ObjectRepository
+
+        done = ObjectRepository.of(settings).publish(spec, settings, force=force, dry_run=dry_run, reporter=reporter)
+        return PublishResult(spec, done["location"], done["status"], done["digest"], done["digest_old"],
+                             done["size"], done["files"], time.perf_counter() - t0)
     who = caller()
     repo = ProductionRepo(settings)
     gid = require_publisher(repo.group, who)
@@ -558,6 +568,10 @@ def unpublish(spec: ModelSpec, settings: Settings, *, purge: bool = False) -> di
 
 def published(settings: Settings) -> list[dict[str, Any]]:
     """Every version in the production repository with digest, size, publisher and time."""
+    if settings.publish_store is not None:
+        from axon.object_repository import ObjectRepository
+
+        return ObjectRepository.of(settings).published()
     repo = ProductionRepo(settings)
     records, _ = repo.audit.read()
     last: dict[str, dict[str, Any]] = {}
@@ -590,11 +604,19 @@ def published(settings: Settings) -> list[dict[str, Any]]:
 def audit_records(settings: Settings, spec: ModelSpec | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """The production audit log's records (of *spec*, or all), oldest first, and the problems met
     reading it (unparsable lines, receipts that do not match), each described in one line."""
+    if settings.publish_store is not None:
+        from axon.object_repository import ObjectRepository
+
+        return ObjectRepository.of(settings).audit(spec)
     return ProductionRepo(settings).audit.read(str(spec) if spec is not None else None)
 
 
 def verify_published(spec: ModelSpec, settings: Settings, *, progress: Callable[[int], object] | None = None
                      ) -> VerifyReport:
+    if settings.publish_store is not None:
+        from axon.object_repository import ObjectRepository
+
+        return ObjectRepository.of(settings).verify(spec, progress=progress)
     repo = ProductionRepo(settings)
     target = repo.layout.version_dir(spec)
     if not (target / MANIFEST_NAME).is_file():

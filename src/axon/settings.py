@@ -16,6 +16,7 @@ import yaml
 
 from axon.errors import ConfigError
 from axon.store.atomic import atomic_write_text
+from axon.store.s3 import S3Location, is_s3_url
 
 __all__ = ["CONFIG_KEYS", "Settings", "load_config_file", "set_config_value"]
 
@@ -35,6 +36,7 @@ class Settings:
     device: str = "auto"
     hf_endpoint: str | None = None
     hf_token: str | None = None
+    publish_store: S3Location | None = None  # publish_dir: s3://BUCKET/PREFIX (publish_dir is then unused)
 
     @property
     def config_file(self) -> Path:
@@ -62,10 +64,12 @@ class Settings:
                          ("MLOS_CORE_ENDPOINT", "core_endpoint")):
             if env.get(var):
                 values[key] = env[var]
+        publish = str(values["publish_dir"])
         return cls(
             home=home,
             cache_dir=Path(str(values["cache_dir"])).expanduser(),
-            publish_dir=Path(str(values["publish_dir"])).expanduser(),
+            publish_dir=Path(publish) if is_s3_url(publish) else Path(publish).expanduser(),
+            publish_store=S3Location.parse(publish) if is_s3_url(publish) else None,
             publish_group=str(values["publish_group"]),
             core_endpoint=str(values["core_endpoint"]).rstrip("/"),
             auto_publish_on_validation=bool(values["auto_publish_on_validation"]),
@@ -79,7 +83,10 @@ class Settings:
 
     def as_config(self) -> dict[str, Any]:
         """The user-facing keys and their effective values."""
-        return {key: _display(getattr(self, key)) for key in CONFIG_KEYS}
+        values = {key: _display(getattr(self, key)) for key in CONFIG_KEYS}
+        if self.publish_store is not None:
+            values["publish_dir"] = str(self.publish_store)
+        return values
 
 
 CONFIG_KEYS = ("cache_dir", "publish_dir", "publish_group", "core_endpoint",

@@ -170,10 +170,10 @@ def audit_cmd(spec: str | None, as_json: bool) -> None:
 
 @click.command("setup-production")
 @click.option("--group", default=None, help="Group allowed to publish (default: publish_group, mlos).")
-@click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--dir", "root", default=None, metavar="DIR|s3://BUCKET/PREFIX",
               help="Production repository (default: publish_dir, /var/lib/mlos/models).")
 @json_option
-def setup_production_cmd(group: str | None, root: Path | None, as_json: bool) -> None:
+def setup_production_cmd(group: str | None, root: str | None, as_json: bool) -> None:
     """One-time, as root: create the publish group and the production repository.
 
     The repository root becomes root:<group> with mode 3775 (members add versions; the sticky
@@ -188,9 +188,20 @@ def setup_production_cmd(group: str | None, root: Path | None, as_json: bool) ->
       sudo axon setup-production --dir /srv/mlos/models --group mlops
     """
     from axon.production import setup_production
+    from axon.store.s3 import S3Location, is_s3_url
 
     settings = load_settings()
-    info = setup_production(root or settings.publish_dir, group or settings.publish_group)
+    target = root or (str(settings.publish_store) if settings.publish_store else str(settings.publish_dir))
+    if is_s3_url(target):
+        from axon.object_repository import ObjectRepository
+
+        s3_info = ObjectRepository(S3Location.parse(target)).setup()
+        Output(json_mode=as_json).result(
+            s3_info, lambda: (f"Production repository ready: {s3_info['root']} (conditional writes enforced; "
+                              f"{'recorded' if s3_info['created'] else 'already set up'})\n"
+                              "Who may publish is the bucket's access policy: docs/operations.md, \"Object storage\"."))
+        return
+    info = setup_production(Path(target).expanduser(), group or settings.publish_group)
     Output(json_mode=as_json).result(
         info, lambda: (f"Production repository ready: {info['root']} (root:{info['group']}, 3775)\n"
                        f"  state:  {info['state_dir']}\n  audit:  {info['audit_log']}"

@@ -47,7 +47,7 @@ class Problem:
 @dataclass(slots=True)
 class VerifyReport:
     spec: str
-    path: Path
+    path: Path | str  # a version directory, or an object store's URL for it
     files_checked: int = 0
     bytes_checked: int = 0
     problems: list[Problem] = field(default_factory=list)

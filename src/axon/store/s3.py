@@ -154,10 +154,22 @@ class ObjectStore:
         with response["Body"] as body:
             return body.read(), str(response["ETag"])
 
+    def get_size(self, rel: str) -> int | None:
+        """*rel*'s size, or None when there is no such object."""
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.head_object(Bucket=self.location.bucket, Key=self.location.key(rel))
+        except ClientError as exc:
+            if _code(exc)[1] == 404 or _code(exc)[0] in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise self._fail(exc, "Reading", rel) from None
+        return int(response["ContentLength"])
+
     def delete(self, rel: str) -> None:
         self._call("Deleting", rel, self.client.delete_object)
 
-    def keys(self, rel_prefix: str = "") -> Iterator[str]:
+    def list_keys(self, rel_prefix: str = "") -> Iterator[str]:
         """Every key under *rel_prefix*, relative to the repository, in the store's (lexical) order."""
         from botocore.exceptions import BotoCoreError, ClientError
 

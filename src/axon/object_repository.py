@@ -1,0 +1,287 @@
+"""A production repository in an S3-compatible object store (``publish_dir: s3://BUCKET/PREFIX``).
+
+The same promises as a local repository, kept with the store's conditional writes instead of
+renames (docs/operations.md, "Object storage"):
+
+* **Nothing partial is visible.** A version's files are immutable, content-addressed objects
+  ``<ns>/<name…>/<version>/<digest>/<path>`` (the digest is the manifest's integrity digest), each
+  created only if absent. Its ``<ns>/<name…>/<version>/manifest.yaml`` is written last and is the
+  commit point: readers ignore everything without one.
+* **One winner.** A first publish creates the manifest only if absent; ``--force`` replaces it only
+  if it is still the one read at the start (``If-Match``). The loser gets a ConflictError.
+* **Replaced generations stay** (their objects are never deleted by a publish; the replaced
+  manifest is copied, create-only, to ``.axon/history/<key>/``) for rollback.
+* **An audit trail nobody rewrites**: one create-only object per event under ``.axon/audit/``.
+* **Every byte verified where it is used**: the upload is hashed as it is read from the dev
+  cache's checked files and compared with the manifest before the manifest is written; a reader
+  hashes what it downloads. The store's own checksums are never trusted.
+
+Who may publish is the store's access policy (docs/operations.md has a minimal one), not a Unix
+group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+import yaml
+
+from axon.audit import AuditRecord
+from axon.cached_version import CachedVersion, open_cached_version
+from axon.errors import AlreadyInstalledError, AxonError, ConflictError, IntegrityError, StoreError
+from axon.reporting import NullReporter, Reporter
+from axon.settings import Settings
+from axon.store.fastio import FileDigest
+from axon.store.integrity import Problem, VerifyReport
+from axon.store.layout import MANIFEST_NAME, version_key
+from axon.store.manifest import FileEntry, Manifest, parse_manifest
+from axon.store.s3 import ObjectStore, S3Location, probe_conditional_writes
+from axon.store.spec import ModelSpec, parse_spec
+
+__all__ = ["REPOSITORY_RECORD", "ObjectRepository"]
+
+REPOSITORY_RECORD = ".axon/repository.yaml"
+FORMAT = "axon.mlos.io/object-repository/v1"
+UPLOADS_IN_FLIGHT = 4  # files at once (each large one also uploads its parts in parallel)
+
+
+def _stamp() -> str:
+    now = time.time()
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{now % 1:.6f}"[1:] + "Z"
+
+
+class ObjectRepository:
+    """The repository at *location*; every method talks to the store."""
+
+    def __init__(self, location: S3Location, store: ObjectStore | None = None) -> None:
+        self.location = location
+        self.store = store if store is not None else ObjectStore(location)
+
+    @classmethod
+    def of(cls, settings: Settings) -> ObjectRepository:
+        assert settings.publish_store is not None, "called for an s3:// repository only"
+        return cls(settings.publish_store)
+
+    # --- where things are ----------------------------------------------------------------
+
+    @staticmethod
+    def manifest_key(spec: ModelSpec) -> str:
+        return f"{spec.relpath}/{MANIFEST_NAME}"
+
+    @staticmethod
+    def data_key(spec: ModelSpec, digest: str, path: str) -> str:
+        return f"{spec.relpath}/{digest}/{path}"
+
+    def url(self, spec: ModelSpec) -> str:
+        return f"{self.location}/{spec.relpath}".replace("s3:///", "s3://")
+
+    # --- set-up ----------------------------------------------------------------------------
+
+    def setup(self) -> dict[str, Any]:
+        """Check the store enforces conditional writes, then record the repository (once)."""
+        probe_conditional_writes(self.store)
+        record = yaml.safe_dump({"format": FORMAT, "created": _stamp()}, sort_keys=False).encode()
+        try:
+            self.store.put_if_absent(REPOSITORY_RECORD, record)
+            created = True
+        except ConflictError:
+            created = False  # set up before: kept as it is
+        return {"root": str(self.location), "created": created, "record": f"{self.location}/{REPOSITORY_RECORD}",
+                "conditional_writes": "enforced"}
+
+    def check_ready(self) -> None:
+        if self.store.get(REPOSITORY_RECORD) is None:
+            raise StoreError(f"{self.location} is not set up as a production repository.",
+                             hint=f"Set it up once (it checks the store enforces conditional writes): "
+                             f"axon setup-production --dir {self.location}")
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def current(self, spec: ModelSpec) -> tuple[Manifest, bytes, str] | None:
+        """(manifest, its bytes, its ETag) of *spec*'s published version, or None."""
+        found = self.store.get(self.manifest_key(spec))
+        if found is None:
+            return None
+        data, etag = found
+        try:
+            manifest = parse_manifest(data, self.url(spec) + "/" + MANIFEST_NAME)
+        except AxonError as exc:  # damage, not a missing version
+            raise IntegrityError(f"The published manifest of {str(spec)!r} in {self.location} is not valid: "
+                                 f"{str(exc).splitlines()[0]}", hint=f"Republish it: axon publish {spec} --force") \
+                from None
+        if manifest.spec_text != str(spec):
+            raise IntegrityError(f"The manifest at {self.url(spec)} says {manifest.spec_text!r}; refusing it.",
+                                 hint=f"Republish it: axon publish {spec} --force")
+        return manifest, data, etag
+
+    def published(self) -> list[dict[str, Any]]:
+        """Every published version: spec, location, digest, size, files, publisher and time."""
+        last: dict[str, dict[str, Any]] = {}
+        for rec in self.audit()[0]:
+            if rec.get("result") in ("ok", "replaced") and rec.get("action") in ("publish", "rollback"):
+                last[str(rec.get("spec"))] = rec
+        rows = []
+        for key in self.store.list_keys():
+            if not key.endswith("/" + MANIFEST_NAME) or key.startswith(".axon/"):
+                continue
+            try:
+                spec = _spec_of(key)
+            except AxonError:
+                continue  # not a version's manifest (a stray object)
+            row: dict[str, Any] = {"spec": str(spec), "path": self.url(spec)}
+            try:
+                found = self.current(spec)
+            except AxonError as exc:
+                row.update(digest=None, size=None, files=None, valid=False, problem=str(exc))
+            else:
+                if found is None:
+                    continue
+                m = found[0]
+                row.update(digest=m.digest, size=m.total_size, files=len(m.files), valid=True)
+            latest = last.get(str(spec))
+            if latest is not None and latest.get("digest_new") == row.get("digest"):
+                row.update(publisher=latest.get("user"), published=latest.get("time"))
+            rows.append(row)
+        return sorted(rows, key=lambda r: str(r["spec"]))
+
+    def audit(self, spec: ModelSpec | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+        """The audit events (of *spec*, or all), oldest first, and the ones that could not be read."""
+        records, problems = [], []
+        for key in self.store.list_keys(".axon/audit/"):
+            found = self.store.get(key)
+            if found is None:
+                continue
+            try:
+                rec = json.loads(found[0])
+                if not isinstance(rec, dict):
+                    raise ValueError("not an object")
+            except ValueError as exc:
+                problems.append(f"{key}: not a valid audit event ({exc})")
+                continue
+            if spec is None or rec.get("spec") == str(spec):
+                records.append(rec)
+        return records, problems
+
+    def verify(self, spec: ModelSpec, *, progress: Any = None) -> VerifyReport:
+        """Download every file of *spec*'s published version and check size, sha256 and xxh3-128."""
+        found = self.current(spec)
+        if found is None:
+            raise AxonError(f"Version {str(spec)!r} is not published in {self.location}.",
+                            hint="List what is there with: axon published")
+        manifest = found[0]
+        report = VerifyReport(manifest.spec_text, self.url(spec))
+        report.published = True
+        for entry in manifest.files:
+            key = self.data_key(spec, manifest.digest, entry.path)
+            if self.store.get_size(key) is None:
+                report.problems.append(Problem(entry.path, "missing"))
+                continue
+            digest = self.store.download(key, lambda chunk: progress(len(chunk)) if progress else None)
+            report.files_checked += 1
+            report.bytes_checked += digest.size
+            _compare(entry, digest, report)
+        return report
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def record(self, action: str, spec: ModelSpec, result: str, **kw: Any) -> None:
+        rec = AuditRecord(action=action, spec=str(spec), result=result, **kw)
+        fields = {k: v for k, v in asdict(rec).items() if v is not None}
+        self.store.put_if_absent(f".axon/audit/{rec.time.replace(':', '')}-{uuid.uuid4().hex[:12]}.json",
+                                 json.dumps(fields, sort_keys=True).encode())
+
+    def publish(self, spec: ModelSpec, settings: Settings, *, force: bool = False, dry_run: bool = False,
+                reporter: Reporter | None = None) -> dict[str, Any]:
+        """Upload *spec* from the dev cache; the manifest last, conditionally. Returns what
+        ``publish.PublishResult`` needs: status, digest, digest_old, size, files, location."""
+        reporter = reporter or NullReporter()
+        self.check_ready()
+        with open_cached_version(settings.cache_dir, spec) as source:
+            manifest = source.manifest
+            found = self.current(spec)
+            old_digest = found[0].digest if found else None
+            result = {"status": "published", "digest": manifest.digest, "digest_old": old_digest,
+                      "size": manifest.total_size, "files": len(manifest.files), "location": self.url(spec)}
+            if found is not None and found[0].digest == manifest.digest:
+                result["status"] = "unchanged"
+                return result
+            if found is not None and not force:
+                raise AlreadyInstalledError(
+                    f"{str(spec)!r} is already published in {self.location} with other content "
+                    f"(published: {old_digest}, cached: {manifest.digest}).",
+                    hint=f"Versions are immutable; publish a new version, or replace it with: axon publish {spec} "
+                    "--force (the replaced copy is kept for: axon rollback)")
+            if dry_run:
+                result["status"] = "dry-run"
+                return result
+            try:
+                self._upload(spec, source, reporter)
+                if found is None:
+                    self.store.put_if_absent(self.manifest_key(spec), source.manifest_bytes)
+                else:
+                    _, old_bytes, etag = found
+                    self.store.put_if_absent(f".axon/history/{version_key(spec)}/{_stamp()}-{old_digest}.yaml",
+                                             old_bytes)
+                    self.store.replace_if(self.manifest_key(spec), source.manifest_bytes, etag)
+                    result["status"] = "replaced"
+            except BaseException as exc:
+                if not isinstance(exc, KeyboardInterrupt):
+                    with contextlib.suppress(AxonError):
+                        self.record("publish", spec, "failed", digest_old=old_digest, digest_new=manifest.digest,
+                                    source=str(source.path), message=str(exc)[:500])
+                raise
+            self.record("publish", spec, "ok" if result["status"] == "published" else "replaced",
+                        digest_old=old_digest, digest_new=manifest.digest, source=str(source.path))
+            return result
+
+    def _upload(self, spec: ModelSpec, source: CachedVersion, reporter: Reporter) -> None:
+        """Every file to its content-addressed key, hashed as it is read; refused (IntegrityError,
+        nothing committed) if what was read is not what the manifest says."""
+        manifest = source.manifest
+        reporter.start(f"publish {spec} to {self.location}", manifest.total_size)
+
+        def one(entry: FileEntry) -> None:
+            fd = source.open_file(entry)
+            try:
+                key = self.data_key(spec, manifest.digest, entry.path)
+                try:
+                    digest = self.store.upload_file(key, fd, entry.size, progress=reporter.advance)
+                except ConflictError:
+                    return  # already there (an earlier, interrupted publish of this digest): readers verify it
+                report = VerifyReport(manifest.spec_text, source.path)
+                _compare(entry, digest, report)
+                if not report.ok:
+                    raise IntegrityError(
+                        f"Integrity check failed for {str(spec)!r}: the upload of {entry.path!r} does not match the "
+                        f"manifest (expected sha256 {entry.sha256}); nothing was published.", path=entry.path,
+                        hint=f"Verify the cached copy (axon verify {spec}) and reinstall it if it is damaged.")
+            finally:
+                os.close(fd)
+
+        try:
+            with ThreadPoolExecutor(max_workers=UPLOADS_IN_FLIGHT, thread_name_prefix="axon-publish") as pool:
+                for future in [pool.submit(one, e) for e in sorted(manifest.files, key=lambda e: -e.size)]:
+                    future.result()
+        finally:
+            reporter.finish()
+
+
+def _compare(entry: FileEntry, digest: FileDigest, report: VerifyReport) -> None:
+    if digest.size != entry.size:
+        report.problems.append(Problem(entry.path, "size", str(entry.size), str(digest.size)))
+    elif digest.xxh3_128 != entry.xxh3_128:
+        report.problems.append(Problem(entry.path, "xxh3_128", entry.xxh3_128, digest.xxh3_128))
+    elif digest.sha256 != entry.sha256:
+        report.problems.append(Problem(entry.path, "sha256", entry.sha256, digest.sha256))
+
+
+def _spec_of(manifest_key: str) -> ModelSpec:
+    *path, version, _ = manifest_key.split("/")
+    return parse_spec("/".join(path[:1]) + "/" + "/".join(path[1:]) + "@" + version)

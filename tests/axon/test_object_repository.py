@@ -1,0 +1,160 @@
+"""An s3:// production repository end to end, against a real S3 server (moto in server mode):
+publish, --force, races, audit, published, verify --published, set-up, through the library and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from axon.errors import AlreadyInstalledError, ConflictError, IntegrityError, StoreError, UsageError
+from axon.object_repository import ObjectRepository
+from axon.publish import audit_records, publish, published, rollback, verify_published
+from axon.settings import Settings
+from axon.store.spec import parse_spec
+from tests.support.publishing import SPEC, install_package
+from tests.support.s3_server import CREDENTIALS, moto_server, new_bucket, s3_client
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def s3_settings(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    url = f"s3://{new_bucket(endpoint)}/prod/models"
+    for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "AXON_PUBLISH_DIR": url}.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.from_env(dict(os.environ))
+    assert settings.publish_store is not None and str(settings.publish_store) == url
+    return settings
+
+
+def repo_of(settings: Settings) -> ObjectRepository:
+    return ObjectRepository.of(settings)
+
+
+def test_a_repository_must_be_set_up_first(s3_settings: Settings, tmp_path: Path) -> None:
+    install_package(s3_settings, tmp_path, seed=1)
+    with pytest.raises(StoreError, match="not set up") as info:
+        publish(parse_spec(SPEC), s3_settings)
+    assert info.value.hint and "setup-production --dir s3://" in info.value.hint
+    info_setup = repo_of(s3_settings).setup()
+    assert info_setup["created"] is True and repo_of(s3_settings).setup()["created"] is False
+
+
+def test_publish_force_and_what_readers_see(s3_settings: Settings, tmp_path: Path, endpoint: str) -> None:
+    repo = repo_of(s3_settings)
+    repo.setup()
+    spec = parse_spec(SPEC)
+    first = install_package(s3_settings, tmp_path, seed=1)
+    result = publish(spec, s3_settings)
+    assert (result.status, result.digest) == ("published", first)
+    keys = set(repo.store.list_keys(spec.relpath))
+    assert f"{spec.relpath}/manifest.yaml" in keys and f"{spec.relpath}/{first}/model.onnx" in keys
+    assert publish(spec, s3_settings).status == "unchanged"
+    second = install_package(s3_settings, tmp_path, seed=2)
+    with pytest.raises(AlreadyInstalledError, match="already published"):
+        publish(spec, s3_settings)
+    replaced = publish(spec, s3_settings, force=True)
+    assert (replaced.status, replaced.digest, replaced.digest_old) == ("replaced", second, first)
+    keys = set(repo.store.list_keys(""))
+    assert f"{spec.relpath}/{first}/model.onnx" in keys  # the replaced generation stays, for rollback
+    assert any(k.startswith(".axon/history/") and k.endswith(f"-{first}.yaml") for k in keys)
+    [row] = published(s3_settings)
+    assert (row["spec"], row["digest"], row["valid"]) == (SPEC, second, True) and row["publisher"]
+    assert verify_published(spec, s3_settings).ok
+    records, problems = audit_records(s3_settings, spec)
+    assert [r["result"] for r in records] == ["ok", "replaced"] and not problems
+    assert records[1]["digest_old"] == first and records[1]["digest_new"] == second
+
+
+def test_a_tampered_object_fails_verification(s3_settings: Settings, tmp_path: Path, endpoint: str) -> None:
+    repo = repo_of(s3_settings)
+    repo.setup()
+    spec = parse_spec(SPEC)
+    digest = install_package(s3_settings, tmp_path, seed=3)
+    publish(spec, s3_settings)
+    loc = s3_settings.publish_store
+    assert loc is not None
+    s3_client(endpoint).put_object(Bucket=loc.bucket, Key=loc.key(f"{spec.relpath}/{digest}/tokenizer/vocab.txt"),
+                                   Body=b"[PAD]\n[UNK]\nhellX3\n")  # same size, other bytes
+    report = verify_published(spec, s3_settings)
+    assert [p.kind for p in report.problems] == ["xxh3_128"]
+    with pytest.raises(IntegrityError, match=r"published copy .* is damaged"):
+        report.raise_for_problems()
+
+
+def test_a_damaged_cached_file_publishes_nothing(s3_settings: Settings, tmp_path: Path) -> None:
+    repo_of(s3_settings).setup()
+    spec = parse_spec(SPEC)
+    install_package(s3_settings, tmp_path, seed=4)
+    vocab = s3_settings.cache_dir / spec.relpath / "tokenizer" / "vocab.txt"
+    os.chmod(vocab, 0o644)
+    vocab.write_bytes(vocab.read_bytes().replace(b"hello4", b"hellX4"))  # same size, other bytes
+    with pytest.raises(IntegrityError, match="does not match the manifest"):
+        publish(spec, s3_settings)
+    assert published(s3_settings) == []  # data objects may be there; without a manifest nobody sees them
+    assert [r["result"] for r in audit_records(s3_settings, spec)[0]] == ["failed"]
+
+
+def test_racing_first_publishers_get_one_winner(s3_settings: Settings, tmp_path: Path) -> None:
+    repo_of(s3_settings).setup()
+    spec = parse_spec(SPEC)
+    contenders = []
+    for seed in range(4):
+        cache = tmp_path / f"cache-{seed}"
+        mine = dataclasses.replace(s3_settings, cache_dir=cache)
+        install_package(mine, tmp_path / f"src-{seed}", seed=10 + seed)
+        contenders.append(mine)
+    outcomes: list[str] = []
+    start = threading.Barrier(len(contenders))
+
+    def race(settings: Settings) -> None:
+        start.wait()
+        try:
+            outcomes.append(publish(spec, settings).status)
+        except (ConflictError, AlreadyInstalledError) as exc:
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=race, args=(s,)) for s in contenders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("published") == 1, outcomes
+    assert len(outcomes) == len(contenders)
+    [row] = published(s3_settings)
+    assert verify_published(spec, s3_settings).ok and row["valid"]
+
+
+def test_local_only_commands_say_so(s3_settings: Settings) -> None:
+    with pytest.raises(UsageError, match="object-store repository"):
+        rollback(parse_spec(SPEC), s3_settings)
+
+
+def test_the_cli_on_an_s3_repository(s3_settings: Settings, tmp_path: Path, axon_cli: object) -> None:
+    run = axon_cli  # type: ignore[assignment]
+    assert str(s3_settings.publish_store).startswith("s3://")
+    r = run("setup-production", "--json")  # type: ignore[operator]
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["conditional_writes"] == "enforced"
+    digest = install_package(s3_settings, tmp_path, seed=5)
+    r = run("publish", SPEC, "--json")  # type: ignore[operator]
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "published"
+    r = run("published", "--json")  # type: ignore[operator]
+    assert [v["digest"] for v in json.loads(r.stdout)] == [digest], r.stdout
+    r = run("verify", "--published", SPEC)  # type: ignore[operator]
+    assert r.code == 0 and "OK" in r.stdout, r.stderr
+    r = run("audit", SPEC, "--json")  # type: ignore[operator]
+    assert [x["action"] for x in json.loads(r.stdout)["records"]] == ["publish"]
+    r = run("config", "get", "publish_dir")  # type: ignore[operator]
+    assert r.stdout.strip() == str(s3_settings.publish_store)

@@ -182,10 +182,15 @@ def setup_production_cmd(group: str | None, root: str | None, as_json: bool) -> 
     append-only audit log, and repository.yaml recording the group, so its members publish with
     no configuration of their own). Running it again repairs ownership and modes.
 
+    With s3://BUCKET/PREFIX (an S3-compatible object store; credentials and endpoint the standard
+    AWS way, e.g. AWS_ENDPOINT_URL for MinIO) it checks that the store enforces conditional writes,
+    refusing one that does not, and records the repository; who may publish is the bucket's policy.
+
     \b
     Examples:
       sudo axon setup-production
       sudo axon setup-production --dir /srv/mlos/models --group mlops
+      axon setup-production --dir s3://models/prod
     """
     from axon.production import setup_production
     from axon.store.s3 import S3Location, is_s3_url

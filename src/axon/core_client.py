@@ -88,8 +88,9 @@ class CoreClient:
     def health(self) -> dict[str, Any]:
         return self.request("GET", "/health", timeout=5)
 
-    def register(self, spec: ModelSpec) -> dict[str, Any]:
-        return self.request("POST", "/models/register", {"model_id": str(spec)}, admin=True)
+    def register(self, spec: ModelSpec, *, digest: str | None = None) -> dict[str, Any]:
+        body = {"model_id": str(spec), **({"digest": digest} if digest is not None else {})}
+        return self.request("POST", "/models/register", body, admin=True)
 
     def unregister(self, spec: ModelSpec) -> dict[str, Any]:
         quoted = urllib.parse.quote(f"{spec.namespace}/{spec.name}@{spec.version}", safe="/@")
@@ -116,6 +117,8 @@ def _typed_error(status: int, err: dict[str, Any], endpoint: str) -> AxonError:
     if status == 409 or code == "integrity":
         from axon.errors import IntegrityError
 
+        if code == "digest_mismatch":
+            return IntegrityError(text, hint="See the digest published now: axon published")
         return IntegrityError(text, hint="Verify the published copy: axon verify --published SPEC")
     if 400 <= status < 500:
         return UsageError(text)

@@ -3,6 +3,8 @@ extension uses the same guard), each with ``Authorization: Bearer <token>``."""
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -14,6 +16,8 @@ from mlos_core.settings import ServerSettings
 from mlos_core.wire import JSONResponse, read_json
 
 __all__ = ["AdminAuth", "routes", "unregister"]
+
+_DIGEST = re.compile(r"[0-9a-f]{32}")
 
 
 class AdminAuth:
@@ -50,7 +54,11 @@ def routes(registry: Registry, admin: AdminAuth) -> list[Route]:
             if value is not None and not isinstance(value, str):
                 raise ApiError(400, "bad_request", f"{key!r} must be a string")
         path = next((v for _, v in paths if v), None)
-        result = await registry.register(model_id=model_id, manifest_path=path)
+        digest = body.get("digest")
+        if digest is not None and (not isinstance(digest, str) or not _DIGEST.fullmatch(digest)):
+            raise ApiError(400, "bad_request", "'digest' must be a manifest's integrity digest (32 hex digits, as "
+                           "axon published shows it)")
+        result = await registry.register(model_id=model_id, manifest_path=path, digest=digest)
         return JSONResponse(result, status_code=201 if result["status"] == "registered" else 200)
 
     return [Route("/models/register", register, methods=["POST"])]

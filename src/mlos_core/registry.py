@@ -290,10 +290,18 @@ class Registry:
         return loaded
 
     async def register(self, *, model_id: str | None = None, manifest_path: str | None = None,
-                       persist: bool = True) -> dict[str, Any]:
+                       digest: str | None = None, persist: bool = True) -> dict[str, Any]:
+        """Verify, load and serve a published version. With *digest*, only a version whose manifest
+        has exactly that digest (409 otherwise, nothing loaded), and the pin is saved with the
+        registration, so a restart (or another worker) refuses a republished copy too."""
         located = await asyncio.to_thread(locate, self.settings.repository, model_id=model_id,
                                           manifest_path=manifest_path)
         key = str(located.spec)
+        pin = digest if digest is not None or persist else await asyncio.to_thread(self._pin_of, key)
+        if pin is not None and located.manifest.digest != pin:
+            raise ApiError(409, "digest_mismatch", f"{key!r} is published with digest {located.manifest.digest}, "
+                           f"not the pinned {pin}; it was republished (--force) since it was pinned. Register the "
+                           "digest you mean to serve (axon register SPEC --digest D)")
         async with self._lock(key):
             current = self.models.get(key)
             if current is not None and current.manifest.digest == located.manifest.digest:
@@ -314,7 +322,7 @@ class Registry:
             self.failed.pop(key, None)
             self._failed_at.pop(key, None)
             if persist:
-                await asyncio.to_thread(self._persist_change, add=key)
+                await asyncio.to_thread(self._persist_change, add=key, pin=digest)
             if current is not None:
                 await current.batcher.close()  # in-flight requests on the old copy finish first
                 return {**loaded.describe(), "status": "reloaded"}
@@ -370,7 +378,17 @@ class Registry:
         stamp = self._state_stamp()
         return stamp, self._saved_at(stamp)
 
-    def _persist_change(self, *, add: str | None = None, remove: str | None = None) -> None:
+    def _pin_of(self, model_id: str) -> str | None:
+        """The digest a saved registration is pinned to (the registrations file's ``pins``), if any."""
+        try:
+            data = json.loads(self.state_file.read_bytes())
+        except (OSError, ValueError):
+            return None
+        pins = data.get("pins") if isinstance(data, dict) else None
+        pin = pins.get(model_id) if isinstance(pins, dict) else None
+        return pin if isinstance(pin, str) else None
+
+    def _persist_change(self, *, add: str | None = None, remove: str | None = None, pin: str | None = None) -> None:
         """Read-modify-write of the registrations file under a lock: workers share it."""
         import fcntl
         import os
@@ -381,11 +399,19 @@ class Registry:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             models = set(self._read_saved()[0])  # the file itself, never a cached read of it
+            pins = {m: p for m in models if (p := self._pin_of(m)) is not None}
             if add:
                 models.add(add)
+                pins.pop(add, None)  # a registration without a digest replaces an earlier pin
+                if pin is not None:
+                    pins[add] = pin
             if remove:
                 models.discard(remove)
-            text = json.dumps({"models": sorted(models)}, indent=2) + "\n"
+                pins.pop(remove, None)
+            state: dict[str, Any] = {"models": sorted(models)}
+            if pins:
+                state["pins"] = dict(sorted(pins.items()))
+            text = json.dumps(state, indent=2) + "\n"
             atomic_write_text(self.state_file, text, mode=CORE_FILE_MODE)
         finally:
             os.close(fd)

@@ -152,3 +152,38 @@ def test_an_unregistered_model_stays_gone_under_requests_for_it(tmp_path: Path) 
             assert set(statuses) <= {200, 404}, statuses
             assert c.call("POST", f"/models/{MLP}/inference", X)[0] == 404
             assert MLP not in [m["model_id"] for m in c.call("GET", "/models")[1]["models"]]
+
+
+def test_a_pinned_registration_serves_only_its_digest(tmp_path: Path) -> None:
+    """``digest`` pins a registration: a wrong one is a 409 and loads nothing; after a republish
+    with --force the pinned registration refuses the new copy, also when restored at a restart."""
+    settings = sandbox_settings(tmp_path)
+    write_mlp(tmp_path / "m1" / "model.onnx", seed=1)
+    write_mlp(tmp_path / "m2" / "model.onnx", seed=2)
+    publish_dir_as(settings, MLP, tmp_path / "m1")
+    first = published_digest(settings)
+    with core_server(settings.publish_dir, tmp_path) as c:
+        status, body, _ = c.call("POST", "/models/register", {"model_id": MLP, "digest": "0" * 32})
+        assert (status, body["code"]) == (409, "digest_mismatch") and first in body["message"], body
+        assert c.call("GET", "/models")[1]["models"] == []
+        for bad in ("abc", 7, "G" * 32):
+            assert c.call("POST", "/models/register", {"model_id": MLP, "digest": bad})[0] == 400
+        status, body, _ = c.call("POST", "/models/register", {"model_id": MLP, "digest": first})
+        assert status == 201 and body["digest"] == first, body
+    publish_dir_as(settings, MLP, tmp_path / "m2", force=True)
+    second = published_digest(settings)
+    assert second != first
+    with core_server(settings.publish_dir, tmp_path) as c:  # restores the pinned registration: refused
+        status, ready, _ = c.call("GET", "/ready")
+        assert status == 503 and "digest_mismatch" not in ready["failed"][MLP] and first in ready["failed"][MLP]
+        assert c.call("POST", f"/models/{MLP}/inference", X)[0] == 503
+        status, body, _ = c.call("POST", "/models/register", {"model_id": MLP, "digest": second})
+        assert status == 201 and body["digest"] == second  # the admin pins the new copy: served again
+        assert c.call("POST", f"/models/{MLP}/inference", X)[0] == 200
+
+
+def published_digest(settings: object) -> str:
+    from axon.publish import published
+
+    [row] = published(settings)  # type: ignore[arg-type]
+    return str(row["digest"])

@@ -48,6 +48,7 @@ from axon.store.spec import ModelSpec, parse_spec
 __all__ = ["REPOSITORY_RECORD", "ObjectRepository"]
 
 REPOSITORY_RECORD = ".axon/repository.yaml"
+HISTORY = ".axon/history/"
 FORMAT = "axon.mlos.io/object-repository/v1"
 UPLOADS_IN_FLIGHT = 4  # files at once (each large one also uploads its parts in parallel)
 
@@ -227,8 +228,7 @@ class ObjectRepository:
                     self.store.put_if_absent(self.manifest_key(spec), source.manifest_bytes)
                 else:
                     _, old_bytes, etag = found
-                    self.store.put_if_absent(f".axon/history/{version_key(spec)}/{_stamp()}-{old_digest}.yaml",
-                                             old_bytes)
+                    self.store.put_if_absent(self._history_key(spec, old_digest), old_bytes)
                     self.store.replace_if(self.manifest_key(spec), source.manifest_bytes, etag)
                     result["status"] = "replaced"
             except BaseException as exc:
@@ -240,6 +240,73 @@ class ObjectRepository:
             self.record("publish", spec, "ok" if result["status"] == "published" else "replaced",
                         digest_old=old_digest, digest_new=manifest.digest, source=str(source.path))
             return result
+
+    def _history_key(self, spec: ModelSpec, digest: str | None) -> str:
+        return f"{HISTORY}{version_key(spec)}/{_stamp()}-{digest or 'none'}.yaml"
+
+    def history_entries(self, spec: ModelSpec) -> list[str]:
+        """The replaced and unpublished manifests of *spec*, oldest first."""
+        return sorted(self.store.list_keys(f"{HISTORY}{version_key(spec)}/"))
+
+    def rollback(self, spec: ModelSpec) -> dict[str, Any]:
+        """Make the newest history manifest current again (the current one goes to history first),
+        once every data object it names is still there with its size. A replace that loses a race
+        (If-Match) changes nothing."""
+        self.check_ready()
+        entries = self.history_entries(spec)
+        if not entries:
+            raise AxonError(f"There is no replaced or unpublished copy of {str(spec)!r} to roll back to.",
+                            hint=f"See what happened with: axon audit {spec}")
+        found = self.store.get(entries[-1])
+        if found is None:
+            raise ConflictError(f"The history entry {entries[-1]!r} disappeared while rolling back.")
+        restored_bytes = found[0]
+        try:
+            restored = parse_manifest(restored_bytes, f"{self.location}/{entries[-1]}")
+        except AxonError as exc:
+            raise IntegrityError(f"The history copy {entries[-1]!r} of {str(spec)!r} is not a valid manifest: "
+                                 f"{exc.message}; nothing changed.") from None
+        if restored.spec_text != str(spec):
+            raise IntegrityError(f"The history copy {entries[-1]!r} says {restored.spec_text!r}; nothing changed.")
+        for entry in restored.files:
+            if self.store.get_size(self.data_key(spec, restored.digest, entry.path)) != entry.size:
+                raise IntegrityError(f"The copy of {str(spec)!r} to roll back to is missing {entry.path!r} (or it "
+                                     "has another size) in the store; nothing changed.", path=entry.path)
+        current = self.current(spec)
+        if current is None:
+            self.store.put_if_absent(self.manifest_key(spec), restored_bytes)
+        else:
+            self.store.put_if_absent(self._history_key(spec, current[0].digest), current[1])
+            self.store.replace_if(self.manifest_key(spec), restored_bytes, current[2])
+        old = current[0].digest if current else None
+        self.record("rollback", spec, "ok", digest_old=old, digest_new=restored.digest, source=entries[-1])
+        return {"status": "rolled-back", "digest": restored.digest, "digest_old": old,
+                "size": restored.total_size, "files": len(restored.files), "location": self.url(spec)}
+
+    def unpublish(self, spec: ModelSpec, *, purge: bool = False) -> dict[str, Any]:
+        """Take *spec* out of the repository: its manifest goes to history (``rollback`` restores
+        it), or with *purge* the manifest, the history and every data object are deleted."""
+        self.check_ready()
+        current = self.current(spec)
+        history = self.history_entries(spec)
+        if current is None and not (purge and history):
+            raise AxonError(f"Version {str(spec)!r} is not published in {self.location}.",
+                            hint="List what is there with: axon published")
+        digest = current[0].digest if current else None
+        result: dict[str, Any] = {"spec": str(spec), "path": self.url(spec), "digest": digest}
+        if current is not None and not purge:
+            moved = self._history_key(spec, digest)
+            self.store.put_if_absent(moved, current[1])
+            self.store.delete(self.manifest_key(spec))  # the version disappears in this one step
+            self.record("unpublish", spec, "ok", digest_old=digest, source=moved)
+            return {**result, "status": "unpublished", "history": f"{self.location}/{moved}",
+                    "restore": f"axon rollback {spec}"}
+        if current is not None:
+            self.store.delete(self.manifest_key(spec))  # first: nobody sees a version losing its files
+        for key in [*history, *self.store.list_keys(spec.relpath + "/")]:
+            self.store.delete(key)
+        self.record("purge", spec, "ok", digest_old=digest, message=None if current else "history only")
+        return {**result, "status": "purged"}
 
     def _upload(self, spec: ModelSpec, source: CachedVersion, reporter: Reporter) -> None:
         """Every file to its content-addressed key, hashed as it is read; refused (IntegrityError,

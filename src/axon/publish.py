@@ -84,7 +84,8 @@ class ProductionRepo:
     def __init__(self, settings: Settings) -> None:
         if settings.publish_store is not None:
             raise UsageError(f"This command does not work on an object-store repository ({settings.publish_store}) "
-                             "yet: publish, published, audit, verify --published and setup-production do.",
+                             "yet: setup-production, publish, unpublish, rollback, published, audit and verify "
+                             "--published do.",
                              hint="docs/operations.md, \"Object storage\", says what is there so far.")
         self.settings = settings
         self.root = settings.publish_dir
@@ -487,6 +488,12 @@ def rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
 
     The copy is re-owned, made read-only and verified (sha256 of every file) before it is
     swapped in; a tampered copy is refused (IntegrityError, exit 3) and nothing changes."""
+    if settings.publish_store is not None:
+        from axon.object_repository import ObjectRepository
+
+        done = ObjectRepository.of(settings).rollback(spec)
+        return PublishResult(spec, done["location"], done["status"], done["digest"], done["digest_old"],
+                             done["size"], done["files"])
     repo, who, gid = _open_for_change(settings)
     target = repo.layout.version_dir(spec)
     with repo.layout.lock(spec, wait=True):
@@ -531,6 +538,10 @@ def rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
 
 def unpublish(spec: ModelSpec, settings: Settings, *, purge: bool = False) -> dict[str, Any]:
     """Move a published version into history (restorable by rollback), or delete it for good."""
+    if settings.publish_store is not None:
+        from axon.object_repository import ObjectRepository
+
+        return ObjectRepository.of(settings).unpublish(spec, purge=purge)
     repo, who, gid = _open_for_change(settings)
     target = repo.layout.version_dir(spec)
     with repo.layout.lock(spec, wait=True):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from axon.errors import AlreadyInstalledError, ConflictError, IntegrityError, StoreError, UsageError
+from axon.errors import AlreadyInstalledError, AxonError, ConflictError, IntegrityError, StoreError
 from axon.object_repository import ObjectRepository
-from axon.publish import audit_records, publish, published, rollback, verify_published
+from axon.publish import audit_records, publish, published, rollback, unpublish, verify_published
 from axon.settings import Settings
 from axon.store.spec import parse_spec
 from tests.support.publishing import SPEC, install_package
@@ -135,9 +135,41 @@ def test_racing_first_publishers_get_one_winner(s3_settings: Settings, tmp_path:
     assert verify_published(spec, s3_settings).ok and row["valid"]
 
 
-def test_local_only_commands_say_so(s3_settings: Settings) -> None:
-    with pytest.raises(UsageError, match="object-store repository"):
-        rollback(parse_spec(SPEC), s3_settings)
+def test_rollback_and_unpublish(s3_settings: Settings, tmp_path: Path) -> None:
+    repo_of(s3_settings).setup()
+    spec = parse_spec(SPEC)
+    with pytest.raises(AxonError, match="no replaced or unpublished copy"):
+        rollback(spec, s3_settings)
+    first = install_package(s3_settings, tmp_path, seed=6)
+    publish(spec, s3_settings)
+    second = install_package(s3_settings, tmp_path, seed=7)
+    publish(spec, s3_settings, force=True)
+    back = rollback(spec, s3_settings)
+    assert (back.status, back.digest, back.digest_old) == ("rolled-back", first, second)
+    assert [r["digest"] for r in published(s3_settings)] == [first] and verify_published(spec, s3_settings).ok
+    assert rollback(spec, s3_settings).digest == second  # twice toggles, like a local repository
+    gone = unpublish(spec, s3_settings)
+    assert gone["status"] == "unpublished" and published(s3_settings) == []
+    assert rollback(spec, s3_settings).digest == second  # an unpublished version comes back
+    assert unpublish(spec, s3_settings, purge=True)["status"] == "purged"
+    assert published(s3_settings) == [] and list(repo_of(s3_settings).store.list_keys(spec.relpath)) == []
+    assert repo_of(s3_settings).history_entries(spec) == []
+    actions = [r["action"] for r in audit_records(s3_settings, spec)[0]]
+    assert actions == ["publish", "publish", "rollback", "rollback", "unpublish", "rollback", "purge"]
+
+
+def test_a_rollback_to_a_copy_whose_objects_are_gone_changes_nothing(s3_settings: Settings, tmp_path: Path) -> None:
+    repo = repo_of(s3_settings)
+    repo.setup()
+    spec = parse_spec(SPEC)
+    first = install_package(s3_settings, tmp_path, seed=8)
+    publish(spec, s3_settings)
+    second = install_package(s3_settings, tmp_path, seed=9)
+    publish(spec, s3_settings, force=True)
+    repo.store.delete(repo.data_key(spec, first, "model.onnx"))
+    with pytest.raises(IntegrityError, match=r"missing 'model\.onnx'"):
+        rollback(spec, s3_settings)
+    assert [r["digest"] for r in published(s3_settings)] == [second]
 
 
 def test_the_cli_on_an_s3_repository(s3_settings: Settings, tmp_path: Path, axon_cli: object) -> None:

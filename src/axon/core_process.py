@@ -36,7 +36,7 @@ class CoreProcess:
                 self.proc.wait()
 
 
-def start_core(repository: Path, workdir: Path, args: Sequence[str] = (), *, timeout: float = 120) -> CoreProcess:
+def start_core(repository: Path | str, workdir: Path, args: Sequence[str] = (), *, timeout: float = 120) -> CoreProcess:
     """Launch the server with ``--port 0`` and wait until it listens; its output goes to a log file."""
     stamp = time.monotonic_ns()
     port_file = workdir / f"mlos-core-{stamp}.port"
@@ -56,7 +56,7 @@ def start_core(repository: Path, workdir: Path, args: Sequence[str] = (), *, tim
 
 
 @contextmanager
-def running_core(repository: Path, workdir: Path, args: Sequence[str] = ()) -> Iterator[CoreProcess]:
+def running_core(repository: Path | str, workdir: Path, args: Sequence[str] = ()) -> Iterator[CoreProcess]:
     core = start_core(repository, workdir, args)
     try:
         yield core

@@ -24,8 +24,11 @@ def cli() -> None:
 @cli.command("serve")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML file with the same keys as these options (options win).")
-@click.option("--repository", type=click.Path(file_okay=False, path_type=Path),
-              help="Production model repository (default /var/lib/mlos/models).")
+@click.option("--repository", metavar="DIR|s3://BUCKET/PREFIX",
+              help="Production model repository (default /var/lib/mlos/models); an s3:// one is served from a "
+              "verified local copy of each registered version (--cache-dir).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="With an s3:// repository: where the verified copies live (default /var/cache/mlos/models).")
 @click.option("--host", help="Bind address (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port (default 8080; 0 picks a free one).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Execution provider choice.")
@@ -72,6 +75,7 @@ def serve(config_file: Path | None, port_file: Path | None, **options: object) -
     Examples:
       mlos-core serve
       mlos-core serve --repository /srv/mlos/models --port 9000 --max-batch-size 64
+      AWS_ENDPOINT_URL=http://minio:9000 mlos-core serve --repository s3://models/prod
     """
     import uvicorn
 
@@ -84,6 +88,8 @@ def serve(config_file: Path | None, port_file: Path | None, **options: object) -
     except (ValueError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    if settings.store is not None:
+        settings.repository.mkdir(parents=True, exist_ok=True)
     if not settings.repository.is_dir():
         click.echo(f"error: model repository {str(settings.repository)!r} does not exist.\n"
                    f"hint: create it with: sudo axon setup-production --dir {settings.repository}", err=True)
@@ -176,6 +182,37 @@ def _write_port_when_started(server: object, port_file: Path) -> None:
             tmp.replace(port_file)
 
     threading.Thread(target=wait, daemon=True).start()
+
+
+@cli.command("fetch")
+@click.argument("spec")
+@click.option("--repository", required=True, metavar="s3://BUCKET/PREFIX", help="The object-store repository.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("/var/cache/mlos/models"),
+              show_default=True, help="Where the verified copy goes (the --cache-dir of mlos-core serve).")
+@click.option("--digest", default=None, help="Fetch only the published copy with this manifest digest (exit 3 if "
+              "another is published).")
+def fetch(spec: str, repository: str, cache_dir: Path, digest: str | None) -> None:
+    """Download a version into the verified local cache ahead of serving it.
+
+    Every file is hashed as it is written and checked against the manifest; the version is moved
+    into place only when all of them match (exit 3 otherwise; an interrupted fetch resumes).
+
+    \b
+    Examples:
+      mlos-core fetch acme/ranker@2.1.0 --repository s3://models/prod
+      mlos-core fetch acme/ranker@2.1.0 --repository s3://models/prod --digest 3f0c9a1e5b7d2c48a6e1f09b7c3d5e21
+    """
+    from axon.errors import AxonError
+    from axon.store.object_cache import fetch_version
+    from axon.store.s3 import ObjectStore, S3Location
+    from axon.store.spec import parse_spec
+
+    try:
+        path = fetch_version(ObjectStore(S3Location.parse(repository)), parse_spec(spec), cache_dir, digest=digest)
+    except AxonError as exc:
+        click.echo(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), err=True)
+        sys.exit(exc.exit_code)
+    click.echo(f"Fetched {spec} into {path} (every file verified against its manifest)")
 
 
 def main() -> None:

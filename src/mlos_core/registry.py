@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from mlos_core.runtime import SessionInfo, create_session, warm_up
 from mlos_core.settings import ServerSettings
 from mlos_core.telemetry import Metrics
 from mlos_core.tensors import RequestSchema
+
+if TYPE_CHECKING:
+    from axon.store.s3 import ObjectStore
 
 __all__ = ["LoadedModel", "Registry"]
 
@@ -156,6 +159,7 @@ class Registry:
         self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
         self.state_file = settings.state_dir / "registrations.json"
         self._saved: tuple[Stamp, list[str], str | None] | None = None
+        self._store: ObjectStore | None = None  # an s3:// repository's client, made on first use
 
     def get(self, model_id: str) -> LoadedModel:
         model = self.models.get(model_id)
@@ -294,6 +298,8 @@ class Registry:
         """Verify, load and serve a published version. With *digest*, only a version whose manifest
         has exactly that digest (409 otherwise, nothing loaded), and the pin is saved with the
         registration, so a restart (or another worker) refuses a republished copy too."""
+        if self.settings.store is not None:
+            await self._fetch(model_id, manifest_path, digest, persist)
         located = await asyncio.to_thread(locate, self.settings.repository, model_id=model_id,
                                           manifest_path=manifest_path)
         key = str(located.spec)
@@ -339,7 +345,22 @@ class Registry:
             model = self.models.pop(model_id, None)
             if model is not None:
                 await model.batcher.close()
+            if self.settings.store is not None:
+                await asyncio.to_thread(self._evict_unused)
         return {"status": "unregistered", "model_id": model_id}
+
+    def _evict_unused(self) -> None:
+        """An s3:// repository: drop the local copies no registration (of any worker) uses."""
+        from axon.store.object_cache import evict
+        from axon.store.spec import parse_spec
+
+        keep = set(self.models) | set(self._read_saved()[0])
+        try:
+            specs = [parse_spec(k) for k in keep]
+        except AxonError:
+            return  # a malformed registrations file: keep everything rather than guess
+        for spec in evict(self.settings.repository, specs):
+            log.info("evicted the local copy of %s (no registration uses it)", spec)
 
     def _state_stamp(self) -> Stamp:
         try:
@@ -377,6 +398,37 @@ class Registry:
         """Blocking (reads the file): the registrations file's stamp and what it says."""
         stamp = self._state_stamp()
         return stamp, self._saved_at(stamp)
+
+    async def _fetch(self, model_id: str | None, manifest_path: str | None, digest: str | None,
+                     persist: bool) -> None:
+        """An s3:// repository: bring the version into the verified local cache (the repository
+        the rest of registration reads), refusing a pinned digest that differs before any download."""
+        from axon.errors import IntegrityError, NotInstalledError, StoreError
+        from axon.store.object_cache import fetch_version
+        from axon.store.s3 import ObjectStore, S3Location
+        from axon.store.spec import parse_spec
+
+        if model_id is None or manifest_path is not None:
+            raise ApiError(400, "bad_request", "with an s3:// repository, register a version by its model_id "
+                           "(ns/name@version)")
+        try:
+            spec = parse_spec(model_id)
+        except AxonError as exc:
+            raise ApiError(400, "bad_model_id", str(exc)) from None
+        pin = digest if digest is not None or persist else await asyncio.to_thread(self._pin_of, str(spec))
+        if self._store is None:
+            assert self.settings.store is not None
+            self._store = await asyncio.to_thread(ObjectStore, S3Location.parse(self.settings.store))
+        try:
+            await asyncio.to_thread(fetch_version, self._store, spec, self.settings.repository, digest=pin)
+        except NotInstalledError as exc:
+            raise ApiError(404, "not_published", exc.message) from None
+        except IntegrityError as exc:
+            code = "digest_mismatch" if pin is not None and exc.expected == pin else "integrity"
+            raise ApiError(409, code, exc.message) from None
+        except StoreError as exc:
+            raise ApiError(503, "store_unavailable", f"{exc.message} {exc.hint or ''}".strip(),
+                           headers={"Retry-After": "5"}) from None
 
     def _pin_of(self, model_id: str) -> str | None:
         """The digest a saved registration is pinned to (the registrations file's ``pins``), if any."""

@@ -14,7 +14,8 @@ __all__ = ["ServerSettings"]
 
 @dataclass(frozen=True)
 class ServerSettings:
-    repository: Path = Path("/var/lib/mlos/models")
+    repository: Path = Path("/var/lib/mlos/models")  # with *store*: the verified local cache of its versions
+    store: str | None = None  # s3://BUCKET/PREFIX: the repository is in an object store
     host: str = "127.0.0.1"
     port: int = 8080
     device: str = "auto"  # auto | cpu | cuda
@@ -50,6 +51,10 @@ class ServerSettings:
             object.__setattr__(self, "state_dir", self.repository / ".axon" / "core")
         if self.token_file is None:
             object.__setattr__(self, "token_file", self.state_dir / "token")
+        if self.store is not None:
+            from axon.store.s3 import S3Location
+
+            S3Location.parse(self.store)  # a UsageError (a ValueError) names what is wrong with it
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
         if self.precision not in ("fp32", "fp16"):
@@ -76,6 +81,12 @@ class ServerSettings:
                 raise ValueError(f"unknown key(s) in {config_file}: {', '.join(unknown)}")
             values.update(data)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        cache_dir = values.pop("cache_dir", None)
+        if str(values.get("repository", "")).startswith("s3://"):
+            values["store"] = str(values["repository"])
+            values["repository"] = cache_dir or "/var/cache/mlos/models"
+        elif cache_dir is not None:
+            raise ValueError("--cache-dir goes with an s3:// --repository (the local copy of its versions)")
         for key in ("repository", "token_file", "state_dir"):
             if values.get(key) is not None:
                 values[key] = Path(os.path.expanduser(str(values[key])))

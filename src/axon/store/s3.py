@@ -251,11 +251,13 @@ class ObjectStore:
                 raise
         return done
 
-    def download(self, rel: str, write: Callable[[bytes], object]) -> FileDigest:
-        """Stream *rel* to *write*, hashing what arrives (sha256 + xxh3-128); the caller compares."""
+    def download(self, rel: str, write: Callable[[bytes], object], *, offset: int = 0) -> FileDigest:
+        """Stream *rel* (from byte *offset* on) to *write*, hashing what arrives (sha256 + xxh3-128
+        of those bytes); the caller compares."""
         sha, xxh = hashlib.sha256(), xxhash.xxh3_128()
         size = 0
-        response = self._call("Reading", rel, self.client.get_object)
+        ranged = {"Range": f"bytes={offset}-"} if offset else {}
+        response = self._call("Reading", rel, self.client.get_object, **ranged)
         with response["Body"] as body:
             while chunk := body.read(READ_BYTES):
                 sha.update(chunk)

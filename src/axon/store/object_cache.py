@@ -1,0 +1,168 @@
+"""A serving host's verified local copy of versions that live in an object store.
+
+``fetch_version`` brings one version from an s3:// repository into a local directory laid out
+like any repository (``<cache>/<ns>/<name…>/<version>/`` with its ``manifest.yaml``), so MLOS
+Core's containment and hash checks then run on the local copy unchanged:
+
+* every file is streamed into a partial file and hashed (sha256 + xxh3-128) as it is written; a
+  partial file left by an interrupted fetch is resumed (its bytes are re-hashed, the rest is
+  asked for with ``Range``);
+* each file must match the manifest before anything moves; the manifest is written last, the
+  tree made read-only and fsynced, and the version renamed (or exchanged with an older copy) into
+  place in one step: a reader sees the old copy or the new one, never a partial one;
+* *digest* pins the manifest: a version republished since (another digest) is refused before a
+  byte of it is downloaded.
+
+``evict`` removes the versions nobody uses any more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Collection
+from pathlib import Path
+
+import xxhash
+
+from axon.errors import AxonError, IntegrityError, NotInstalledError
+from axon.store.atomic import fsync_dir, fsync_tree, move_into_place, remove_tree
+from axon.store.layout import MANIFEST_NAME, StoreLayout, version_key
+from axon.store.manifest import FileEntry, Manifest, parse_manifest
+from axon.store.nofollow import open_dir, set_tree_modes
+from axon.store.s3 import READ_BYTES, ObjectStore
+from axon.store.spec import ModelSpec
+
+__all__ = ["DEFAULT_CACHE_DIR", "evict", "fetch_version"]
+
+DEFAULT_CACHE_DIR = Path("/var/cache/mlos/models")
+FILE_MODE = 0o444
+DIR_MODE = 0o555
+
+
+def _manifest_of(store: ObjectStore, spec: ModelSpec) -> tuple[Manifest, bytes]:
+    found = store.get(f"{spec.relpath}/{MANIFEST_NAME}")
+    if found is None:
+        raise NotInstalledError(f"{str(spec)!r} is not published in {store.location}.")
+    manifest = parse_manifest(found[0], f"{store.location}/{spec.relpath}/{MANIFEST_NAME}")
+    if manifest.spec_text != str(spec):
+        raise IntegrityError(f"The manifest of {str(spec)!r} in {store.location} says {manifest.spec_text!r}; "
+                             "refusing it.")
+    return manifest, found[0]
+
+
+def _current_digest(path: Path) -> str | None:
+    """The digest of the local copy's manifest (None when there is none, or it does not parse:
+    then it is fetched again; its files are verified at registration either way)."""
+    try:
+        with open(path / MANIFEST_NAME, "rb") as f:
+            return parse_manifest(f.read(), str(path / MANIFEST_NAME)).digest
+    except (OSError, AxonError):
+        return None
+
+
+def fetch_version(store: ObjectStore, spec: ModelSpec, cache_root: Path, *, digest: str | None = None) -> Path:
+    """The verified local copy of *spec* (fetched when missing or another digest is there).
+
+    Raises:
+        NotInstalledError (not published), IntegrityError (a pinned digest that differs, or a
+        downloaded file that does not match its manifest: nothing is moved into place).
+    """
+    manifest, manifest_bytes = _manifest_of(store, spec)
+    if digest is not None and manifest.digest != digest:
+        raise IntegrityError(f"{str(spec)!r} is published in {store.location} with digest {manifest.digest}, not "
+                             f"the pinned {digest}; nothing was fetched.", expected=digest, actual=manifest.digest)
+    layout = StoreLayout(cache_root)
+    target = layout.version_dir(spec)
+    if _current_digest(target) == manifest.digest:
+        return target
+    layout.ensure_internal()
+    downloads = layout.downloads / manifest.digest
+    downloads.mkdir(parents=True, exist_ok=True)
+    with layout.lock(spec, wait=True):
+        if _current_digest(target) == manifest.digest:  # another process fetched it meanwhile
+            return target
+        layout.cleanup_stale_staging()
+        staging = layout.new_staging(spec)
+        try:
+            for entry in manifest.files:
+                part = downloads / f"{entry.sha256}.part"
+                _download_verified(store, f"{spec.relpath}/{manifest.digest}/{entry.path}", entry, part)
+                dest = staging / entry.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(part, dest)
+            (staging / MANIFEST_NAME).write_bytes(manifest_bytes)  # last: its presence means complete
+            with open_dir(staging) as fd:
+                set_tree_modes(fd, file_mode=FILE_MODE, dir_mode=DIR_MODE, gid=None)
+            fsync_tree(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            replace = os.path.lexists(target)
+            if replace:
+                os.chmod(target, 0o755)  # moving a directory to another parent updates its '..'
+            os.chmod(staging, 0o755)
+            move_into_place(staging, target, replace=replace)
+            os.chmod(target, DIR_MODE)
+        finally:
+            with contextlib.suppress(OSError):
+                remove_tree(staging)  # after an exchange: the older copy
+        with contextlib.suppress(OSError):
+            downloads.rmdir()
+        fsync_dir(target)
+    return target
+
+
+def _download_verified(store: ObjectStore, key: str, entry: FileEntry, part: Path) -> None:
+    """*key* into *part* (resuming what an earlier fetch left there), checked against *entry*. A
+    resumed file that does not verify is fetched once more from its first byte (the leftover
+    could have been damaged) before the fetch is refused."""
+    if part.exists() and _download_into(store, key, entry, part):
+        return
+    part.unlink(missing_ok=True)
+    if not _download_into(store, key, entry, part):
+        part.unlink(missing_ok=True)
+        raise IntegrityError(f"{key!r} in {store.location} does not match its manifest (expected {entry.size} bytes, "
+                             f"sha256 {entry.sha256}); nothing was moved into place.", path=entry.path,
+                             expected=entry.sha256, hint="Verify the repository: axon verify --published SPEC")
+
+
+def _download_into(store: ObjectStore, key: str, entry: FileEntry, part: Path) -> bool:
+    """Append what is missing of *key* to *part*; whether the whole file matches *entry*."""
+    sha, xxh = hashlib.sha256(), xxhash.xxh3_128()
+    with open(part, "ab+") as f:
+        f.seek(0)
+        have = 0
+        while chunk := f.read(READ_BYTES):  # what an interrupted fetch left: hashed again, not trusted
+            sha.update(chunk)
+            xxh.update(chunk)
+            have += len(chunk)
+        if have > entry.size:
+            f.truncate(0)
+            sha, xxh, have = hashlib.sha256(), xxhash.xxh3_128(), 0
+        if have < entry.size:
+            def write(chunk: bytes) -> None:
+                sha.update(chunk)
+                xxh.update(chunk)
+                f.write(chunk)
+
+            got = store.download(key, write, offset=have)
+            have += got.size
+        f.flush()
+        os.fsync(f.fileno())
+    return have == entry.size and xxh.hexdigest() == entry.xxh3_128 and sha.hexdigest() == entry.sha256
+
+
+def evict(cache_root: Path, keep: Collection[ModelSpec]) -> list[ModelSpec]:
+    """Remove every cached version not in *keep* (and leftover downloads); returns what went."""
+    layout = StoreLayout(cache_root)
+    wanted = {version_key(s) for s in keep}
+    gone = []
+    for entry in list(layout.iter_versions()):
+        if version_key(entry.spec) in wanted:
+            continue
+        with layout.lock(entry.spec, wait=True):
+            with contextlib.suppress(OSError):
+                os.chmod(entry.path, 0o755)
+            remove_tree(entry.path)
+        gone.append(entry.spec)
+    return gone

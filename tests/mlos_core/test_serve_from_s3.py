@@ -1,0 +1,146 @@
+"""MLOS Core serving an s3:// repository from a verified local copy, against a real S3 server
+(moto): outputs as onnxruntime computes them, a tampered object or a wrong pinned digest refused
+(409) with nothing loaded, eviction on unregister."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from axon.core_process import running_core
+from axon.object_repository import ObjectRepository
+from axon.publish import publish
+from axon.settings import Settings
+from axon.store.spec import parse_spec
+from tests.support.core_server import Core
+from tests.support.onnx_models import mlp_model
+from tests.support.publishing import SPEC, install_package
+from tests.support.s3_server import CREDENTIALS, moto_server, new_bucket, s3_client
+
+X = [[1.0, 2.0, 3.0, 4.0]]
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def s3_settings(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    url = f"s3://{new_bucket(endpoint)}/prod"
+    for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "AXON_PUBLISH_DIR": url}.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.from_env(dict(os.environ))
+    ObjectRepository.of(settings).setup()
+    return settings
+
+
+def served(settings: Settings, tmp_path: Path) -> object:
+    token = tmp_path / "token"
+    return running_core(str(settings.publish_store), tmp_path, [
+        "--device", "cpu", "--cache-dir", str(tmp_path / "serving-cache"), "--state-dir", str(tmp_path / "state"),
+        "--token-file", str(token)])
+
+
+def core_of(proc: object, tmp_path: Path) -> Core:
+    return Core(proc.url, (tmp_path / "token").read_text().strip(), proc.proc, proc.log)  # type: ignore[attr-defined]
+
+
+def reference(seed: int) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(mlp_model(seed=seed).SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": np.asarray(X, np.float32)})[0]  # type: ignore[no-any-return]
+
+
+def test_serving_a_version_from_the_store(s3_settings: Settings, tmp_path: Path) -> None:
+    digest = install_package(s3_settings, tmp_path, seed=1)
+    publish(parse_spec(SPEC), s3_settings)
+    with served(s3_settings, tmp_path) as proc:  # type: ignore[attr-defined]
+        c = core_of(proc, tmp_path)
+        status, body, _ = c.call("POST", "/models/register", {"model_id": SPEC, "digest": digest})
+        assert status == 201 and body["digest"] == digest, body
+        status, answer, _ = c.call("POST", f"/models/{SPEC}/inference", {"inputs": {"x": X}})
+        assert status == 200, answer
+        np.testing.assert_allclose(np.asarray(answer["outputs"]["y"]["data"]), reference(1), rtol=1e-6)
+        local = tmp_path / "serving-cache" / parse_spec(SPEC).relpath
+        assert (local / "manifest.yaml").is_file() and (local / "model.onnx").stat().st_mode & 0o222 == 0
+        assert c.call("DELETE", f"/models/{SPEC}")[0] == 200
+        assert not local.exists()  # no registration uses it any more: evicted
+        status, body, _ = c.call("POST", "/models/register", {"model_id": "acme/nothing@1"})
+        assert (status, body["code"]) == (404, "not_published")
+        status, body, _ = c.call("POST", "/models/register", {"manifest_path": "acme/ranker/1.0.0"})
+        assert status == 400
+
+
+def test_a_tampered_object_or_a_wrong_pin_loads_nothing(s3_settings: Settings, tmp_path: Path,
+                                                         endpoint: str) -> None:
+    digest = install_package(s3_settings, tmp_path, seed=2)
+    publish(parse_spec(SPEC), s3_settings)
+    loc = s3_settings.publish_store
+    assert loc is not None
+    with served(s3_settings, tmp_path) as proc:  # type: ignore[attr-defined]
+        c = core_of(proc, tmp_path)
+        status, body, _ = c.call("POST", "/models/register", {"model_id": SPEC, "digest": "f" * 32})
+        assert (status, body["code"]) == (409, "digest_mismatch"), body
+        key = loc.key(f"{parse_spec(SPEC).relpath}/{digest}/tokenizer/vocab.txt")
+        s3_client(endpoint).put_object(Bucket=loc.bucket, Key=key, Body=b"[PAD]\n[UNK]\nhellX2\n")
+        status, body, _ = c.call("POST", "/models/register", {"model_id": SPEC})
+        assert (status, body["code"]) == (409, "integrity") and "does not match its manifest" in body["message"]
+        assert c.call("GET", "/models")[1]["models"] == []
+        assert not (tmp_path / "serving-cache" / parse_spec(SPEC).relpath).exists()  # nothing moved into place
+
+
+def test_mlos_core_fetch(s3_settings: Settings, tmp_path: Path, endpoint: str) -> None:
+    import subprocess
+    import sys
+
+    digest = install_package(s3_settings, tmp_path, seed=3)
+    publish(parse_spec(SPEC), s3_settings)
+    url = str(s3_settings.publish_store)
+
+    def fetch(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mlos_core", "fetch", SPEC, "--repository", url,
+                               "--cache-dir", str(tmp_path / "fetched"), *args], capture_output=True, text=True,
+                              check=False)
+
+    r = fetch("--digest", "0" * 32)
+    assert r.returncode == 3 and "not the pinned" in r.stderr, r.stderr
+    r = fetch("--digest", digest)
+    assert r.returncode == 0 and "every file verified" in r.stdout, r.stderr
+    local = tmp_path / "fetched" / parse_spec(SPEC).relpath
+    assert (local / "model.onnx").read_bytes() == mlp_model(seed=3).SerializeToString()
+    r = subprocess.run([sys.executable, "-m", "mlos_core", "fetch", SPEC, "--repository", "s3://Bad_Bucket/x"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and "not a valid bucket name" in r.stderr
+
+
+def test_a_fetch_resumes_a_partial_download_and_distrusts_it(s3_settings: Settings, tmp_path: Path) -> None:
+    from axon.store.layout import StoreLayout
+    from axon.store.manifest import load_manifest
+    from axon.store.object_cache import fetch_version
+    from axon.store.s3 import ObjectStore
+
+    digest = install_package(s3_settings, tmp_path, seed=4)
+    publish(parse_spec(SPEC), s3_settings)
+    spec = parse_spec(SPEC)
+    manifest = load_manifest(s3_settings.cache_dir / spec.relpath / "manifest.yaml")
+    model = next(e for e in manifest.files if e.path == "model.onnx")
+    vocab = next(e for e in manifest.files if e.path == "tokenizer/vocab.txt")
+    good = (s3_settings.cache_dir / spec.relpath / "model.onnx").read_bytes()
+    cache = tmp_path / "resumed"
+    downloads = StoreLayout(cache).downloads / digest
+    downloads.mkdir(parents=True)
+    (downloads / f"{model.sha256}.part").write_bytes(good[: len(good) // 2])  # an interrupted fetch's half
+    (downloads / f"{vocab.sha256}.part").write_bytes(b"XXXX")  # a damaged leftover
+    assert s3_settings.publish_store is not None
+    local = fetch_version(ObjectStore(s3_settings.publish_store), spec, cache, digest=digest)
+    assert (local / "model.onnx").read_bytes() == good
+    assert (local / "tokenizer" / "vocab.txt").read_bytes() == (s3_settings.cache_dir / spec.relpath /
+                                                                  "tokenizer" / "vocab.txt").read_bytes()
+    assert not downloads.exists()

@@ -35,6 +35,7 @@ import yaml
 
 from axon.audit import AuditRecord
 from axon.cached_version import CachedVersion, open_cached_version
+from axon.crashpoints import crash_point
 from axon.errors import AlreadyInstalledError, AxonError, ConflictError, IntegrityError, StoreError
 from axon.reporting import NullReporter, Reporter
 from axon.settings import Settings
@@ -224,13 +225,16 @@ class ObjectRepository:
                 return result
             try:
                 self._upload(spec, source, reporter)
+                crash_point("s3-publish:after-data")
                 if found is None:
                     self.store.put_if_absent(self.manifest_key(spec), source.manifest_bytes)
                 else:
                     _, old_bytes, etag = found
                     self.store.put_if_absent(self._history_key(spec, old_digest), old_bytes)
+                    crash_point("s3-publish:after-history")
                     self.store.replace_if(self.manifest_key(spec), source.manifest_bytes, etag)
                     result["status"] = "replaced"
+                crash_point("s3-publish:after-manifest")
             except BaseException as exc:
                 if not isinstance(exc, KeyboardInterrupt):
                     with contextlib.suppress(AxonError):
@@ -320,8 +324,21 @@ class ObjectRepository:
                 key = self.data_key(spec, manifest.digest, entry.path)
                 try:
                     digest = self.store.upload_file(key, fd, entry.size, progress=reporter.advance)
+                    crash_point("s3-publish:after-one-file")
                 except ConflictError:
-                    return  # already there (an earlier, interrupted publish of this digest): readers verify it
+                    # Already there: an interrupted publish of this digest, or something planted.
+                    # Only bytes that match the manifest may stay under a name it will commit to.
+                    digest = self.store.download(key, lambda chunk: None)
+                    report = VerifyReport(manifest.spec_text, source.path)
+                    _compare(entry, digest, report)
+                    if not report.ok:
+                        raise IntegrityError(
+                            f"An object is already at {self.location.key(key)!r} and does not match the manifest's "
+                            f"{entry.path!r}; nothing was published.", path=entry.path,
+                            hint="Delete that object (axon never writes one that does not match), then publish "
+                            "again.") from None
+                    reporter.advance(entry.size)
+                    return
                 report = VerifyReport(manifest.spec_text, source.path)
                 _compare(entry, digest, report)
                 if not report.ok:

@@ -105,11 +105,11 @@ def test_a_damaged_cached_file_publishes_nothing(s3_settings: Settings, tmp_path
     assert [r["result"] for r in audit_records(s3_settings, spec)[0]] == ["failed"]
 
 
-def test_racing_first_publishers_get_one_winner(s3_settings: Settings, tmp_path: Path) -> None:
+def test_eight_racing_first_publishers_get_one_winner(s3_settings: Settings, tmp_path: Path) -> None:
     repo_of(s3_settings).setup()
     spec = parse_spec(SPEC)
     contenders = []
-    for seed in range(4):
+    for seed in range(8):
         cache = tmp_path / f"cache-{seed}"
         mine = dataclasses.replace(s3_settings, cache_dir=cache)
         install_package(mine, tmp_path / f"src-{seed}", seed=10 + seed)
@@ -190,3 +190,37 @@ def test_the_cli_on_an_s3_repository(s3_settings: Settings, tmp_path: Path, axon
     assert [x["action"] for x in json.loads(r.stdout)["records"]] == ["publish"]
     r = run("config", "get", "publish_dir")  # type: ignore[operator]
     assert r.stdout.strip() == str(s3_settings.publish_store)
+
+
+@pytest.mark.parametrize("point", ["s3-publish:after-one-file", "s3-publish:after-data", "s3-publish:after-history",
+                                   "s3-publish:after-manifest"])
+def test_a_publish_killed_at_any_step_leaves_only_whole_versions(s3_settings: Settings, tmp_path: Path,
+                                                                axon_cli: object, point: str) -> None:
+    """SIGKILL at each step of a --force publish: readers see the old version or the new one,
+    whole (every visible version verifies), and the next publish completes."""
+    run = axon_cli  # type: ignore[assignment]
+    repo_of(s3_settings).setup()
+    spec = parse_spec(SPEC)
+    first = install_package(s3_settings, tmp_path, seed=20)
+    publish(spec, s3_settings)
+    second = install_package(s3_settings, tmp_path, seed=21, big=1)  # a multipart-sized file too
+    r = run("publish", SPEC, "--force", env={"AXON_CRASH_AT": point})  # type: ignore[operator]
+    assert r.code == -9, (r.code, r.stderr)
+    [row] = published(s3_settings)
+    assert row["digest"] == (second if point == "s3-publish:after-manifest" else first)
+    assert verify_published(spec, s3_settings).ok
+    result = publish(spec, s3_settings, force=True)
+    assert result.digest == second and verify_published(spec, s3_settings).ok
+
+
+def test_a_planted_data_object_stops_the_publish(s3_settings: Settings, tmp_path: Path, endpoint: str) -> None:
+    """Someone with write access creates the object a coming publish will name, with other bytes:
+    the publish notices (it checks what is already there) and commits nothing."""
+    repo = repo_of(s3_settings)
+    repo.setup()
+    spec = parse_spec(SPEC)
+    digest = install_package(s3_settings, tmp_path, seed=30)
+    repo.store.put_if_absent(repo.data_key(spec, digest, "tokenizer/vocab.txt"), b"[PAD]\n[UNK]\nhellX30\n")
+    with pytest.raises(IntegrityError, match=r"already at .* does not match"):
+        publish(spec, s3_settings)
+    assert published(s3_settings) == []

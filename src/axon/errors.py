@@ -73,6 +73,10 @@ class NotInstalledError(AxonError, LookupError):
         self.spec = spec
 
 
+class NotPublishedError(AxonError, LookupError):
+    """The version is not in the production repository."""
+
+
 class AlreadyInstalledError(AxonError):
     """The version is already installed and --force was not given."""
 

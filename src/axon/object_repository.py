@@ -185,7 +185,8 @@ class ObjectRepository:
             if self.store.get_size(key) is None:
                 report.problems.append(Problem(entry.path, "missing"))
                 continue
-            digest = self.store.download(key, lambda chunk: progress(len(chunk)) if progress else None)
+            digest = self.store.download(key, lambda chunk: progress(len(chunk)) if progress else None,
+                                         size=entry.size)
             report.files_checked += 1
             report.bytes_checked += digest.size
             _compare(entry, digest, report)
@@ -301,13 +302,25 @@ class ObjectRepository:
         if current is not None and not purge:
             moved = self._history_key(spec, digest)
             self.store.put_if_absent(moved, current[1])
-            self.store.delete(self.manifest_key(spec))  # the version disappears in this one step
+            # the version disappears in this one step; a --force that landed since keeps its version
+            self.store.delete_if(self.manifest_key(spec), current[2])
             self.record("unpublish", spec, "ok", digest_old=digest, source=moved)
             return {**result, "status": "unpublished", "history": f"{self.location}/{moved}",
                     "restore": f"axon rollback {spec}"}
         if current is not None:
-            self.store.delete(self.manifest_key(spec))  # first: nobody sees a version losing its files
-        for key in [*history, *self.store.list_keys(spec.relpath + "/")]:
+            self.store.delete_if(self.manifest_key(spec), current[2])  # first: nobody sees a version lose files
+        # Only this version's own objects: those under the digests its manifests name (a spec whose
+        # path continues this one's, ns/a@b next to ns/a/b@c, keeps its objects).
+        digests = {digest} if digest else set()
+        for key in history:
+            found = self.store.get(key)
+            with contextlib.suppress(AxonError):
+                if found is not None:
+                    digests.add(parse_manifest(found[0], key).digest)
+        for d in sorted(digests):
+            for key in list(self.store.list_keys(f"{spec.relpath}/{d}/")):
+                self.store.delete(key)
+        for key in history:
             self.store.delete(key)
         self.record("purge", spec, "ok", digest_old=digest, message=None if current else "history only")
         return {**result, "status": "purged"}
@@ -328,7 +341,7 @@ class ObjectRepository:
                 except ConflictError:
                     # Already there: an interrupted publish of this digest, or something planted.
                     # Only bytes that match the manifest may stay under a name it will commit to.
-                    digest = self.store.download(key, lambda chunk: None)
+                    digest = self.store.download(key, lambda chunk: None, size=entry.size)
                     report = VerifyReport(manifest.spec_text, source.path)
                     _compare(entry, digest, report)
                     if not report.ok:

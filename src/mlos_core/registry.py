@@ -403,7 +403,7 @@ class Registry:
                      persist: bool) -> None:
         """An s3:// repository: bring the version into the verified local cache (the repository
         the rest of registration reads), refusing a pinned digest that differs before any download."""
-        from axon.errors import IntegrityError, NotInstalledError, StoreError
+        from axon.errors import BusyError, ConflictError, IntegrityError, NotPublishedError, StoreError
         from axon.store.object_cache import fetch_version
         from axon.store.s3 import ObjectStore, S3Location
         from axon.store.spec import parse_spec
@@ -421,14 +421,21 @@ class Registry:
             self._store = await asyncio.to_thread(ObjectStore, S3Location.parse(self.settings.store))
         try:
             await asyncio.to_thread(fetch_version, self._store, spec, self.settings.repository, digest=pin)
-        except NotInstalledError as exc:
+        except NotPublishedError as exc:
             raise ApiError(404, "not_published", exc.message) from None
         except IntegrityError as exc:
             code = "digest_mismatch" if pin is not None and exc.expected == pin else "integrity"
             raise ApiError(409, code, exc.message) from None
-        except StoreError as exc:
-            raise ApiError(503, "store_unavailable", f"{exc.message} {exc.hint or ''}".strip(),
-                           headers={"Retry-After": "5"}) from None
+        except (StoreError, ConflictError, BusyError) as exc:
+            log.warning("fetching %s failed: %s", spec, exc.message)
+            raise ApiError(503, "store_unavailable", f"{str(spec)!r} could not be fetched from the repository now; "
+                           "retry shortly (the server log says why)", headers={"Retry-After": "5"}) from None
+        except AxonError as exc:  # an invalid manifest in the store
+            raise model_refusal(exc, spec) from None
+        except OSError as exc:  # the local cache (disk full, permissions)
+            log.error("the local cache %s failed while fetching %s: %s", self.settings.repository, spec, exc)
+            raise ApiError(503, "cache_unavailable", f"the server's local cache could not take {str(spec)!r} "
+                           "(the server log says why)", headers={"Retry-After": "5"}) from None
 
     def _pin_of(self, model_id: str) -> str | None:
         """The digest a saved registration is pinned to (the registrations file's ``pins``), if any."""
@@ -479,6 +486,16 @@ class Registry:
             try:
                 await self.register(model_id=model_id, persist=False)
             except Exception as exc:
+                self._mark_failed(model_id, _why(exc), stamp)
+        for model_id in sorted(saved & set(self.models)):  # pinned since (another worker): that digest or none
+            pin = await asyncio.to_thread(self._pin_of, model_id)
+            loaded = self.models.get(model_id)
+            if pin is None or loaded is None or loaded.manifest.digest == pin:
+                continue
+            try:
+                await self.register(model_id=model_id, persist=False)
+            except Exception as exc:
+                await self.unregister(model_id, persist=False)
                 self._mark_failed(model_id, _why(exc), stamp)
         for model_id in sorted(set(self.models) - saved):
             await self.unregister(model_id, persist=False)

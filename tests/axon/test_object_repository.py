@@ -224,3 +224,17 @@ def test_a_planted_data_object_stops_the_publish(s3_settings: Settings, tmp_path
     with pytest.raises(IntegrityError, match=r"already at .* does not match"):
         publish(spec, s3_settings)
     assert published(s3_settings) == []
+
+
+def test_a_purge_keeps_a_spec_whose_path_continues_it(s3_settings: Settings, tmp_path: Path) -> None:
+    """``acme/x@y`` lives at acme/x/y and ``acme/x/y@z`` at acme/x/y/z: purging the first must not
+    take the second's objects."""
+    repo_of(s3_settings).setup()
+    short, longer = parse_spec("acme/x@y"), parse_spec("acme/x/y@z")
+    install_package(s3_settings, tmp_path, seed=40, spec=str(short))
+    publish(short, s3_settings)
+    install_package(s3_settings, tmp_path / "other", seed=41, spec=str(longer))
+    publish(longer, s3_settings)
+    unpublish(short, s3_settings, purge=True)
+    assert [r["spec"] for r in published(s3_settings)] == [str(longer)]
+    assert verify_published(longer, s3_settings).ok

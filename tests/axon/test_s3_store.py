@@ -121,3 +121,23 @@ def test_a_missing_bucket_says_so(endpoint: str, monkeypatch: pytest.MonkeyPatch
     with pytest.raises(StoreError, match="does not exist") as info:
         ObjectStore(S3Location("no-such-bucket-here", "p")).put_if_absent("x", b"1")
     assert info.value.hint and "setup-production" in info.value.hint
+
+
+def test_downloads_stop_at_the_expected_size_and_deletes_can_be_conditional(store: ObjectStore) -> None:
+    etag = store.put_if_absent("ns/a/1/d/w.bin", b"x" * 1000)
+    got = bytearray()
+    digest = store.download("ns/a/1/d/w.bin", got.extend, size=10)  # the object grew: only 10 bytes are taken
+    assert bytes(got) == b"x" * 10 and digest.size == 10
+    got.clear()
+    store.download("ns/a/1/d/w.bin", got.extend, offset=995, size=1000)
+    assert bytes(got) == b"x" * 5
+    with pytest.raises(ConflictError):
+        store.delete_if("ns/a/1/d/w.bin", '"0123456789abcdef0123456789abcdef"')
+    store.delete_if("ns/a/1/d/w.bin", etag)
+    assert store.get("ns/a/1/d/w.bin") is None
+
+
+def test_a_small_object_read_is_bounded(store: ObjectStore) -> None:
+    store.put_if_absent("ns/a/1/manifest.yaml", b"y" * 2000)
+    with pytest.raises(StoreError, match="larger than 1000 bytes"):
+        store.get("ns/a/1/manifest.yaml", limit=1000)

@@ -121,7 +121,7 @@ def test_mlos_core_fetch(s3_settings: Settings, tmp_path: Path, endpoint: str) -
 
 
 def test_a_fetch_resumes_a_partial_download_and_distrusts_it(s3_settings: Settings, tmp_path: Path) -> None:
-    from axon.store.layout import StoreLayout
+    from axon.store.layout import StoreLayout, version_key
     from axon.store.manifest import load_manifest
     from axon.store.object_cache import fetch_version
     from axon.store.s3 import ObjectStore
@@ -134,7 +134,7 @@ def test_a_fetch_resumes_a_partial_download_and_distrusts_it(s3_settings: Settin
     vocab = next(e for e in manifest.files if e.path == "tokenizer/vocab.txt")
     good = (s3_settings.cache_dir / spec.relpath / "model.onnx").read_bytes()
     cache = tmp_path / "resumed"
-    downloads = StoreLayout(cache).downloads / digest
+    downloads = StoreLayout(cache).downloads / version_key(spec) / digest
     downloads.mkdir(parents=True)
     (downloads / f"{model.sha256}.part").write_bytes(good[: len(good) // 2])  # an interrupted fetch's half
     (downloads / f"{vocab.sha256}.part").write_bytes(b"XXXX")  # a damaged leftover
@@ -143,4 +143,21 @@ def test_a_fetch_resumes_a_partial_download_and_distrusts_it(s3_settings: Settin
     assert (local / "model.onnx").read_bytes() == good
     assert (local / "tokenizer" / "vocab.txt").read_bytes() == (s3_settings.cache_dir / spec.relpath /
                                                                   "tokenizer" / "vocab.txt").read_bytes()
-    assert not downloads.exists()
+    assert not downloads.exists() and not downloads.parent.exists()
+
+
+def test_a_damaged_local_copy_is_fetched_again(s3_settings: Settings, tmp_path: Path) -> None:
+    from axon.store.object_cache import fetch_version
+    from axon.store.s3 import ObjectStore
+
+    digest = install_package(s3_settings, tmp_path, seed=5)
+    publish(parse_spec(SPEC), s3_settings)
+    assert s3_settings.publish_store is not None
+    store = ObjectStore(s3_settings.publish_store)
+    local = fetch_version(store, parse_spec(SPEC), tmp_path / "c", digest=digest)
+    vocab = local / "tokenizer" / "vocab.txt"
+    good = vocab.read_bytes()
+    os.chmod(vocab, 0o644)
+    vocab.write_bytes(good.replace(b"hello5", b"hellX5"))  # same size, other bytes
+    assert fetch_version(store, parse_spec(SPEC), tmp_path / "c", digest=digest) == local
+    assert vocab.read_bytes() == good

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import xxhash
 
-from axon.errors import AxonError, IntegrityError, NotInstalledError
+from axon.errors import AxonError, IntegrityError, NotPublishedError
 from axon.store.atomic import fsync_dir, fsync_tree, move_into_place, remove_tree
+from axon.store.integrity import verify_version_dir
 from axon.store.layout import MANIFEST_NAME, StoreLayout, version_key
 from axon.store.manifest import FileEntry, Manifest, parse_manifest
 from axon.store.nofollow import open_dir, set_tree_modes
@@ -44,7 +45,8 @@ DIR_MODE = 0o555
 def _manifest_of(store: ObjectStore, spec: ModelSpec) -> tuple[Manifest, bytes]:
     found = store.get(f"{spec.relpath}/{MANIFEST_NAME}")
     if found is None:
-        raise NotInstalledError(f"{str(spec)!r} is not published in {store.location}.")
+        raise NotPublishedError(f"{str(spec)!r} is not published in {store.location}.",
+                                hint="List what is there with: axon published (with publish_dir set to it)")
     manifest = parse_manifest(found[0], f"{store.location}/{spec.relpath}/{MANIFEST_NAME}")
     if manifest.spec_text != str(spec):
         raise IntegrityError(f"The manifest of {str(spec)!r} in {store.location} says {manifest.spec_text!r}; "
@@ -53,20 +55,23 @@ def _manifest_of(store: ObjectStore, spec: ModelSpec) -> tuple[Manifest, bytes]:
 
 
 def _current_digest(path: Path) -> str | None:
-    """The digest of the local copy's manifest (None when there is none, or it does not parse:
-    then it is fetched again; its files are verified at registration either way)."""
+    """The digest of the local copy, when its manifest parses and every file it lists matches it
+    (xxh3-128); None otherwise, and the copy is fetched again (a damaged copy heals itself)."""
     try:
         with open(path / MANIFEST_NAME, "rb") as f:
-            return parse_manifest(f.read(), str(path / MANIFEST_NAME)).digest
+            manifest = parse_manifest(f.read(), str(path / MANIFEST_NAME), version_dir=path)
     except (OSError, AxonError):
         return None
+    if not verify_version_dir(path, manifest, check_sha256=False).ok:
+        return None
+    return manifest.digest
 
 
 def fetch_version(store: ObjectStore, spec: ModelSpec, cache_root: Path, *, digest: str | None = None) -> Path:
     """The verified local copy of *spec* (fetched when missing or another digest is there).
 
     Raises:
-        NotInstalledError (not published), IntegrityError (a pinned digest that differs, or a
+        NotPublishedError (not published), IntegrityError (a pinned digest that differs, or a
         downloaded file that does not match its manifest: nothing is moved into place).
     """
     manifest, manifest_bytes = _manifest_of(store, spec)
@@ -78,7 +83,7 @@ def fetch_version(store: ObjectStore, spec: ModelSpec, cache_root: Path, *, dige
     if _current_digest(target) == manifest.digest:
         return target
     layout.ensure_internal()
-    downloads = layout.downloads / manifest.digest
+    downloads = layout.downloads / version_key(spec) / manifest.digest  # one version's leftovers: its lock covers them
     downloads.mkdir(parents=True, exist_ok=True)
     with layout.lock(spec, wait=True):
         if _current_digest(target) == manifest.digest:  # another process fetched it meanwhile
@@ -106,8 +111,9 @@ def fetch_version(store: ObjectStore, spec: ModelSpec, cache_root: Path, *, dige
         finally:
             with contextlib.suppress(OSError):
                 remove_tree(staging)  # after an exchange: the older copy
-        with contextlib.suppress(OSError):
-            downloads.rmdir()
+        for leftover in (downloads, downloads.parent):
+            with contextlib.suppress(OSError):
+                leftover.rmdir()
         fsync_dir(target)
     return target
 
@@ -145,7 +151,7 @@ def _download_into(store: ObjectStore, key: str, entry: FileEntry, part: Path) -
                 xxh.update(chunk)
                 f.write(chunk)
 
-            got = store.download(key, write, offset=have)
+            got = store.download(key, write, offset=have, size=entry.size)
             have += got.size
         f.flush()
         os.fsync(f.fileno())

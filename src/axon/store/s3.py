@@ -36,7 +36,8 @@ from axon.store.fastio import FileDigest
 
 __all__ = ["PART_BYTES", "ObjectStore", "S3Location", "is_s3_url", "probe_conditional_writes"]
 
-PART_BYTES = 16 << 20  # multipart part size: 8 parts in flight per file keep 128 MiB in memory at most
+PART_BYTES = 16 << 20  # multipart part size: 8 parts in flight per file keep ~144 MiB in memory at most
+SMALL_OBJECT_BYTES = 16 << 20  # the most a manifest, an audit event or a record may hold
 PARTS_IN_FLIGHT = 8
 READ_BYTES = 1 << 20
 
@@ -141,8 +142,9 @@ class ObjectStore:
         """Replace *rel* only if it is still the object *etag* names; ConflictError if not."""
         return str(self._call("Replacing", rel, self.client.put_object, Body=data, IfMatch=etag)["ETag"])
 
-    def get(self, rel: str) -> tuple[bytes, str] | None:
-        """(*rel*'s bytes, its ETag), or None when there is no such object."""
+    def get(self, rel: str, *, limit: int = SMALL_OBJECT_BYTES) -> tuple[bytes, str] | None:
+        """(*rel*'s bytes, its ETag), or None when there is no such object; StoreError when it is
+        larger than *limit* (a manifest or an audit event is small; anything else is not one)."""
         from botocore.exceptions import ClientError
 
         try:
@@ -151,8 +153,20 @@ class ObjectStore:
             if _code(exc)[0] in ("NoSuchKey", "404") or _code(exc)[1] == 404:
                 return None
             raise self._fail(exc, "Reading", rel) from None
+        if int(response.get("ContentLength", 0)) > limit:
+            response["Body"].close()
+            raise StoreError(f"{self.location.key(rel)!r} in {self.location} is larger than {limit} bytes; it is not "
+                             "what axon writes there.")
         with response["Body"] as body:
-            return body.read(), str(response["ETag"])
+            try:
+                data = body.read(limit + 1)
+            except Exception as exc:  # botocore/urllib3 errors while the body streams
+                raise StoreError(f"Reading {self.location.key(rel)!r} in {self.location} failed: "
+                                 f"{type(exc).__name__}") from None
+        if len(data) > limit:
+            raise StoreError(f"{self.location.key(rel)!r} in {self.location} is larger than {limit} bytes; it is not "
+                             "what axon writes there.")
+        return data, str(response["ETag"])
 
     def get_size(self, rel: str) -> int | None:
         """*rel*'s size, or None when there is no such object."""
@@ -168,6 +182,10 @@ class ObjectStore:
 
     def delete(self, rel: str) -> None:
         self._call("Deleting", rel, self.client.delete_object)
+
+    def delete_if(self, rel: str, etag: str) -> None:
+        """Delete *rel* only if it is still the object *etag* names; ConflictError if not."""
+        self._call("Deleting", rel, self.client.delete_object, IfMatch=etag)
 
     def list_keys(self, rel_prefix: str = "") -> Iterator[str]:
         """Every key under *rel_prefix*, relative to the repository, in the store's (lexical) order."""
@@ -251,20 +269,33 @@ class ObjectStore:
                 raise
         return done
 
-    def download(self, rel: str, write: Callable[[bytes], object], *, offset: int = 0) -> FileDigest:
+    def download(self, rel: str, write: Callable[[bytes], object], *, offset: int = 0,
+                 size: int | None = None) -> FileDigest:
         """Stream *rel* (from byte *offset* on) to *write*, hashing what arrives (sha256 + xxh3-128
-        of those bytes); the caller compares."""
+        of those bytes); the caller compares. With *size* (the object's expected size) nothing past
+        it is asked for or written, however large the object has become."""
+        if size is not None and offset >= size:
+            return FileDigest(0, hashlib.sha256().hexdigest(), xxhash.xxh3_128().hexdigest())
         sha, xxh = hashlib.sha256(), xxhash.xxh3_128()
-        size = 0
-        ranged = {"Range": f"bytes={offset}-"} if offset else {}
+        got = 0
+        want = None if size is None else size - offset
+        ranged = {"Range": f"bytes={offset}-{'' if size is None else size - 1}"} if offset or size else {}
         response = self._call("Reading", rel, self.client.get_object, **ranged)
         with response["Body"] as body:
-            while chunk := body.read(READ_BYTES):
-                sha.update(chunk)
-                xxh.update(chunk)
-                size += len(chunk)
-                write(chunk)
-        return FileDigest(size, sha.hexdigest(), xxh.hexdigest())
+            try:
+                while chunk := body.read(READ_BYTES):
+                    if want is not None and got + len(chunk) > want:
+                        chunk = chunk[: want - got]  # a server that ignores Range: never more than asked for
+                    sha.update(chunk)
+                    xxh.update(chunk)
+                    got += len(chunk)
+                    write(chunk)
+                    if want is not None and got >= want:
+                        break
+            except Exception as exc:  # botocore/urllib3 errors while the body streams
+                raise StoreError(f"Reading {self.location.key(rel)!r} in {self.location} failed: "
+                                 f"{type(exc).__name__}") from None
+        return FileDigest(got, sha.hexdigest(), xxh.hexdigest())
 
 
 def probe_conditional_writes(store: ObjectStore) -> None:

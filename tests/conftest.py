@@ -89,3 +89,24 @@ def axon_cli() -> object:
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """One real S3 server (moto in server mode) for the run; each test takes a fresh bucket."""
+    from tests.support.s3_server import moto_server
+
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def s3_publish_dir(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket's ``s3://…/prod/models``, with the test's AWS credentials, endpoint and
+    AXON_PUBLISH_DIR pointing at it."""
+    from tests.support.s3_server import CREDENTIALS, new_bucket
+
+    url = f"s3://{new_bucket(s3_endpoint)}/prod/models"
+    for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint, "AXON_PUBLISH_DIR": url}.items():
+        monkeypatch.setenv(key, value)
+    return url

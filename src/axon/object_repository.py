@@ -189,7 +189,8 @@ class ObjectRepository:
                                          size=entry.size)
             report.files_checked += 1
             report.bytes_checked += digest.size
-            _compare(entry, digest, report)
+            if (problem := _mismatch(entry, digest)) is not None:
+                report.problems.append(problem)
         return report
 
     # --- writing ---------------------------------------------------------------------------
@@ -341,10 +342,7 @@ class ObjectRepository:
                 except ConflictError:
                     # Already there: an interrupted publish of this digest, or something planted.
                     # Only bytes that match the manifest may stay under a name it will commit to.
-                    digest = self.store.download(key, lambda chunk: None, size=entry.size)
-                    report = VerifyReport(manifest.spec_text, source.path)
-                    _compare(entry, digest, report)
-                    if not report.ok:
+                    if _mismatch(entry, self.store.download(key, lambda chunk: None, size=entry.size)):
                         raise IntegrityError(
                             f"An object is already at {self.location.key(key)!r} and does not match the manifest's "
                             f"{entry.path!r}; nothing was published.", path=entry.path,
@@ -352,9 +350,7 @@ class ObjectRepository:
                             "again.") from None
                     reporter.advance(entry.size)
                     return
-                report = VerifyReport(manifest.spec_text, source.path)
-                _compare(entry, digest, report)
-                if not report.ok:
+                if _mismatch(entry, digest):
                     raise IntegrityError(
                         f"Integrity check failed for {str(spec)!r}: the upload of {entry.path!r} does not match the "
                         f"manifest (expected sha256 {entry.sha256}); nothing was published.", path=entry.path,
@@ -370,13 +366,15 @@ class ObjectRepository:
             reporter.finish()
 
 
-def _compare(entry: FileEntry, digest: FileDigest, report: VerifyReport) -> None:
+def _mismatch(entry: FileEntry, digest: FileDigest) -> Problem | None:
+    """How the bytes read differ from the manifest's entry (None: they match)."""
     if digest.size != entry.size:
-        report.problems.append(Problem(entry.path, "size", str(entry.size), str(digest.size)))
-    elif digest.xxh3_128 != entry.xxh3_128:
-        report.problems.append(Problem(entry.path, "xxh3_128", entry.xxh3_128, digest.xxh3_128))
-    elif digest.sha256 != entry.sha256:
-        report.problems.append(Problem(entry.path, "sha256", entry.sha256, digest.sha256))
+        return Problem(entry.path, "size", str(entry.size), str(digest.size))
+    if digest.xxh3_128 != entry.xxh3_128:
+        return Problem(entry.path, "xxh3_128", entry.xxh3_128, digest.xxh3_128)
+    if digest.sha256 != entry.sha256:
+        return Problem(entry.path, "sha256", entry.sha256, digest.sha256)
+    return None
 
 
 def _spec_of(manifest_key: str) -> ModelSpec:

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,22 +17,18 @@ from axon.publish import audit_records, publish, published, rollback, unpublish,
 from axon.settings import Settings
 from axon.store.spec import parse_spec
 from tests.support.publishing import SPEC, install_package
-from tests.support.s3_server import CREDENTIALS, moto_server, new_bucket, s3_client
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
+from tests.support.s3_server import s3_client
 
 
 @pytest.fixture
-def s3_settings(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    url = f"s3://{new_bucket(endpoint)}/prod/models"
-    for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "AXON_PUBLISH_DIR": url}.items():
-        monkeypatch.setenv(key, value)
+def endpoint(s3_endpoint: str) -> str:
+    return s3_endpoint
+
+
+@pytest.fixture
+def s3_settings(s3_publish_dir: str) -> Settings:
     settings = Settings.from_env(dict(os.environ))
-    assert settings.publish_store is not None and str(settings.publish_store) == url
+    assert settings.publish_store is not None and str(settings.publish_store) == s3_publish_dir
     return settings
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,17 @@ from hypothesis import strategies as st
 from axon.errors import ConflictError, StoreError, UsageError
 from axon.store import s3
 from axon.store.s3 import ObjectStore, S3Location, probe_conditional_writes
-from tests.support.s3_server import CREDENTIALS, condition_dropping_proxy, moto_server, new_bucket
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
+from tests.support.s3_server import CREDENTIALS, condition_dropping_proxy, new_bucket
 
 
 @pytest.fixture
-def store(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> ObjectStore:
-    for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(key, value)
-    return ObjectStore(S3Location(new_bucket(endpoint), "prod/models"))
+def endpoint(s3_endpoint: str) -> str:
+    return s3_endpoint
+
+
+@pytest.fixture
+def store(s3_publish_dir: str) -> ObjectStore:
+    return ObjectStore(S3Location.parse(s3_publish_dir))
 
 
 def test_locations_parse_strictly() -> None:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +18,18 @@ from axon.store.spec import parse_spec
 from tests.support.core_server import Core
 from tests.support.onnx_models import mlp_model
 from tests.support.publishing import SPEC, install_package
-from tests.support.s3_server import CREDENTIALS, moto_server, new_bucket, s3_client
+from tests.support.s3_server import s3_client
 
 X = [[1.0, 2.0, 3.0, 4.0]]
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
+@pytest.fixture
+def endpoint(s3_endpoint: str) -> str:
+    return s3_endpoint
 
 
 @pytest.fixture
-def s3_settings(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    url = f"s3://{new_bucket(endpoint)}/prod"
-    for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "AXON_PUBLISH_DIR": url}.items():
-        monkeypatch.setenv(key, value)
+def s3_settings(s3_publish_dir: str) -> Settings:
     settings = Settings.from_env(dict(os.environ))
     ObjectRepository.of(settings).setup()
     return settings

@@ -110,3 +110,11 @@ def s3_publish_dir(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint, "AXON_PUBLISH_DIR": url}.items():
         monkeypatch.setenv(key, value)
     return url
+
+
+@pytest.fixture
+def s3_settings(s3_publish_dir: str) -> Settings:
+    """The test's settings with publish_dir on a fresh bucket (not set up yet)."""
+    settings = Settings.from_env(dict(os.environ))
+    assert settings.publish_store is not None and str(settings.publish_store) == s3_publish_dir
+    return settings

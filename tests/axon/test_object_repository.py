@@ -20,18 +20,6 @@ from tests.support.publishing import SPEC, install_package
 from tests.support.s3_server import s3_client
 
 
-@pytest.fixture
-def endpoint(s3_endpoint: str) -> str:
-    return s3_endpoint
-
-
-@pytest.fixture
-def s3_settings(s3_publish_dir: str) -> Settings:
-    settings = Settings.from_env(dict(os.environ))
-    assert settings.publish_store is not None and str(settings.publish_store) == s3_publish_dir
-    return settings
-
-
 def repo_of(settings: Settings) -> ObjectRepository:
     return ObjectRepository.of(settings)
 
@@ -45,7 +33,7 @@ def test_a_repository_must_be_set_up_first(s3_settings: Settings, tmp_path: Path
     assert info_setup["created"] is True and repo_of(s3_settings).setup()["created"] is False
 
 
-def test_publish_force_and_what_readers_see(s3_settings: Settings, tmp_path: Path, endpoint: str) -> None:
+def test_publish_force_and_what_readers_see(s3_settings: Settings, tmp_path: Path, s3_endpoint: str) -> None:
     repo = repo_of(s3_settings)
     repo.setup()
     spec = parse_spec(SPEC)
@@ -71,7 +59,7 @@ def test_publish_force_and_what_readers_see(s3_settings: Settings, tmp_path: Pat
     assert records[1]["digest_old"] == first and records[1]["digest_new"] == second
 
 
-def test_a_tampered_object_fails_verification(s3_settings: Settings, tmp_path: Path, endpoint: str) -> None:
+def test_a_tampered_object_fails_verification(s3_settings: Settings, tmp_path: Path, s3_endpoint: str) -> None:
     repo = repo_of(s3_settings)
     repo.setup()
     spec = parse_spec(SPEC)
@@ -79,7 +67,7 @@ def test_a_tampered_object_fails_verification(s3_settings: Settings, tmp_path: P
     publish(spec, s3_settings)
     loc = s3_settings.publish_store
     assert loc is not None
-    s3_client(endpoint).put_object(Bucket=loc.bucket, Key=loc.key(f"{spec.relpath}/{digest}/tokenizer/vocab.txt"),
+    s3_client(s3_endpoint).put_object(Bucket=loc.bucket, Key=loc.key(f"{spec.relpath}/{digest}/tokenizer/vocab.txt"),
                                    Body=b"[PAD]\n[UNK]\nhellX3\n")  # same size, other bytes
     report = verify_published(spec, s3_settings)
     assert [p.kind for p in report.problems] == ["xxh3_128"]
@@ -208,7 +196,7 @@ def test_a_publish_killed_at_any_step_leaves_only_whole_versions(s3_settings: Se
     assert result.digest == second and verify_published(spec, s3_settings).ok
 
 
-def test_a_planted_data_object_stops_the_publish(s3_settings: Settings, tmp_path: Path, endpoint: str) -> None:
+def test_a_planted_data_object_stops_the_publish(s3_settings: Settings, tmp_path: Path, s3_endpoint: str) -> None:
     """Someone with write access creates the object a coming publish will name, with other bytes:
     the publish notices (it checks what is already there) and commits nothing."""
     repo = repo_of(s3_settings)

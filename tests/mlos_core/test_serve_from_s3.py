@@ -23,16 +23,9 @@ from tests.support.s3_server import s3_client
 X = [[1.0, 2.0, 3.0, 4.0]]
 
 
-@pytest.fixture
-def endpoint(s3_endpoint: str) -> str:
-    return s3_endpoint
-
-
-@pytest.fixture
-def s3_settings(s3_publish_dir: str) -> Settings:
-    settings = Settings.from_env(dict(os.environ))
-    ObjectRepository.of(settings).setup()
-    return settings
+@pytest.fixture(autouse=True)
+def set_up(s3_settings: Settings) -> None:
+    ObjectRepository.of(s3_settings).setup()
 
 
 def served(settings: Settings, tmp_path: Path) -> object:
@@ -74,7 +67,7 @@ def test_serving_a_version_from_the_store(s3_settings: Settings, tmp_path: Path)
 
 
 def test_a_tampered_object_or_a_wrong_pin_loads_nothing(s3_settings: Settings, tmp_path: Path,
-                                                         endpoint: str) -> None:
+                                                         s3_endpoint: str) -> None:
     digest = install_package(s3_settings, tmp_path, seed=2)
     publish(parse_spec(SPEC), s3_settings)
     loc = s3_settings.publish_store
@@ -84,14 +77,14 @@ def test_a_tampered_object_or_a_wrong_pin_loads_nothing(s3_settings: Settings, t
         status, body, _ = c.call("POST", "/models/register", {"model_id": SPEC, "digest": "f" * 32})
         assert (status, body["code"]) == (409, "digest_mismatch"), body
         key = loc.key(f"{parse_spec(SPEC).relpath}/{digest}/tokenizer/vocab.txt")
-        s3_client(endpoint).put_object(Bucket=loc.bucket, Key=key, Body=b"[PAD]\n[UNK]\nhellX2\n")
+        s3_client(s3_endpoint).put_object(Bucket=loc.bucket, Key=key, Body=b"[PAD]\n[UNK]\nhellX2\n")
         status, body, _ = c.call("POST", "/models/register", {"model_id": SPEC})
         assert (status, body["code"]) == (409, "integrity") and "does not match its manifest" in body["message"]
         assert c.call("GET", "/models")[1]["models"] == []
         assert not (tmp_path / "serving-cache" / parse_spec(SPEC).relpath).exists()  # nothing moved into place
 
 
-def test_mlos_core_fetch(s3_settings: Settings, tmp_path: Path, endpoint: str) -> None:
+def test_mlos_core_fetch(s3_settings: Settings, tmp_path: Path, s3_endpoint: str) -> None:
     import subprocess
     import sys
 

@@ -39,10 +39,10 @@ from axon.crashpoints import crash_point
 from axon.errors import AlreadyInstalledError, AxonError, ConflictError, IntegrityError, StoreError
 from axon.reporting import NullReporter, Reporter
 from axon.settings import Settings
-from axon.store.fastio import FileDigest
-from axon.store.integrity import Problem, VerifyReport
+from axon.store.integrity import Problem, VerifyReport, mismatch
 from axon.store.layout import MANIFEST_NAME, version_key
 from axon.store.manifest import FileEntry, Manifest, parse_manifest
+from axon.store.object_cache import published_manifest
 from axon.store.s3 import ObjectStore, S3Location, probe_conditional_writes
 from axon.store.spec import ModelSpec, parse_spec
 
@@ -108,20 +108,7 @@ class ObjectRepository:
 
     def current(self, spec: ModelSpec) -> tuple[Manifest, bytes, str] | None:
         """(manifest, its bytes, its ETag) of *spec*'s published version, or None."""
-        found = self.store.get(self.manifest_key(spec))
-        if found is None:
-            return None
-        data, etag = found
-        try:
-            manifest = parse_manifest(data, self.url(spec) + "/" + MANIFEST_NAME)
-        except AxonError as exc:  # damage, not a missing version
-            raise IntegrityError(f"The published manifest of {str(spec)!r} in {self.location} is not valid: "
-                                 f"{str(exc).splitlines()[0]}", hint=f"Republish it: axon publish {spec} --force") \
-                from None
-        if manifest.spec_text != str(spec):
-            raise IntegrityError(f"The manifest at {self.url(spec)} says {manifest.spec_text!r}; refusing it.",
-                                 hint=f"Republish it: axon publish {spec} --force")
-        return manifest, data, etag
+        return published_manifest(self.store, spec)
 
     def published(self) -> list[dict[str, Any]]:
         """Every published version: spec, location, digest, size, files, publisher and time."""
@@ -189,7 +176,7 @@ class ObjectRepository:
                                          size=entry.size)
             report.files_checked += 1
             report.bytes_checked += digest.size
-            if (problem := _mismatch(entry, digest)) is not None:
+            if (problem := mismatch(entry, digest)) is not None:
                 report.problems.append(problem)
         return report
 
@@ -342,7 +329,7 @@ class ObjectRepository:
                 except ConflictError:
                     # Already there: an interrupted publish of this digest, or something planted.
                     # Only bytes that match the manifest may stay under a name it will commit to.
-                    if _mismatch(entry, self.store.download(key, lambda chunk: None, size=entry.size)):
+                    if mismatch(entry, self.store.download(key, lambda chunk: None, size=entry.size)):
                         raise IntegrityError(
                             f"An object is already at {self.location.key(key)!r} and does not match the manifest's "
                             f"{entry.path!r}; nothing was published.", path=entry.path,
@@ -350,7 +337,7 @@ class ObjectRepository:
                             "again.") from None
                     reporter.advance(entry.size)
                     return
-                if _mismatch(entry, digest):
+                if mismatch(entry, digest):
                     raise IntegrityError(
                         f"Integrity check failed for {str(spec)!r}: the upload of {entry.path!r} does not match the "
                         f"manifest (expected sha256 {entry.sha256}); nothing was published.", path=entry.path,
@@ -364,17 +351,6 @@ class ObjectRepository:
                     future.result()
         finally:
             reporter.finish()
-
-
-def _mismatch(entry: FileEntry, digest: FileDigest) -> Problem | None:
-    """How the bytes read differ from the manifest's entry (None: they match)."""
-    if digest.size != entry.size:
-        return Problem(entry.path, "size", str(entry.size), str(digest.size))
-    if digest.xxh3_128 != entry.xxh3_128:
-        return Problem(entry.path, "xxh3_128", entry.xxh3_128, digest.xxh3_128)
-    if digest.sha256 != entry.sha256:
-        return Problem(entry.path, "sha256", entry.sha256, digest.sha256)
-    return None
 
 
 def _spec_of(manifest_key: str) -> ModelSpec:

@@ -437,15 +437,18 @@ class Registry:
             raise ApiError(503, "cache_unavailable", f"the server's local cache could not take {str(spec)!r} "
                            "(the server log says why)", headers={"Retry-After": "5"}) from None
 
-    def _pin_of(self, model_id: str) -> str | None:
-        """The digest a saved registration is pinned to (the registrations file's ``pins``), if any."""
+    def _read_pins(self) -> dict[str, str]:
+        """The digests saved registrations are pinned to (the registrations file's ``pins``)."""
         try:
             data = json.loads(self.state_file.read_bytes())
         except (OSError, ValueError):
-            return None
+            return {}
         pins = data.get("pins") if isinstance(data, dict) else None
-        pin = pins.get(model_id) if isinstance(pins, dict) else None
-        return pin if isinstance(pin, str) else None
+        return {k: v for k, v in pins.items() if isinstance(k, str) and isinstance(v, str)} \
+            if isinstance(pins, dict) else {}
+
+    def _pin_of(self, model_id: str) -> str | None:
+        return self._read_pins().get(model_id)
 
     def _persist_change(self, *, add: str | None = None, remove: str | None = None, pin: str | None = None) -> None:
         """Read-modify-write of the registrations file under a lock: workers share it."""
@@ -458,7 +461,7 @@ class Registry:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             models = set(self._read_saved()[0])  # the file itself, never a cached read of it
-            pins = {m: p for m in models if (p := self._pin_of(m)) is not None}
+            pins = {m: p for m, p in self._read_pins().items() if m in models}
             if add:
                 models.add(add)
                 pins.pop(add, None)  # a registration without a digest replaces an earlier pin

@@ -15,7 +15,7 @@ from axon.store.layout import MANIFEST_NAME
 from axon.store.manifest import FileEntry, Manifest
 from axon.store.nofollow import fd_path
 
-__all__ = ["Problem", "VerifyReport", "hash_paths", "list_package_files", "verify_version_dir"]
+__all__ = ["Problem", "VerifyReport", "hash_paths", "list_package_files", "mismatch", "verify_version_dir"]
 
 # Names axon writes next to a version's files that are not part of the package.
 NON_PACKAGE_NAMES = frozenset({MANIFEST_NAME})
@@ -73,6 +73,17 @@ class VerifyReport:
             path=first.path, expected=first.expected, actual=first.actual,
             hint=f"Reinstall it with: axon install {self.spec} --force",
         )
+
+
+def mismatch(entry: FileEntry, digest: FileDigest, *, check_sha256: bool = True) -> Problem | None:
+    """How bytes whose *digest* was taken differ from the manifest's *entry* (None: they match)."""
+    if digest.size != entry.size:
+        return Problem(entry.path, "size", str(entry.size), str(digest.size))
+    if digest.xxh3_128 != entry.xxh3_128:
+        return Problem(entry.path, "xxh3_128", entry.xxh3_128, digest.xxh3_128)
+    if check_sha256 and digest.sha256 != entry.sha256:
+        return Problem(entry.path, "sha256", entry.sha256, digest.sha256)
+    return None
 
 
 def list_package_files(version_dir: Path) -> list[str]:
@@ -182,12 +193,8 @@ def _verify_batch(vfd: int, entries: list[FileEntry], report: VerifyReport,
         for (entry, _), digest in zip(present, digests, strict=True):
             report.files_checked += 1
             report.bytes_checked += digest.size
-            if digest.size != entry.size:
-                report.problems.append(Problem(entry.path, "size", str(entry.size), str(digest.size)))
-            elif digest.xxh3_128 != entry.xxh3_128:
-                report.problems.append(Problem(entry.path, "xxh3_128", entry.xxh3_128, digest.xxh3_128))
-            elif check_sha256 and digest.sha256 != entry.sha256:
-                report.problems.append(Problem(entry.path, "sha256", entry.sha256, digest.sha256))
+            if (problem := mismatch(entry, digest, check_sha256=check_sha256)) is not None:
+                report.problems.append(problem)
     finally:
         for _, fd in opened:
             os.close(fd)

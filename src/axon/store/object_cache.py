@@ -28,30 +28,37 @@ import xxhash
 
 from axon.errors import AxonError, IntegrityError, NotPublishedError
 from axon.store.atomic import fsync_dir, fsync_tree, move_into_place, remove_tree
-from axon.store.integrity import verify_version_dir
+from axon.store.fastio import FileDigest
+from axon.store.integrity import mismatch, verify_version_dir
 from axon.store.layout import MANIFEST_NAME, StoreLayout, version_key
 from axon.store.manifest import FileEntry, Manifest, parse_manifest
+from axon.store.modes import CACHE_DIR_MODE, FILE_MODE
 from axon.store.nofollow import open_dir, set_tree_modes
 from axon.store.s3 import READ_BYTES, ObjectStore
 from axon.store.spec import ModelSpec
 
-__all__ = ["DEFAULT_CACHE_DIR", "evict", "fetch_version"]
+__all__ = ["DEFAULT_CACHE_DIR", "evict", "fetch_version", "published_manifest"]
 
 DEFAULT_CACHE_DIR = Path("/var/cache/mlos/models")
-FILE_MODE = 0o444
-DIR_MODE = 0o555
 
 
-def _manifest_of(store: ObjectStore, spec: ModelSpec) -> tuple[Manifest, bytes]:
+def published_manifest(store: ObjectStore, spec: ModelSpec) -> tuple[Manifest, bytes, str] | None:
+    """(manifest, its bytes, its ETag) of *spec*'s version in the store, or None when it has none.
+    A manifest that does not parse, or names another version, is damage (IntegrityError)."""
+    where = f"{store.location}/{spec.relpath}/{MANIFEST_NAME}"
     found = store.get(f"{spec.relpath}/{MANIFEST_NAME}")
     if found is None:
-        raise NotPublishedError(f"{str(spec)!r} is not published in {store.location}.",
-                                hint="List what is there with: axon published (with publish_dir set to it)")
-    manifest = parse_manifest(found[0], f"{store.location}/{spec.relpath}/{MANIFEST_NAME}")
+        return None
+    data, etag = found
+    try:
+        manifest = parse_manifest(data, where)
+    except AxonError as exc:
+        raise IntegrityError(f"The published manifest {where} is not valid: {str(exc).splitlines()[0]}",
+                             hint=f"Republish it: axon publish {spec} --force") from None
     if manifest.spec_text != str(spec):
-        raise IntegrityError(f"The manifest of {str(spec)!r} in {store.location} says {manifest.spec_text!r}; "
-                             "refusing it.")
-    return manifest, found[0]
+        raise IntegrityError(f"The manifest at {where} says {manifest.spec_text!r}; refusing it.",
+                             hint=f"Republish it: axon publish {spec} --force")
+    return manifest, data, etag
 
 
 def _current_digest(path: Path) -> str | None:
@@ -74,7 +81,11 @@ def fetch_version(store: ObjectStore, spec: ModelSpec, cache_root: Path, *, dige
         NotPublishedError (not published), IntegrityError (a pinned digest that differs, or a
         downloaded file that does not match its manifest: nothing is moved into place).
     """
-    manifest, manifest_bytes = _manifest_of(store, spec)
+    found = published_manifest(store, spec)
+    if found is None:
+        raise NotPublishedError(f"{str(spec)!r} is not published in {store.location}.",
+                                hint="List what is there with: axon published (with publish_dir set to it)")
+    manifest, manifest_bytes, _ = found
     if digest is not None and manifest.digest != digest:
         raise IntegrityError(f"{str(spec)!r} is published in {store.location} with digest {manifest.digest}, not "
                              f"the pinned {digest}; nothing was fetched.", expected=digest, actual=manifest.digest)
@@ -99,7 +110,7 @@ def fetch_version(store: ObjectStore, spec: ModelSpec, cache_root: Path, *, dige
                 os.replace(part, dest)
             (staging / MANIFEST_NAME).write_bytes(manifest_bytes)  # last: its presence means complete
             with open_dir(staging) as fd:
-                set_tree_modes(fd, file_mode=FILE_MODE, dir_mode=DIR_MODE, gid=None)
+                set_tree_modes(fd, file_mode=FILE_MODE, dir_mode=CACHE_DIR_MODE, gid=None)
             fsync_tree(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
             replace = os.path.lexists(target)
@@ -107,7 +118,7 @@ def fetch_version(store: ObjectStore, spec: ModelSpec, cache_root: Path, *, dige
                 os.chmod(target, 0o755)  # moving a directory to another parent updates its '..'
             os.chmod(staging, 0o755)
             move_into_place(staging, target, replace=replace)
-            os.chmod(target, DIR_MODE)
+            os.chmod(target, CACHE_DIR_MODE)
         finally:
             with contextlib.suppress(OSError):
                 remove_tree(staging)  # after an exchange: the older copy
@@ -155,7 +166,7 @@ def _download_into(store: ObjectStore, key: str, entry: FileEntry, part: Path) -
             have += got.size
         f.flush()
         os.fsync(f.fileno())
-    return have == entry.size and xxh.hexdigest() == entry.xxh3_128 and sha.hexdigest() == entry.sha256
+    return mismatch(entry, FileDigest(have, sha.hexdigest(), xxh.hexdigest())) is None
 
 
 def evict(cache_root: Path, keep: Collection[ModelSpec]) -> list[ModelSpec]:

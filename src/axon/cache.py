@@ -35,6 +35,7 @@ class CachedModel:
             "size": m.total_size,
             "files": len(m.files),
             "digest": m.digest,
+            "manifest_digest": m.manifest_digest,
             "source": src.get("type"),
             "revision": src.get("commit") or src.get("revision") or src.get("etag") or src.get("path"),
             "created": m.created,

@@ -128,12 +128,13 @@ class ObjectRepository:
             try:
                 found = self.current(spec)
             except AxonError as exc:
-                row.update(digest=None, size=None, files=None, valid=False, problem=str(exc))
+                row.update(digest=None, manifest_digest=None, size=None, files=None, valid=False, problem=str(exc))
             else:
                 if found is None:
                     continue
                 m = found[0]
-                row.update(digest=m.digest, size=m.total_size, files=len(m.files), valid=True)
+                row.update(digest=m.digest, manifest_digest=m.manifest_digest, size=m.total_size, files=len(m.files),
+                           valid=True)
             latest = last.get(str(spec))
             if latest is not None and latest.get("digest_new") == row.get("digest"):
                 row.update(publisher=latest.get("user"), published=latest.get("time"))
@@ -199,9 +200,10 @@ class ObjectRepository:
             found = self.current(spec)
             old_digest = found[0].digest if found else None
             result = {"status": "published", "digest": manifest.digest, "digest_old": old_digest,
+                      "manifest_digest": manifest.manifest_digest,
                       "size": manifest.total_size, "files": len(manifest.files), "location": self.url(spec)}
             if found is not None and found[0].digest == manifest.digest:
-                result["status"] = "unchanged"
+                result.update(status="unchanged", manifest_digest=found[0].manifest_digest)
                 return result
             if found is not None and not force:
                 raise AlreadyInstalledError(
@@ -274,6 +276,7 @@ class ObjectRepository:
         old = current[0].digest if current else None
         self.record("rollback", spec, "ok", digest_old=old, digest_new=restored.digest, source=entries[-1])
         return {"status": "rolled-back", "digest": restored.digest, "digest_old": old,
+                "manifest_digest": restored.manifest_digest,
                 "size": restored.total_size, "files": len(restored.files), "location": self.url(spec)}
 
     def unpublish(self, spec: ModelSpec, *, purge: bool = False) -> dict[str, Any]:

@@ -76,6 +76,7 @@ class PublishResult:
     files: int = 0
     seconds: float = 0.0
     history: Path | None = None
+    manifest_digest: str = ""  # of the manifest now published (what `axon register --digest` pins)
 
 
 class ProductionRepo:
@@ -366,7 +367,8 @@ def publish(spec: ModelSpec, settings: Settings, *, force: bool = False, dry_run
 
         done = ObjectRepository.of(settings).publish(spec, settings, force=force, dry_run=dry_run, reporter=reporter)
         return PublishResult(spec, done["location"], done["status"], done["digest"], done["digest_old"],
-                             done["size"], done["files"], time.perf_counter() - t0)
+                             done["size"], done["files"], time.perf_counter() - t0,
+                             manifest_digest=done["manifest_digest"])
     who = caller()
     repo = ProductionRepo(settings)
     gid = require_publisher(repo.group, who)
@@ -392,7 +394,7 @@ def _publish(spec: ModelSpec, repo: ProductionRepo, source: CachedVersion, who: 
                 repo.record("publish", spec, "unchanged", digest_old=old_digest, digest_new=manifest.digest,
                             source=str(source.path))
             return PublishResult(spec, target, "unchanged", manifest.digest, old_digest, manifest.total_size,
-                                 len(manifest.files))
+                                 len(manifest.files), manifest_digest=existing.manifest_digest)
         if exists and not force:
             raise AlreadyPublishedError(
                 f"Version {str(spec)!r} is already published with different content "
@@ -403,7 +405,7 @@ def _publish(spec: ModelSpec, repo: ProductionRepo, source: CachedVersion, who: 
         ensure_shared_dirs(repo.root, target.parent, gid, who)
         if dry_run:
             return PublishResult(spec, target, "dry-run", manifest.digest, old_digest, manifest.total_size,
-                                 len(manifest.files))
+                                 len(manifest.files), manifest_digest=manifest.manifest_digest)
         history_dir, _ = repo.history_dir_for(spec, who, gid)
         replaces = existing.digest if (exists and existing is not None) else None
         staging = layout.new_staging(spec, replaces=replaces)
@@ -444,7 +446,7 @@ def _publish(spec: ModelSpec, repo: ProductionRepo, source: CachedVersion, who: 
         repo.record("publish", spec, "ok" if status == "published" else "replaced", digest_old=old_digest,
                     digest_new=manifest.digest, source=str(source.path))
     return PublishResult(spec, target, status, manifest.digest, old_digest, manifest.total_size, len(manifest.files),
-                         time.perf_counter() - t0, history)
+                         time.perf_counter() - t0, history, manifest_digest=manifest.manifest_digest)
 
 
 def _open_for_change(settings: Settings) -> tuple[ProductionRepo, Caller, int | None]:
@@ -493,7 +495,7 @@ def rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
 
         done = ObjectRepository.of(settings).rollback(spec)
         return PublishResult(spec, done["location"], done["status"], done["digest"], done["digest_old"],
-                             done["size"], done["files"])
+                             done["size"], done["files"], manifest_digest=done["manifest_digest"])
     repo, who, gid = _open_for_change(settings)
     target = repo.layout.version_dir(spec)
     with repo.layout.lock(spec, wait=True):
@@ -533,7 +535,8 @@ def rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
         repo.record("rollback", spec, "ok", digest_old=current.digest if current else None,
                     digest_new=restored.digest, source=str(newest))
     return PublishResult(spec, target, "rolled-back", restored.digest, current.digest if current else None,
-                         restored.total_size, len(restored.files), history=moved_to)
+                         restored.total_size, len(restored.files), history=moved_to,
+                         manifest_digest=restored.manifest_digest)
 
 
 def unpublish(spec: ModelSpec, settings: Settings, *, purge: bool = False) -> dict[str, Any]:
@@ -598,9 +601,10 @@ def published(settings: Settings) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"spec": spec, "path": str(entry.path)}
         try:
             m = load_manifest(entry.path / MANIFEST_NAME)
-            row.update(digest=m.digest, size=m.total_size, files=len(m.files), valid=True)
+            row.update(digest=m.digest, manifest_digest=m.manifest_digest, size=m.total_size, files=len(m.files),
+                       valid=True)
         except AxonError as exc:
-            row.update(digest=None, size=None, files=None, valid=False, problem=str(exc))
+            row.update(digest=None, manifest_digest=None, size=None, files=None, valid=False, problem=str(exc))
         latest = last.get(spec)
         if latest is not None and latest.get("digest_new") == row.get("digest"):
             row.update(publisher=latest.get("user"), published=latest.get("time"))

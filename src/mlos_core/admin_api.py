@@ -3,12 +3,11 @@ extension uses the same guard), each with ``Authorization: Bearer <token>``."""
 
 from __future__ import annotations
 
-import re
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from axon.store.pin import PIN_FORMS, is_pin
 from mlos_core.auth import load_or_create_token, require_admin
 from mlos_core.errors import ApiError
 from mlos_core.registry import Registry
@@ -16,8 +15,6 @@ from mlos_core.settings import ServerSettings
 from mlos_core.wire import JSONResponse, read_json
 
 __all__ = ["AdminAuth", "routes", "unregister"]
-
-_DIGEST = re.compile(r"[0-9a-f]{32}")
 
 
 class AdminAuth:
@@ -55,9 +52,8 @@ def routes(registry: Registry, admin: AdminAuth) -> list[Route]:
                 raise ApiError(400, "bad_request", f"{key!r} must be a string")
         path = next((v for _, v in paths if v), None)
         digest = body.get("digest")
-        if digest is not None and (not isinstance(digest, str) or not _DIGEST.fullmatch(digest)):
-            raise ApiError(400, "bad_request", "'digest' must be a manifest's integrity digest (32 hex digits, as "
-                           "axon published shows it)")
+        if digest is not None and not is_pin(digest):
+            raise ApiError(400, "bad_request", f"'digest' must be {PIN_FORMS}, as axon published shows them")
         result = await registry.register(model_id=model_id, manifest_path=path, digest=digest)
         return JSONResponse(result, status_code=201 if result["status"] == "registered" else 200)
 

@@ -189,8 +189,8 @@ def _write_port_when_started(server: object, port_file: Path) -> None:
 @click.option("--repository", required=True, metavar="s3://BUCKET/PREFIX", help="The object-store repository.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("/var/cache/mlos/models"),
               show_default=True, help="Where the verified copy goes (the --cache-dir of mlos-core serve).")
-@click.option("--digest", default=None, help="Fetch only the published copy with this manifest digest (exit 3 if "
-              "another is published).")
+@click.option("--digest", default=None, help="Fetch only the published copy with this digest: its manifest digest "
+              "(sha256:…) or its content digest (32 hex); exit 3 if another is published.")
 def fetch(spec: str, repository: str, cache_dir: Path, digest: str | None) -> None:
     """Download a version into the verified local cache ahead of serving it.
 
@@ -200,14 +200,17 @@ def fetch(spec: str, repository: str, cache_dir: Path, digest: str | None) -> No
     \b
     Examples:
       mlos-core fetch acme/ranker@2.1.0 --repository s3://models/prod
-      mlos-core fetch acme/ranker@2.1.0 --repository s3://models/prod --digest 3f0c9a1e5b7d2c48a6e1f09b7c3d5e21
+      mlos-core fetch acme/ranker@2.1.0 --repository s3://models/prod --digest sha256:9b1f…
     """
-    from axon.errors import AxonError
+    from axon.errors import AxonError, UsageError
     from axon.store.object_cache import fetch_version
+    from axon.store.pin import PIN_FORMS, is_pin
     from axon.store.s3 import ObjectStore, S3Location
     from axon.store.spec import parse_spec
 
     try:
+        if digest is not None and not is_pin(digest):
+            raise UsageError(f"--digest {digest!r} is not a digest: give {PIN_FORMS}.")
         path = fetch_version(ObjectStore(S3Location.parse(repository)), parse_spec(spec), cache_dir, digest=digest)
     except AxonError as exc:
         click.echo(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), err=True)

@@ -19,6 +19,7 @@ from axon.model.pooling import DenseLayer
 from axon.store.atomic import atomic_write_text
 from axon.store.manifest import Manifest
 from axon.store.modes import CORE_FILE_MODE
+from axon.store.pin import is_manifest_pin, pin_matches, published_as
 from mlos_core.batching import Batcher, Pending
 from mlos_core.errors import ApiError
 from mlos_core.preprocessing import TextPipeline, postprocess
@@ -89,7 +90,8 @@ class LoadedModel:
     def describe(self) -> dict[str, Any]:
         m = self.manifest
         return {
-            "model_id": self.model_id, "state": "ready", "digest": m.digest, "path": str(self.located.version_dir),
+            "model_id": self.model_id, "state": "ready", "digest": m.digest, "manifest_digest": m.manifest_digest,
+            "path": str(self.located.version_dir),
             "provider": self.session.provider, "runtime_notes": self.session.note or None,
             "inputs": [t.to_dict() for t in m.inputs], "outputs": [t.to_dict() for t in m.outputs],
             "text_input": self.text is not None,
@@ -247,15 +249,16 @@ class Registry:
             notes.append(f"{fused} in the graph")
         return model, notes
 
-    def _build(self, located: Located) -> LoadedModel:
+    def _build(self, located: Located, sha256: bool = False) -> LoadedModel:
         """Blocking: verify every file, create and warm the session (runs in a thread).
 
         The model (entrypoint + external data) is read once, into memory, verified there, and
-        only those bytes reach onnxruntime; the other files are hashed in place."""
+        only those bytes reach onnxruntime; the other files are hashed in place (xxh3-128, and
+        with *sha256* their sha256 too)."""
         t0 = time.perf_counter()
         root = self.settings.repository
-        verified = read_verified_model(located)
-        verify_files(root, located, already_verified=verified.paths)
+        verified = read_verified_model(located, sha256=sha256)
+        verify_files(root, located, already_verified=verified.paths, sha256=sha256)
         try:
             dense = load_dense_layers(located.version_dir, located.manifest)
         except AxonError as exc:
@@ -304,18 +307,21 @@ class Registry:
                                           manifest_path=manifest_path)
         key = str(located.spec)
         pin = digest if digest is not None or persist else await asyncio.to_thread(self._pin_of, key)
-        if pin is not None and located.manifest.digest != pin:
-            raise ApiError(409, "digest_mismatch", f"{key!r} is published with digest {located.manifest.digest}, "
-                           f"not the pinned {pin}; it was republished (--force) since it was pinned. Register the "
-                           "digest you mean to serve (axon register SPEC --digest D)")
+        if not pin_matches(located.manifest, pin):
+            assert pin is not None
+            raise ApiError(409, "digest_mismatch", f"{key!r} is published with digest "
+                           f"{published_as(located.manifest, pin)}, not the pinned {pin}; it was republished "
+                           "(--force) since it was pinned. Register the digest you mean to serve (axon register "
+                           "SPEC --digest D)")
+        sha256 = is_manifest_pin(pin)  # a manifest digest pinned: every file's sha256 checked too
         async with self._lock(key):
             current = self.models.get(key)
-            if current is not None and current.manifest.digest == located.manifest.digest:
-                # Same content: a no-op, but the files are re-checked so damage is still caught.
-                await asyncio.to_thread(verify_files, self.settings.repository, located)
+            if current is not None and current.manifest.manifest_digest == located.manifest.manifest_digest:
+                # The same manifest: a no-op, but the files are re-checked so damage is still caught.
+                await asyncio.to_thread(verify_files, self.settings.repository, located, sha256=sha256)
                 return {**current.describe(), "status": "unchanged"}
             try:
-                loaded = await asyncio.to_thread(self._build, located)
+                loaded = await asyncio.to_thread(self._build, located, sha256)
             except ApiError:
                 raise
             except Exception as exc:  # onnxruntime refusing the graph, a warm-up that fails, ...
@@ -493,7 +499,7 @@ class Registry:
         for model_id in sorted(saved & set(self.models)):  # pinned since (another worker): that digest or none
             pin = await asyncio.to_thread(self._pin_of, model_id)
             loaded = self.models.get(model_id)
-            if pin is None or loaded is None or loaded.manifest.digest == pin:
+            if loaded is None or pin_matches(loaded.manifest, pin):
                 continue
             try:
                 await self.register(model_id=model_id, persist=False)

@@ -3,7 +3,8 @@
 Containment is checked on resolved paths, component by component (``axon.store.fastio.is_within``:
 ``/var/lib/mlos/models-evil`` is not inside ``/var/lib/mlos/models``); files are opened with
 ``open_beneath`` (openat2 RESOLVE_BENEATH), so a symlink swapped in after the check still cannot
-lead out; and every file must match its recorded size and xxh3-128 before anything is loaded.
+lead out; and every file must match its recorded size and xxh3-128 (and its sha256, when the
+registration pins a manifest digest) before anything is loaded.
 
 The model itself is read into memory (:func:`read_verified_model`): the entrypoint and every
 external data file its graph names, each through ``open_beneath`` and checked on the bytes read,
@@ -91,13 +92,14 @@ def locate(root: Path, *, model_id: str | None = None, manifest_path: str | None
     return Located(spec, Path(os.path.realpath(version_dir)), manifest)
 
 
-def verify_files(root: Path, located: Located, *, already_verified: Collection[str] = ()) -> None:
+def verify_files(root: Path, located: Located, *, already_verified: Collection[str] = (),
+                 sha256: bool = False) -> None:
     """Every listed file: a regular file beneath the version directory (no symlink anywhere on the
-    way: 403 if not), of its recorded size and xxh3-128 (409 if not).
+    way: 403 if not), of its recorded size and xxh3-128, and with *sha256* its sha256 (409 if not).
 
     Files in *already_verified* (read and hashed in memory by :func:`read_verified_model`) get the
     type and size checks but are not hashed a second time."""
-    report = verify_version_dir(located.version_dir, located.manifest, check_sha256=False,
+    report = verify_version_dir(located.version_dir, located.manifest, check_sha256=sha256,
                                 already_hashed=already_verified, report_unlisted=False)
     if report.ok:
         return
@@ -131,7 +133,7 @@ def model_refusal(exc: AxonError, spec: object) -> ApiError:
     return ApiError(500, "unreadable_model", message)
 
 
-def read_verified_model(located: Located) -> VerifiedModel:
+def read_verified_model(located: Located, *, sha256: bool = False) -> VerifiedModel:
     """The entrypoint and every external data file its graph names, read through open_beneath into
     memory and checked there (size, xxh3-128): what we hashed is what loads.
 
@@ -139,6 +141,6 @@ def read_verified_model(located: Located) -> VerifiedModel:
     inside the version directory (403 when it leads outside, 400 when it is not listed, 409 when
     the bytes differ); operator domains onnxruntime lacks are refused (400)."""
     try:
-        return _read_model(located.version_dir, located.manifest)
+        return _read_model(located.version_dir, located.manifest, sha256=sha256)
     except AxonError as exc:
         raise model_refusal(exc, located.spec) from None

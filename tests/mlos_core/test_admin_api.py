@@ -47,6 +47,8 @@ def test_axon_register_unregister_and_publish_notify(tmp_path: Path) -> None:
         assert r.returncode == 0
         r = axon("register", MLP, "--digest", "0" * 32, MLOS_CORE_ENDPOINT=c.url)
         assert r.returncode == 3 and "not the pinned" in r.stderr and "axon published" in r.stderr, r.stderr
+        r = axon("register", MLP, "--digest", "sha256:short", MLOS_CORE_ENDPOINT=c.url)
+        assert r.returncode == 2 and "is not a digest" in r.stderr, r.stderr
         write_mlp(tmp_path / "m2" / "model.onnx", seed=9)
         r = axon("install", "demo/mlp@2", "--from", str(tmp_path / "m2"))
         assert r.returncode == 0

@@ -53,6 +53,7 @@ def info_cmd(spec: ModelSpec, as_json: bool) -> None:
 
     def human() -> str:
         lines = [f"{spec}", f"  path:        {model.path}", f"  digest:      {m.digest} (xxh3_128)",
+                 f"  manifest:    {m.manifest_digest}",
                  f"  size:        {human_bytes(m.total_size)} in {len(m.files)} files",
                  "  source:      " + ", ".join(f"{k}={v}" for k, v in m.source.items() if v),
                  f"  created:     {m.created}", f"  entrypoint:  {m.entrypoint} (opset {m.opset})"]

@@ -44,7 +44,8 @@ def publish_cmd(spec: ModelSpec, validate: bool, notify: bool, force: bool, dry_
                        dry_run=dry_run, reporter=out.reporter)
     result, notified = released.published, released.notified
     payload = {"spec": str(spec), "status": result.status, "path": str(result.path), "digest": result.digest,
-               "digest_old": result.digest_old, "size": result.size, "files": result.files,
+               "digest_old": result.digest_old, "manifest_digest": result.manifest_digest or None,
+               "size": result.size, "files": result.files,
                "seconds": round(result.seconds, 3), "history": str(result.history) if result.history else None,
                "notified": notified}
 
@@ -59,11 +60,12 @@ def publish_cmd(spec: ModelSpec, validate: bool, notify: bool, force: bool, dry_
         replaced = " (replaced; old copy kept for rollback)" if result.status == "replaced" else ""
         lines = [f"Published {spec}{replaced}",
                  f"  location: {result.path}", f"  digest:   {result.digest}",
+                 f"  manifest: {result.manifest_digest}",
                  f"  size:     {human_bytes(result.size)} in {result.files} files, {result.seconds:.2f}s"]
         if notified:
             lines.append("  MLOS Core notified: the model is registered")
         elif not notify:
-            lines.append(f"Next: axon register {spec}")
+            lines.append(f"Next: axon register {spec} --digest {result.manifest_digest}")
         return "\n".join(lines)
 
     out.result(payload, human)
@@ -109,7 +111,8 @@ def rollback_cmd(spec: ModelSpec, as_json: bool) -> None:
 
     r = rollback(spec, load_settings())
     Output(json_mode=as_json).result(
-        {"spec": str(spec), "status": r.status, "path": str(r.path), "digest": r.digest, "digest_old": r.digest_old},
+        {"spec": str(spec), "status": r.status, "path": str(r.path), "digest": r.digest, "digest_old": r.digest_old,
+         "manifest_digest": r.manifest_digest or None},
         f"Rolled back {spec}: digest {r.digest_old} -> {r.digest}")
 
 
@@ -132,8 +135,11 @@ def published_cmd(as_json: bool) -> None:
         if not rows:
             return f"Nothing published in {settings.publish_dir}."
         return table([[r["spec"], human_bytes(r["size"]) if r["size"] is not None else "INVALID",
-                       str(r["digest"] or "")[:12], str(r.get("publisher") or ""), str(r.get("published") or "")[:19]]
-                      for r in rows], ["SPEC", "SIZE", "DIGEST", "PUBLISHER", "PUBLISHED (UTC)"])
+                       str(r["digest"] or "")[:12], str(r.get("manifest_digest") or "")[:19],
+                       str(r.get("publisher") or ""), str(r.get("published") or "")[:19]]
+                      for r in rows], ["SPEC", "SIZE", "DIGEST", "MANIFEST", "PUBLISHER", "PUBLISHED (UTC)"]) + (
+            "\nPin a version with its full manifest digest (axon published --json): axon register SPEC --digest "
+            "sha256:…")
 
     Output(json_mode=as_json).result(rows, human)
 

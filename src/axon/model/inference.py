@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import math
 import os
@@ -231,9 +232,9 @@ def synthesize_inputs(inputs: list[TensorSpec], batch: int = 1, seq: int = 8) ->
 # --- verified, in-memory loading -------------------------------------------------------------------
 
 
-def read_verified_file(root: Path, entry: FileEntry) -> bytes:
+def read_verified_file(root: Path, entry: FileEntry, *, sha256: bool = False) -> bytes:
     """The bytes of *entry*, read through ``open_beneath(root, …)`` into memory, with the size and
-    xxh3-128 of those very bytes checked against the manifest.
+    xxh3-128 (and with *sha256* the sha256 too) of those very bytes checked against the manifest.
 
     Raises:
         ExternalDataOutsideError: the path leads outside *root* (a symlink out, even one swapped in).
@@ -256,7 +257,8 @@ def read_verified_file(root: Path, entry: FileEntry) -> bytes:
             raise IntegrityError(f"File {entry.path!r} has {st.st_size} bytes, the manifest says {entry.size}.",
                                  path=entry.path, expected=str(entry.size), actual=str(st.st_size))
         data = f.readall()
-    if len(data) != entry.size or xxhash.xxh3_128(data).hexdigest() != entry.xxh3_128:
+    if len(data) != entry.size or xxhash.xxh3_128(data).hexdigest() != entry.xxh3_128 or (
+            sha256 and hashlib.sha256(data).hexdigest() != entry.sha256):
         raise IntegrityError(f"File {entry.path!r} does not match its recorded hash (it changed after it was "
                              "installed or published, or while it was being read).", path=entry.path,
                              expected=entry.xxh3_128)
@@ -283,8 +285,9 @@ class VerifiedModel:
         self.data = None
 
 
-def read_verified_model(version_dir: Path, manifest: Manifest) -> VerifiedModel:
-    """Read the entrypoint and every external data file its graph names, each verified in memory.
+def read_verified_model(version_dir: Path, manifest: Manifest, *, sha256: bool = False) -> VerifiedModel:
+    """Read the entrypoint and every external data file its graph names, each verified in memory
+    (with *sha256*, against the manifest's sha256 as well as its xxh3-128).
 
     Every tensor's external data (initializers, node attributes, subgraphs, sparse tensors, local
     functions) must name a file the manifest lists, relative to the entrypoint's directory, and
@@ -301,13 +304,14 @@ def read_verified_model(version_dir: Path, manifest: Manifest) -> VerifiedModel:
     if entry.size > PROTOBUF_LIMIT:
         raise InvalidModelError(f"Model {manifest.entrypoint!r} is {entry.size} bytes, over protobuf's 2 GiB limit "
                                 "for one .onnx file.", hint="Export the weights as external data.")
-    data = read_verified_file(version_dir, entry)
+    data = read_verified_file(version_dir, entry, sha256=sha256)
     proto = parse_model(data, name)
     check_operator_domains(proto, name)
     listed = {f.path: f for f in manifest.files}
     files: dict[str, bytes] = {}
     for path in check_external_data(proto, manifest.entrypoint, listed):
-        files[path] = data if path == manifest.entrypoint else read_verified_file(version_dir, listed[path])
+        files[path] = data if path == manifest.entrypoint else read_verified_file(version_dir, listed[path],
+                                                                                  sha256=sha256)
     return VerifiedModel(manifest.entrypoint, proto, data, files)
 
 

@@ -7,6 +7,7 @@ A manifest whose file list holds an absolute path, a ``..`` segment, or a path t
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from collections.abc import Iterable, Mapping
@@ -19,7 +20,7 @@ import xxhash
 import yaml
 
 from axon.errors import AxonError, InvalidManifestError
-from axon.store.atomic import atomic_write_text
+from axon.store.atomic import atomic_write_bytes
 from axon.store.layout import MANIFEST_NAME, StoreLayout, contains
 from axon.store.spec import ModelSpec
 
@@ -30,6 +31,7 @@ __all__ = [
     "TensorSpec",
     "compute_integrity_digest",
     "load_manifest",
+    "manifest_digest_of",
     "parse_manifest",
     "read_version_manifest",
     "safe_relative_path",
@@ -89,6 +91,9 @@ class Manifest:
     postprocessing: dict[str, Any] | None = None
     requirements: dict[str, Any] | None = None
     digest: str = ""
+    # sha256 of the manifest document's own bytes, as read or written ("sha256:<hex>"; "" for a
+    # manifest only built in memory). Unlike *digest* it covers every field, and it is cryptographic.
+    manifest_digest: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         self.files = sorted(self.files, key=lambda f: f.path)
@@ -135,6 +140,12 @@ class Manifest:
 
     def dump(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def manifest_digest_of(data: bytes) -> str:
+    """The manifest digest of a manifest document: ``sha256:`` and the sha256 of its bytes (as an
+    OCI manifest is named). Pinning it pins every field and, through the files' sha256, every byte."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def compute_integrity_digest(files: Iterable[FileEntry]) -> str:
@@ -263,7 +274,9 @@ def parse_manifest(data: bytes, where: str, *, version_dir: Path | None = None) 
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InvalidManifestError(f"Manifest {where!r} is not valid YAML.") from exc
-    return manifest_from_dict(doc, version_dir=version_dir)
+    manifest = manifest_from_dict(doc, version_dir=version_dir)
+    manifest.manifest_digest = manifest_digest_of(data)
+    return manifest
 
 
 def load_manifest(path: str | os.PathLike[str]) -> Manifest:
@@ -296,7 +309,9 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
 def write_manifest(version_dir: Path, manifest: Manifest) -> Path:
     """Write the manifest atomically (temp file, fsync, rename, fsync dir): written last."""
     target = version_dir / MANIFEST_NAME
-    atomic_write_text(target, manifest.dump(), mode=0o644)
+    data = manifest.dump().encode()
+    atomic_write_bytes(target, data, mode=0o644)
+    manifest.manifest_digest = manifest_digest_of(data)
     return target
 
 

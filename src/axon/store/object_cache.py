@@ -10,8 +10,11 @@ Core's containment and hash checks then run on the local copy unchanged:
 * each file must match the manifest before anything moves; the manifest is written last, the
   tree made read-only and fsynced, and the version renamed (or exchanged with an older copy) into
   place in one step: a reader sees the old copy or the new one, never a partial one;
-* *digest* pins the manifest: a version republished since (another digest) is refused before a
-  byte of it is downloaded.
+* *digest* pins the manifest (``axon.store.pin``): a version republished since (another digest)
+  is refused before a byte of it is downloaded;
+* a local copy is current when its manifest is byte for byte the published one (the same
+  manifest digest): a republish that only changed the manifest (pooling, preprocessing) is
+  fetched again too.
 
 ``evict`` removes the versions nobody uses any more.
 """
@@ -34,6 +37,7 @@ from axon.store.layout import MANIFEST_NAME, StoreLayout, version_key
 from axon.store.manifest import FileEntry, Manifest, parse_manifest
 from axon.store.modes import CACHE_DIR_MODE, FILE_MODE
 from axon.store.nofollow import open_dir, set_tree_modes
+from axon.store.pin import pin_matches, published_as
 from axon.store.s3 import READ_BYTES, ObjectStore
 from axon.store.spec import ModelSpec
 
@@ -62,8 +66,9 @@ def published_manifest(store: ObjectStore, spec: ModelSpec) -> tuple[Manifest, b
 
 
 def _current_digest(path: Path) -> str | None:
-    """The digest of the local copy, when its manifest parses and every file it lists matches it
-    (xxh3-128); None otherwise, and the copy is fetched again (a damaged copy heals itself)."""
+    """The manifest digest of the local copy, when its manifest parses and every file it lists
+    matches it (xxh3-128); None otherwise, and the copy is fetched again (a damaged copy heals
+    itself)."""
     try:
         with open(path / MANIFEST_NAME, "rb") as f:
             manifest = parse_manifest(f.read(), str(path / MANIFEST_NAME), version_dir=path)
@@ -71,7 +76,7 @@ def _current_digest(path: Path) -> str | None:
         return None
     if not verify_version_dir(path, manifest, check_sha256=False).ok:
         return None
-    return manifest.digest
+    return manifest.manifest_digest
 
 
 def fetch_version(store: ObjectStore, spec: ModelSpec, cache_root: Path, *, digest: str | None = None) -> Path:
@@ -86,18 +91,20 @@ def fetch_version(store: ObjectStore, spec: ModelSpec, cache_root: Path, *, dige
         raise NotPublishedError(f"{str(spec)!r} is not published in {store.location}.",
                                 hint="List what is there with: axon published (with publish_dir set to it)")
     manifest, manifest_bytes, _ = found
-    if digest is not None and manifest.digest != digest:
-        raise IntegrityError(f"{str(spec)!r} is published in {store.location} with digest {manifest.digest}, not "
-                             f"the pinned {digest}; nothing was fetched.", expected=digest, actual=manifest.digest)
+    if not pin_matches(manifest, digest):
+        assert digest is not None
+        published = published_as(manifest, digest)
+        raise IntegrityError(f"{str(spec)!r} is published in {store.location} with digest {published}, not "
+                             f"the pinned {digest}; nothing was fetched.", expected=digest, actual=published)
     layout = StoreLayout(cache_root)
     target = layout.version_dir(spec)
-    if _current_digest(target) == manifest.digest:
+    if _current_digest(target) == manifest.manifest_digest:
         return target
     layout.ensure_internal()
     downloads = layout.downloads / version_key(spec) / manifest.digest  # one version's leftovers: its lock covers them
     downloads.mkdir(parents=True, exist_ok=True)
     with layout.lock(spec, wait=True):
-        if _current_digest(target) == manifest.digest:  # another process fetched it meanwhile
+        if _current_digest(target) == manifest.manifest_digest:  # another process fetched it meanwhile
             return target
         layout.cleanup_stale_staging()
         staging = layout.new_staging(spec)

@@ -12,6 +12,7 @@ from typing import Any
 
 from axon.errors import AxonError, PermissionDeniedError, UsageError
 from axon.settings import Settings
+from axon.store.cache_dir import DEFAULT_CACHE_DIR
 from axon.store.spec import ModelSpec
 
 __all__ = ["CoreClient", "CoreUnavailableError", "default_token_file"]
@@ -24,9 +25,14 @@ class CoreUnavailableError(AxonError):
 
 
 def default_token_file(settings: Settings) -> Path:
-    """Where the server keeps its admin token: ``<publish_dir>/.axon/core/token`` unless overridden."""
+    """Where the server keeps its admin token unless overridden: ``<publish_dir>/.axon/core/token``,
+    or for an s3:// repository under the serving host's default cache directory (the server's
+    repository then)."""
     env = os.environ.get("MLOS_CORE_TOKEN_FILE")
-    return Path(env) if env else settings.publish_dir / ".axon" / "core" / "token"
+    if env:
+        return Path(env)
+    root = DEFAULT_CACHE_DIR if settings.publish_store is not None else settings.publish_dir
+    return root / ".axon" / "core" / "token"
 
 
 class CoreClient:

@@ -29,6 +29,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -36,8 +37,9 @@ import yaml
 from axon.audit import AuditRecord
 from axon.cached_version import CachedVersion, open_cached_version
 from axon.crashpoints import crash_point
-from axon.errors import AlreadyInstalledError, AxonError, ConflictError, IntegrityError, StoreError
+from axon.errors import AlreadyInstalledError, AxonError, ConflictError, IntegrityError, StoreError, UsageError
 from axon.reporting import NullReporter, Reporter
+from axon.repository import PublishResult
 from axon.settings import Settings
 from axon.store.integrity import Problem, VerifyReport, mismatch
 from axon.store.layout import MANIFEST_NAME, version_key
@@ -62,14 +64,16 @@ def _stamp() -> str:
 class ObjectRepository:
     """The repository at *location*; every method talks to the store."""
 
-    def __init__(self, location: S3Location, store: ObjectStore | None = None) -> None:
+    def __init__(self, location: S3Location, store: ObjectStore | None = None, *,
+                 cache_dir: Path | None = None) -> None:
         self.location = location
         self.store = store if store is not None else ObjectStore(location)
+        self.cache_dir = cache_dir  # the dev cache versions are published from
 
     @classmethod
     def of(cls, settings: Settings) -> ObjectRepository:
         assert settings.publish_store is not None, "called for an s3:// repository only"
-        return cls(settings.publish_store)
+        return cls(settings.publish_store, cache_dir=settings.cache_dir)
 
     # --- where things are ----------------------------------------------------------------
 
@@ -189,22 +193,26 @@ class ObjectRepository:
         self.store.put_if_absent(f".axon/audit/{rec.time.replace(':', '')}-{uuid.uuid4().hex[:12]}.json",
                                  json.dumps(fields, sort_keys=True).encode())
 
-    def publish(self, spec: ModelSpec, settings: Settings, *, force: bool = False, dry_run: bool = False,
-                reporter: Reporter | None = None) -> dict[str, Any]:
-        """Upload *spec* from the dev cache; the manifest last, conditionally. Returns what
-        ``publish.PublishResult`` needs: status, digest, digest_old, size, files, location."""
+    def publish(self, spec: ModelSpec, *, force: bool = False, dry_run: bool = False,
+                reporter: Reporter | None = None) -> PublishResult:
+        """Upload *spec* from the dev cache; the manifest last, conditionally."""
+        t0 = time.perf_counter()
         reporter = reporter or NullReporter()
         self.check_ready()
-        with open_cached_version(settings.cache_dir, spec) as source:
+        if self.cache_dir is None:
+            raise UsageError("Publishing needs the dev cache this repository publishes from.",
+                             hint="Open the repository with ObjectRepository.of(settings).")
+        with open_cached_version(self.cache_dir, spec) as source:
             manifest = source.manifest
             found = self.current(spec)
             old_digest = found[0].digest if found else None
-            result = {"status": "published", "digest": manifest.digest, "digest_old": old_digest,
-                      "manifest_digest": manifest.manifest_digest,
-                      "size": manifest.total_size, "files": len(manifest.files), "location": self.url(spec)}
+
+            def result(status: str, manifest_digest: str = manifest.manifest_digest) -> PublishResult:
+                return PublishResult(spec, self.url(spec), status, manifest.digest, old_digest, manifest.total_size,
+                                     len(manifest.files), time.perf_counter() - t0, manifest_digest=manifest_digest)
+
             if found is not None and found[0].digest == manifest.digest:
-                result.update(status="unchanged", manifest_digest=found[0].manifest_digest)
-                return result
+                return result("unchanged", found[0].manifest_digest)
             if found is not None and not force:
                 raise AlreadyInstalledError(
                     f"{str(spec)!r} is already published in {self.location} with other content "
@@ -212,8 +220,8 @@ class ObjectRepository:
                     hint=f"Versions are immutable; publish a new version, or replace it with: axon publish {spec} "
                     "--force (the replaced copy is kept for: axon rollback)")
             if dry_run:
-                result["status"] = "dry-run"
-                return result
+                return result("dry-run")
+            status = "published"
             try:
                 self._upload(spec, source, reporter)
                 crash_point("s3-publish:after-data")
@@ -224,7 +232,7 @@ class ObjectRepository:
                     self.store.put_if_absent(self._history_key(spec, old_digest), old_bytes)
                     crash_point("s3-publish:after-history")
                     self.store.replace_if(self.manifest_key(spec), source.manifest_bytes, etag)
-                    result["status"] = "replaced"
+                    status = "replaced"
                 crash_point("s3-publish:after-manifest")
             except BaseException as exc:
                 if not isinstance(exc, KeyboardInterrupt):
@@ -232,9 +240,9 @@ class ObjectRepository:
                         self.record("publish", spec, "failed", digest_old=old_digest, digest_new=manifest.digest,
                                     source=str(source.path), message=str(exc)[:500])
                 raise
-            self.record("publish", spec, "ok" if result["status"] == "published" else "replaced",
+            self.record("publish", spec, "ok" if status == "published" else "replaced",
                         digest_old=old_digest, digest_new=manifest.digest, source=str(source.path))
-            return result
+            return result(status)
 
     def _history_key(self, spec: ModelSpec, digest: str | None) -> str:
         return f"{HISTORY}{version_key(spec)}/{_stamp()}-{digest or 'none'}.yaml"
@@ -243,7 +251,7 @@ class ObjectRepository:
         """The replaced and unpublished manifests of *spec*, oldest first."""
         return sorted(self.store.list_keys(f"{HISTORY}{version_key(spec)}/"))
 
-    def rollback(self, spec: ModelSpec) -> dict[str, Any]:
+    def rollback(self, spec: ModelSpec) -> PublishResult:
         """Make the newest history manifest current again (the current one goes to history first),
         once every data object it names is still there with its size. A replace that loses a race
         (If-Match) changes nothing."""
@@ -275,9 +283,8 @@ class ObjectRepository:
             self.store.replace_if(self.manifest_key(spec), restored_bytes, current[2])
         old = current[0].digest if current else None
         self.record("rollback", spec, "ok", digest_old=old, digest_new=restored.digest, source=entries[-1])
-        return {"status": "rolled-back", "digest": restored.digest, "digest_old": old,
-                "manifest_digest": restored.manifest_digest,
-                "size": restored.total_size, "files": len(restored.files), "location": self.url(spec)}
+        return PublishResult(spec, self.url(spec), "rolled-back", restored.digest, old, restored.total_size,
+                             len(restored.files), manifest_digest=restored.manifest_digest)
 
     def unpublish(self, spec: ModelSpec, *, purge: bool = False) -> dict[str, Any]:
         """Take *spec* out of the repository: its manifest goes to history (``rollback`` restores

@@ -18,7 +18,6 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from axon.permissions import (
 )
 from axon.production import read_repository_group
 from axon.reporting import NullReporter, Reporter
+from axon.repository import PublishResult, Repository
 from axon.settings import Settings
 from axon.store.atomic import atomic_write_bytes, fsync_dir, move_into_place, remove_tree
 from axon.store.fastio import copy_files
@@ -50,9 +50,11 @@ from axon.store.spec import ModelSpec, parse_spec
 
 __all__ = [
     "AlreadyPublishedError",
+    "LocalRepository",
     "ProductionRepo",
     "PublishResult",
     "audit_records",
+    "open_repository",
     "publish",
     "published",
     "rollback",
@@ -63,20 +65,6 @@ __all__ = [
 
 class AlreadyPublishedError(AlreadyInstalledError):
     """The version is published with other content and --force was not given."""
-
-
-@dataclass(frozen=True, slots=True)
-class PublishResult:
-    spec: ModelSpec
-    path: Path | str  # a version directory, or an s3:// URL
-    status: str  # published | replaced | unchanged | dry-run
-    digest: str
-    digest_old: str | None = None
-    size: int = 0
-    files: int = 0
-    seconds: float = 0.0
-    history: Path | None = None
-    manifest_digest: str = ""  # of the manifest now published (what `axon register --digest` pins)
 
 
 class ProductionRepo:
@@ -352,6 +340,15 @@ def check_model_references(version_dir: Path, manifest: Manifest) -> None:
     check_external_data(data, manifest.entrypoint, {f.path for f in manifest.files})
 
 
+def open_repository(settings: Settings) -> Repository:
+    """The production repository *settings* name: a directory, or an s3:// object store."""
+    if settings.publish_store is not None:
+        from axon.object_repository import ObjectRepository
+
+        return ObjectRepository.of(settings)
+    return LocalRepository(settings)
+
+
 def publish(spec: ModelSpec, settings: Settings, *, force: bool = False, dry_run: bool = False,
             reporter: Reporter | None = None, before_rename: Callable[[Path], None] | None = None) -> PublishResult:
     """Promote *spec* from the dev cache into the production repository.
@@ -360,21 +357,69 @@ def publish(spec: ModelSpec, settings: Settings, *, force: bool = False, dry_run
         PermissionDeniedError (4), NotInstalledError (1), IntegrityError (3),
         AlreadyPublishedError (1, without --force), DiskFullError (1).
     """
-    reporter = reporter or NullReporter()
-    t0 = time.perf_counter()
-    if settings.publish_store is not None:
-        from axon.object_repository import ObjectRepository
+    if before_rename is not None:  # a test's hook into the local rename
+        return LocalRepository(settings).publish(spec, force=force, dry_run=dry_run, reporter=reporter,
+                                                 before_rename=before_rename)
+    return open_repository(settings).publish(spec, force=force, dry_run=dry_run, reporter=reporter)
 
-        done = ObjectRepository.of(settings).publish(spec, settings, force=force, dry_run=dry_run, reporter=reporter)
-        return PublishResult(spec, done["location"], done["status"], done["digest"], done["digest_old"],
-                             done["size"], done["files"], time.perf_counter() - t0,
-                             manifest_digest=done["manifest_digest"])
-    who = caller()
-    repo = ProductionRepo(settings)
-    gid = require_publisher(repo.group, who)
-    with open_cached_version(settings.cache_dir, spec) as source:
-        return _publish(spec, repo, source, who, gid, force=force, dry_run=dry_run, reporter=reporter,
-                        before_rename=before_rename, t0=t0)
+
+def rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
+    """Restore the most recent replaced copy of *spec*; the current copy becomes history."""
+    return open_repository(settings).rollback(spec)
+
+
+def unpublish(spec: ModelSpec, settings: Settings, *, purge: bool = False) -> dict[str, Any]:
+    """Move a published version into history (restorable by rollback), or delete it for good."""
+    return open_repository(settings).unpublish(spec, purge=purge)
+
+
+def published(settings: Settings) -> list[dict[str, Any]]:
+    """Every version in the production repository with digest, size, publisher and time."""
+    return open_repository(settings).published()
+
+
+def audit_records(settings: Settings, spec: ModelSpec | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The production audit log's records (of *spec*, or all), oldest first, and the problems met
+    reading it (unparsable lines, receipts that do not match), each described in one line."""
+    return open_repository(settings).audit(spec)
+
+
+def verify_published(spec: ModelSpec, settings: Settings, *, progress: Callable[[int], object] | None = None
+                     ) -> VerifyReport:
+    return open_repository(settings).verify(spec, progress=progress)
+
+
+class LocalRepository:
+    """A production repository in a directory (``publish_dir``, default ``/var/lib/mlos/models``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def publish(self, spec: ModelSpec, *, force: bool = False, dry_run: bool = False,
+                reporter: Reporter | None = None, before_rename: Callable[[Path], None] | None = None
+                ) -> PublishResult:
+        t0 = time.perf_counter()
+        who = caller()
+        repo = ProductionRepo(self.settings)
+        gid = require_publisher(repo.group, who)
+        with open_cached_version(self.settings.cache_dir, spec) as source:
+            return _publish(spec, repo, source, who, gid, force=force, dry_run=dry_run,
+                            reporter=reporter or NullReporter(), before_rename=before_rename, t0=t0)
+
+    def rollback(self, spec: ModelSpec) -> PublishResult:
+        return _rollback(spec, self.settings)
+
+    def unpublish(self, spec: ModelSpec, *, purge: bool = False) -> dict[str, Any]:
+        return _unpublish(spec, self.settings, purge=purge)
+
+    def published(self) -> list[dict[str, Any]]:
+        return _published(self.settings)
+
+    def audit(self, spec: ModelSpec | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+        return ProductionRepo(self.settings).audit.read(str(spec) if spec is not None else None)
+
+    def verify(self, spec: ModelSpec, *, progress: Callable[[int], object] | None = None) -> VerifyReport:
+        return _verify_published(spec, self.settings, progress=progress)
 
 
 def _publish(spec: ModelSpec, repo: ProductionRepo, source: CachedVersion, who: Caller, gid: int | None, *,
@@ -485,17 +530,10 @@ def _verified_history_copy(repo: ProductionRepo, spec: ModelSpec, entry: Path, w
     return restored
 
 
-def rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
-    """Restore the most recent replaced copy of *spec*; the current copy becomes history.
-
-    The copy is re-owned, made read-only and verified (sha256 of every file) before it is
-    swapped in; a tampered copy is refused (IntegrityError, exit 3) and nothing changes."""
-    if settings.publish_store is not None:
-        from axon.object_repository import ObjectRepository
-
-        done = ObjectRepository.of(settings).rollback(spec)
-        return PublishResult(spec, done["location"], done["status"], done["digest"], done["digest_old"],
-                             done["size"], done["files"], manifest_digest=done["manifest_digest"])
+def _rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
+    """The local rollback: the copy is re-owned, made read-only and verified (sha256 of every
+    file) before it is swapped in; a tampered copy is refused (IntegrityError, exit 3) and
+    nothing changes."""
     repo, who, gid = _open_for_change(settings)
     target = repo.layout.version_dir(spec)
     with repo.layout.lock(spec, wait=True):
@@ -539,12 +577,7 @@ def rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
                          manifest_digest=restored.manifest_digest)
 
 
-def unpublish(spec: ModelSpec, settings: Settings, *, purge: bool = False) -> dict[str, Any]:
-    """Move a published version into history (restorable by rollback), or delete it for good."""
-    if settings.publish_store is not None:
-        from axon.object_repository import ObjectRepository
-
-        return ObjectRepository.of(settings).unpublish(spec, purge=purge)
+def _unpublish(spec: ModelSpec, settings: Settings, *, purge: bool = False) -> dict[str, Any]:
     repo, who, gid = _open_for_change(settings)
     target = repo.layout.version_dir(spec)
     with repo.layout.lock(spec, wait=True):
@@ -580,12 +613,7 @@ def unpublish(spec: ModelSpec, settings: Settings, *, purge: bool = False) -> di
                 "history": str(moved), "restore": f"axon rollback {spec}"}
 
 
-def published(settings: Settings) -> list[dict[str, Any]]:
-    """Every version in the production repository with digest, size, publisher and time."""
-    if settings.publish_store is not None:
-        from axon.object_repository import ObjectRepository
-
-        return ObjectRepository.of(settings).published()
+def _published(settings: Settings) -> list[dict[str, Any]]:
     repo = ProductionRepo(settings)
     records, _ = repo.audit.read()
     last: dict[str, dict[str, Any]] = {}
@@ -616,22 +644,8 @@ def published(settings: Settings) -> list[dict[str, Any]]:
     return out
 
 
-def audit_records(settings: Settings, spec: ModelSpec | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """The production audit log's records (of *spec*, or all), oldest first, and the problems met
-    reading it (unparsable lines, receipts that do not match), each described in one line."""
-    if settings.publish_store is not None:
-        from axon.object_repository import ObjectRepository
-
-        return ObjectRepository.of(settings).audit(spec)
-    return ProductionRepo(settings).audit.read(str(spec) if spec is not None else None)
-
-
-def verify_published(spec: ModelSpec, settings: Settings, *, progress: Callable[[int], object] | None = None
-                     ) -> VerifyReport:
-    if settings.publish_store is not None:
-        from axon.object_repository import ObjectRepository
-
-        return ObjectRepository.of(settings).verify(spec, progress=progress)
+def _verify_published(spec: ModelSpec, settings: Settings, *, progress: Callable[[int], object] | None = None
+                      ) -> VerifyReport:
     repo = ProductionRepo(settings)
     target = repo.layout.version_dir(spec)
     if not (target / MANIFEST_NAME).is_file():

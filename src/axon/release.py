@@ -9,8 +9,9 @@ from typing import Any
 
 from axon.cache import get_installed
 from axon.errors import AxonError
-from axon.publish import PublishResult, publish
+from axon.publish import publish
 from axon.reporting import NullReporter, Reporter
+from axon.repository import PublishResult
 from axon.settings import Settings
 from axon.store.spec import ModelSpec
 

@@ -89,7 +89,18 @@ def serve(config_file: Path | None, port_file: Path | None, **options: object) -
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     if settings.store is not None:
-        settings.repository.mkdir(parents=True, exist_ok=True)
+        from axon.errors import UsageError
+        from axon.store.cache_dir import open_cache_dir
+
+        try:
+            open_cache_dir(settings.repository)
+        except UsageError as exc:
+            click.echo(f"error: {exc.message}\nhint: {exc.hint}", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            click.echo(f"error: cannot make the cache directory {str(settings.repository)!r}: {exc.strerror}.",
+                       err=True)
+            sys.exit(1)
     if not settings.repository.is_dir():
         click.echo(f"error: model repository {str(settings.repository)!r} does not exist.\n"
                    f"hint: create it with: sudo axon setup-production --dir {settings.repository}", err=True)

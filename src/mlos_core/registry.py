@@ -162,6 +162,7 @@ class Registry:
         self.state_file = settings.state_dir / "registrations.json"
         self._saved: tuple[Stamp, list[str], str | None] | None = None
         self._store: ObjectStore | None = None  # an s3:// repository's client, made on first use
+        self._registering: dict[str, int] = {}  # model ids being fetched and loaded now: never evicted
 
     def get(self, model_id: str) -> LoadedModel:
         model = self.models.get(model_id)
@@ -301,8 +302,20 @@ class Registry:
         """Verify, load and serve a published version. With *digest*, only a version whose manifest
         has exactly that digest (409 otherwise, nothing loaded), and the pin is saved with the
         registration, so a restart (or another worker) refuses a republished copy too."""
-        if self.settings.store is not None:
+        if self.settings.store is None:
+            return await self._register(model_id, manifest_path, digest, persist)
+        key = str(model_id)
+        self._registering[key] = self._registering.get(key, 0) + 1
+        try:
             await self._fetch(model_id, manifest_path, digest, persist)
+            return await self._register(model_id, manifest_path, digest, persist)
+        finally:
+            self._registering[key] -= 1
+            if not self._registering[key]:
+                del self._registering[key]
+
+    async def _register(self, model_id: str | None, manifest_path: str | None, digest: str | None,
+                        persist: bool) -> dict[str, Any]:
         located = await asyncio.to_thread(locate, self.settings.repository, model_id=model_id,
                                           manifest_path=manifest_path)
         key = str(located.spec)
@@ -317,8 +330,11 @@ class Registry:
         async with self._lock(key):
             current = self.models.get(key)
             if current is not None and current.manifest.manifest_digest == located.manifest.manifest_digest:
-                # The same manifest: a no-op, but the files are re-checked so damage is still caught.
+                # The same manifest: a no-op, but the files are re-checked so damage is still caught,
+                # and the pin given now (or its absence) is what the registration keeps.
                 await asyncio.to_thread(verify_files, self.settings.repository, located, sha256=sha256)
+                if persist:
+                    await asyncio.to_thread(self._persist_change, add=key, pin=digest)
                 return {**current.describe(), "status": "unchanged"}
             try:
                 loaded = await asyncio.to_thread(self._build, located, sha256)
@@ -352,15 +368,16 @@ class Registry:
             if model is not None:
                 await model.batcher.close()
             if self.settings.store is not None:
-                await asyncio.to_thread(self._evict_unused)
+                await asyncio.to_thread(self._evict_unused, set(self.models) | set(self._registering))
         return {"status": "unregistered", "model_id": model_id}
 
-    def _evict_unused(self) -> None:
-        """An s3:// repository: drop the local copies no registration (of any worker) uses."""
+    def _evict_unused(self, in_use: set[str]) -> None:
+        """An s3:// repository: drop the local copies no registration (of any worker) uses and
+        none of this worker's registrations in progress (*in_use*, with what it serves) needs."""
         from axon.store.object_cache import evict
         from axon.store.spec import parse_spec
 
-        keep = set(self.models) | set(self._read_saved()[0])
+        keep = in_use | set(self._read_saved()[0])
         try:
             specs = [parse_spec(k) for k in keep]
         except AxonError:
@@ -409,7 +426,7 @@ class Registry:
                      persist: bool) -> None:
         """An s3:// repository: bring the version into the verified local cache (the repository
         the rest of registration reads), refusing a pinned digest that differs before any download."""
-        from axon.errors import BusyError, ConflictError, IntegrityError, NotPublishedError, StoreError
+        from axon.errors import BusyError, ConflictError, IntegrityError, NotPublishedError, StoreError, UsageError
         from axon.store.object_cache import fetch_version
         from axon.store.s3 import ObjectStore, S3Location
         from axon.store.spec import parse_spec
@@ -432,6 +449,10 @@ class Registry:
         except IntegrityError as exc:
             code = "digest_mismatch" if pin is not None and exc.expected == pin else "integrity"
             raise ApiError(409, code, exc.message) from None
+        except UsageError as exc:  # the cache directory is not one any more (its mark removed)
+            log.error("fetching %s: %s", spec, exc.message)
+            raise ApiError(503, "cache_unavailable", f"the server's local cache could not take {str(spec)!r} "
+                           "(the server log says why)", headers={"Retry-After": "5"}) from None
         except (StoreError, ConflictError, BusyError) as exc:
             log.warning("fetching %s failed: %s", spec, exc.message)
             raise ApiError(503, "store_unavailable", f"{str(spec)!r} could not be fetched from the repository now; "

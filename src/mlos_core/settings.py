@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from axon.store.cache_dir import DEFAULT_CACHE_DIR
+
 __all__ = ["ServerSettings"]
 
 
@@ -84,7 +86,7 @@ class ServerSettings:
         cache_dir = values.pop("cache_dir", None)
         if str(values.get("repository", "")).startswith("s3://"):
             values["store"] = str(values["repository"])
-            values["repository"] = cache_dir or "/var/cache/mlos/models"
+            values["repository"] = cache_dir or DEFAULT_CACHE_DIR
         elif cache_dir is not None:
             raise ValueError("--cache-dir goes with an s3:// --repository (the local copy of its versions)")
         for key in ("repository", "token_file", "state_dir"):

@@ -161,3 +161,65 @@ def test_a_manifest_only_republish_is_fetched_again(published_in_store: ObjectSt
     s3_client(s3_endpoint).put_object(Bucket=store.location.bucket, Key=store.location.key(rel), Body=data)
     assert fetch_version(store, spec, tmp_path / "c", digest=manifest_digest_of(data)) == local
     assert (local / "manifest.yaml").read_bytes() == data
+
+
+def test_a_pin_given_for_the_copy_already_served_is_kept(tmp_path: Path) -> None:
+    """Registering the loaded copy again with a digest is `unchanged`, and the pin is saved: after
+    a republish with other files, the restarted server refuses the new copy."""
+    settings = sandbox_settings(tmp_path)
+    write_mlp(tmp_path / "m1" / "model.onnx", seed=1)
+    write_mlp(tmp_path / "m2" / "model.onnx", seed=2)
+    version_dir = publish_dir_as(settings, MLP, tmp_path / "m1")
+    pin = manifest_digest_of((version_dir / "manifest.yaml").read_bytes())
+    with core_server(settings.publish_dir, tmp_path) as c:
+        assert c.call("POST", "/models/register", {"model_id": MLP})[0] == 201
+        status, body, _ = c.call("POST", "/models/register", {"model_id": MLP, "digest": pin})
+        assert (status, body["status"]) == (200, "unchanged"), body
+    publish_dir_as(settings, MLP, tmp_path / "m2", force=True)
+    with core_server(settings.publish_dir, tmp_path) as c:
+        status, ready, _ = c.call("GET", "/ready")
+        assert status == 503 and pin in ready["failed"][MLP], ready
+        assert c.call("POST", f"/models/{MLP}/inference", X)[0] == 503
+
+
+def test_a_pin_made_on_one_worker_reaches_the_others(tmp_path: Path) -> None:
+    """Two workers serve a copy; after a republish, the admin pins the new manifest (one worker
+    answers): the other worker reloads it too, so every answer comes from the pinned copy."""
+    import concurrent.futures
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from tests.support.onnx_models import mlp_model
+
+    settings = sandbox_settings(tmp_path)
+    write_mlp(tmp_path / "m1" / "model.onnx", seed=1)
+    write_mlp(tmp_path / "m2" / "model.onnx", seed=2)
+    first = manifest_digest_of((publish_dir_as(settings, MLP, tmp_path / "m1") / "manifest.yaml").read_bytes())
+    expected = ort.InferenceSession(mlp_model(seed=2).SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.asarray(X["inputs"]["x"], np.float32)})[0]
+    with core_server(settings.publish_dir, tmp_path, "--workers", "2") as c, \
+            concurrent.futures.ThreadPoolExecutor(8) as pool:  # connections at once land on both workers
+
+        def served_digests() -> set[str | None]:
+            return set(pool.map(lambda _: c.call("GET", f"/models/{MLP}")[1].get("manifest_digest"), range(32)))
+
+        def wait_for(digest: str) -> set[str | None]:
+            deadline = time.monotonic() + 60
+            while (seen := served_digests()) != {digest} and time.monotonic() < deadline:
+                time.sleep(0.3)
+            return seen
+
+        assert c.call("POST", "/models/register", {"model_id": MLP})[0] == 201
+        assert wait_for(first) == {first}  # both workers serve the first copy
+        version_dir = publish_dir_as(settings, MLP, tmp_path / "m2", force=True)
+        pin = manifest_digest_of((version_dir / "manifest.yaml").read_bytes())
+        assert served_digests() == {first}  # a republish alone changes nothing that is served
+        status, body, _ = c.call("POST", "/models/register", {"model_id": MLP, "digest": pin})
+        assert status == 200 and body["manifest_digest"] == pin, body
+        assert wait_for(pin) == {pin}
+        answers = list(pool.map(lambda _: c.call("POST", f"/models/{MLP}/inference", X), range(16)))
+        for status, answer, _ in answers:
+            assert status == 200, answer
+            np.testing.assert_allclose(np.asarray(answer["outputs"]["y"]["data"]), expected, rtol=1e-6)

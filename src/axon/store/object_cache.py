@@ -16,7 +16,8 @@ Core's containment and hash checks then run on the local copy unchanged:
   manifest digest): a republish that only changed the manifest (pooling, preprocessing) is
   fetched again too.
 
-``evict`` removes the versions nobody uses any more.
+``evict`` removes the versions nobody uses any more; both work only in a directory that is a
+cache (:mod:`axon.store.cache_dir`), never in a repository or anything else given by mistake.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import xxhash
 
 from axon.errors import AxonError, IntegrityError, NotPublishedError
 from axon.store.atomic import fsync_dir, fsync_tree, move_into_place, remove_tree
+from axon.store.cache_dir import DEFAULT_CACHE_DIR, open_cache_dir
 from axon.store.fastio import FileDigest
 from axon.store.integrity import mismatch, verify_version_dir
 from axon.store.layout import MANIFEST_NAME, StoreLayout, version_key
@@ -43,7 +45,6 @@ from axon.store.spec import ModelSpec
 
 __all__ = ["DEFAULT_CACHE_DIR", "evict", "fetch_version", "published_manifest"]
 
-DEFAULT_CACHE_DIR = Path("/var/cache/mlos/models")
 
 
 def published_manifest(store: ObjectStore, spec: ModelSpec) -> tuple[Manifest, bytes, str] | None:
@@ -96,6 +97,7 @@ def fetch_version(store: ObjectStore, spec: ModelSpec, cache_root: Path, *, dige
         published = published_as(manifest, digest)
         raise IntegrityError(f"{str(spec)!r} is published in {store.location} with digest {published}, not "
                              f"the pinned {digest}; nothing was fetched.", expected=digest, actual=published)
+    open_cache_dir(cache_root)
     layout = StoreLayout(cache_root)
     target = layout.version_dir(spec)
     if _current_digest(target) == manifest.manifest_digest:
@@ -177,7 +179,10 @@ def _download_into(store: ObjectStore, key: str, entry: FileEntry, part: Path) -
 
 
 def evict(cache_root: Path, keep: Collection[ModelSpec]) -> list[ModelSpec]:
-    """Remove every cached version not in *keep* (and leftover downloads); returns what went."""
+    """Remove every cached version not in *keep* (and leftover downloads); returns what went.
+    A directory that is not a cache (``cache_dir.open_cache_dir``) is refused, never emptied."""
+    if not open_cache_dir(cache_root, create=False):
+        return []
     layout = StoreLayout(cache_root)
     wanted = {version_key(s) for s in keep}
     gone = []

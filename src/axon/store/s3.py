@@ -39,6 +39,12 @@ __all__ = ["PART_BYTES", "ObjectStore", "S3Location", "is_s3_url", "probe_condit
 PART_BYTES = 16 << 20  # multipart part size: 8 parts in flight per file keep ~144 MiB in memory at most
 SMALL_OBJECT_BYTES = 16 << 20  # the most a manifest, an audit event or a record may hold
 PARTS_IN_FLIGHT = 8
+# Each part carries a CRC32 (computed by botocore in the uploading threads) that the store checks
+# on receipt and combines at completion: a part damaged on the way is refused at once. Without
+# one, S3 (and moto) computes a full-object CRC64 over the whole file when it completes it,
+# which on moto costs more than the upload itself. This guards the transfer only; the manifest's
+# digests stay the authority on content.
+PART_CHECKSUM = "CRC32"
 READ_BYTES = 1 << 20
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -223,7 +229,8 @@ class ObjectStore:
             if progress is not None:
                 progress(size)
             return FileDigest(size, sha.hexdigest(), xxh.hexdigest())
-        upload_id = str(self._call("Creating", rel, self.client.create_multipart_upload)["UploadId"])
+        upload_id = str(self._call("Creating", rel, self.client.create_multipart_upload,
+                                   ChecksumAlgorithm=PART_CHECKSUM)["UploadId"])
         try:
             parts = self._upload_parts(rel, upload_id, size, read_part, progress)
             self._call("Creating", rel, self.client.complete_multipart_upload, UploadId=upload_id,
@@ -247,7 +254,9 @@ class ObjectStore:
 
         def collect(entry: tuple[int, Future[Any], int]) -> None:
             number, future, length = entry
-            done.append({"PartNumber": number, "ETag": future.result()["ETag"]})
+            response = future.result()
+            done.append({"PartNumber": number, "ETag": response["ETag"],
+                         "ChecksumCRC32": response["ChecksumCRC32"]})
             if progress is not None:
                 progress(length)
 
@@ -257,7 +266,7 @@ class ObjectStore:
                     length = min(PART_BYTES, size - offset)
                     data = read_part(offset, length)
                     future = pool.submit(self._call, "Uploading", rel, self.client.upload_part, UploadId=upload_id,
-                                         PartNumber=number, Body=data)
+                                         PartNumber=number, Body=data, ChecksumAlgorithm=PART_CHECKSUM)
                     in_flight.append((number, future, length))
                     if len(in_flight) >= PARTS_IN_FLIGHT:
                         collect(in_flight.pop(0))

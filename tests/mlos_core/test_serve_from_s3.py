@@ -149,3 +149,61 @@ def test_a_damaged_local_copy_is_fetched_again(s3_settings: Settings, tmp_path: 
     vocab.write_bytes(good.replace(b"hello5", b"hellX5"))  # same size, other bytes
     assert fetch_version(store, parse_spec(SPEC), tmp_path / "c", digest=digest) == local
     assert vocab.read_bytes() == good
+
+
+def test_the_pipeline_through_the_clis(s3_settings: Settings, tmp_path: Path, axon_cli: object) -> None:
+    """install → setup-production → publish to s3:// → mlos-core serve --repository s3:// →
+    axon register --digest <manifest digest> → inference equal to onnxruntime's own answer."""
+    import json
+    import urllib.request
+
+    from tests.support.onnx_models import write_mlp
+
+    run = axon_cli  # type: ignore[assignment]
+    write_mlp(tmp_path / "m" / "model.onnx", seed=11)
+    assert run("install", SPEC, "--from", str(tmp_path / "m")).code == 0  # type: ignore[operator]
+    r = run("publish", SPEC, "--json")  # type: ignore[operator]
+    assert r.code == 0, r.stderr
+    pin = json.loads(r.stdout)["manifest_digest"]
+    assert pin.startswith("sha256:")
+    with served(s3_settings, tmp_path) as proc:  # type: ignore[attr-defined]
+        env = {"MLOS_CORE_ENDPOINT": proc.url, "MLOS_CORE_TOKEN_FILE": str(tmp_path / "token")}
+        r = run("register", SPEC, "--digest", "sha256:" + "0" * 64, env=env)  # type: ignore[operator]
+        assert r.code == 3 and "not the pinned" in r.stderr, r.stderr
+        r = run("register", SPEC, "--digest", pin, "--json", env=env)  # type: ignore[operator]
+        assert r.code == 0 and json.loads(r.stdout)["manifest_digest"] == pin, r.stderr
+        req = urllib.request.Request(f"{proc.url}/models/{SPEC}/inference", method="POST",
+                                     data=json.dumps({"inputs": {"x": X}}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            answer = json.loads(resp.read())
+        np.testing.assert_allclose(np.asarray(answer["outputs"]["y"]["data"]), reference(11), rtol=1e-6)
+
+
+@pytest.mark.parametrize("tamper", ["inconsistent", "other-sha256"])
+def test_a_tampered_manifest_loads_nothing(s3_settings: Settings, tmp_path: Path, s3_endpoint: str,
+                                           tamper: str) -> None:
+    """A manifest edited in the store: one whose digest no longer matches its file list is not a
+    manifest; one that names other bytes for a file fails on the bytes downloaded. 409 either way,
+    nothing moved into place, nothing loaded."""
+    import yaml
+
+    install_package(s3_settings, tmp_path, seed=12)
+    publish(parse_spec(SPEC), s3_settings)
+    loc = s3_settings.publish_store
+    assert loc is not None
+    key = loc.key(f"{parse_spec(SPEC).relpath}/manifest.yaml")
+    client = s3_client(s3_endpoint)
+    doc = yaml.safe_load(client.get_object(Bucket=loc.bucket, Key=key)["Body"].read())
+    entry = next(f for f in doc["spec"]["files"] if f["path"] == "model.onnx")
+    if tamper == "inconsistent":
+        entry["xxh3_128"] = "0" * 32  # the integrity digest covers it: the manifest is invalid
+    else:
+        entry["sha256"] = "0" * 64  # not covered by the content digest: caught on the downloaded bytes
+    client.put_object(Bucket=loc.bucket, Key=key, Body=yaml.safe_dump(doc, sort_keys=False).encode())
+    with served(s3_settings, tmp_path) as proc:  # type: ignore[attr-defined]
+        c = core_of(proc, tmp_path)
+        status, body, _ = c.call("POST", "/models/register", {"model_id": SPEC})
+        assert (status, body["code"]) == (409, "integrity"), body
+        assert c.call("GET", "/models")[1]["models"] == []
+        assert not (tmp_path / "serving-cache" / parse_spec(SPEC).relpath).exists()

@@ -98,6 +98,15 @@ class ConflictError(AxonError):
     """A conditional write lost: someone else created or replaced the object first."""
 
 
+class NotACacheDirError(UsageError):
+    """A directory given as a serving host's cache that is not one (a repository, other files)."""
+
+
+class CacheConflictError(AxonError):
+    """A version that cannot sit in the cache next to one already there (``ns/a@b`` is the
+    directory of ``ns/a/b@c``)."""
+
+
 class DiskFullError(AxonError, OSError):
     """The disk (or a quota) filled while writing."""
 

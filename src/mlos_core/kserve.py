@@ -7,6 +7,7 @@ model repository extension (index, load, unload; admin).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
 from typing import Any, NamedTuple
@@ -17,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from axon.store.dtypes import from_kserve, kserve_name
+from axon.store.pin import PIN_FORMS, is_pin
 from mlos_core import __version__
 from mlos_core.admin_api import AdminAuth
 from mlos_core.errors import JSON_HEADERS, ApiError, RawHeaders
@@ -312,7 +314,13 @@ def routes(service: InferenceService, admin: AdminAuth) -> list[Route]:
         if version is not None and (not isinstance(version, str) or not version):
             raise ApiError(400, "bad_request", "parameters.version must be a version label (a non-empty string)")
         if action == "load":
-            await registry.register(model_id=f"{name}@{version or 'latest'}")
+            model_id = f"{name}@{version or 'latest'}"
+            digest = params.get("digest")
+            if digest is not None and not is_pin(digest):
+                raise ApiError(400, "bad_request", f"parameters.digest must be {PIN_FORMS}")
+            if digest is None:  # a load without one keeps the registration's pin, never drops it
+                digest = await asyncio.to_thread(registry.saved_pin, model_id)
+            await registry.register(model_id=model_id, digest=digest)
         else:
             target = f"{name}@{version}" if version else registry.find(name).model_id
             await registry.unregister(target)

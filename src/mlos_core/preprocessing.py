@@ -17,9 +17,9 @@ __all__ = ["TextPipeline", "postprocess"]
 
 
 class TextPipeline(TextEncoder):
-    def __init__(self, version_dir: Path, manifest: Manifest) -> None:
-        try:
-            super().__init__(version_dir, manifest)  # the tokenizer's verified bytes, read beneath the version
+    def __init__(self, version_dir: Path, manifest: Manifest, *, sha256: bool = False) -> None:
+        try:  # the tokenizer's verified bytes, read beneath the version
+            super().__init__(version_dir, manifest, sha256=sha256)
         except AxonError as exc:
             raise model_refusal(exc, manifest.spec_text) from None
 

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,7 @@ class LoadedModel:
     output_names: list[str] = field(default_factory=list)
     dense: tuple[DenseLayer, ...] = ()  # verified Dense weights (numpy pooling; fused graphs carry their own)
     max_request_inputs: int = 2048  # texts one request may send (split into batches of max_batch_size)
+    sha256_verified: bool = False  # every file checked against its sha256 too (a manifest-digest pin)
 
     def __post_init__(self) -> None:
         self.output_names = [o.name for o in self.session.session.get_outputs()]
@@ -91,6 +93,7 @@ class LoadedModel:
         m = self.manifest
         return {
             "model_id": self.model_id, "state": "ready", "digest": m.digest, "manifest_digest": m.manifest_digest,
+            "verification": "sha256+xxh3_128" if self.sha256_verified else "xxh3_128",
             "path": str(self.located.version_dir),
             "provider": self.session.provider, "runtime_notes": self.session.note or None,
             "inputs": [t.to_dict() for t in m.inputs], "outputs": [t.to_dict() for t in m.outputs],
@@ -261,7 +264,7 @@ class Registry:
         verified = read_verified_model(located, sha256=sha256)
         verify_files(root, located, already_verified=verified.paths, sha256=sha256)
         try:
-            dense = load_dense_layers(located.version_dir, located.manifest)
+            dense = load_dense_layers(located.version_dir, located.manifest, sha256=sha256)
         except AxonError as exc:
             raise model_refusal(exc, located.manifest.spec_text) from None
         verified, self_notes = self._rewrite(verified, located.manifest, dense)
@@ -276,7 +279,7 @@ class Registry:
         info.note = "; ".join(n for n in (info.note, *self_notes) if n)
         text = None
         if located.manifest.preprocessing and located.manifest.preprocessing.get("type") == "tokenizer":
-            text = TextPipeline(located.version_dir, located.manifest)
+            text = TextPipeline(located.version_dir, located.manifest, sha256=sha256)
         warm_up(info, located.manifest)
         model_id = str(located.spec)
 
@@ -288,7 +291,7 @@ class Registry:
 
         s = self.settings
         loaded = LoadedModel(located, info, text, None, dense=dense,  # type: ignore[arg-type]  # batcher: below
-                             max_request_inputs=self.settings.max_request_inputs)
+                             max_request_inputs=self.settings.max_request_inputs, sha256_verified=sha256)
         loaded.batcher = Batcher(model_id, loaded.run_batch, max_batch_size=s.max_batch_size,
                                  max_queue_delay_s=s.max_queue_delay_ms / 1000, max_queue_size=s.max_queue_size,
                                  instances=s.instances, observe=observe, max_batch_tokens=s.max_batch_tokens)
@@ -306,13 +309,27 @@ class Registry:
             return await self._register(model_id, manifest_path, digest, persist)
         key = str(model_id)
         self._registering[key] = self._registering.get(key, 0) + 1
+        in_use = await asyncio.to_thread(self._hold_in_use, model_id)
         try:
             await self._fetch(model_id, manifest_path, digest, persist)
             return await self._register(model_id, manifest_path, digest, persist)
         finally:
+            if in_use is not None:
+                os.close(in_use)
             self._registering[key] -= 1
             if not self._registering[key]:
                 del self._registering[key]
+
+    def _hold_in_use(self, model_id: str | None) -> int | None:
+        """Blocking: the cache's in-use lock of *model_id* while it is fetched and loaded (other
+        workers' evictions skip it); None for what is not a version (refused later, clearly)."""
+        from axon.store.object_cache import hold_in_use
+        from axon.store.spec import parse_spec
+
+        try:
+            return hold_in_use(self.settings.repository, parse_spec(str(model_id)))
+        except (AxonError, OSError):
+            return None
 
     async def _register(self, model_id: str | None, manifest_path: str | None, digest: str | None,
                         persist: bool) -> dict[str, Any]:
@@ -329,7 +346,8 @@ class Registry:
         sha256 = is_manifest_pin(pin)  # a manifest digest pinned: every file's sha256 checked too
         async with self._lock(key):
             current = self.models.get(key)
-            if current is not None and current.manifest.manifest_digest == located.manifest.manifest_digest:
+            if current is not None and current.manifest.manifest_digest == located.manifest.manifest_digest and (
+                    current.sha256_verified or not sha256):  # a copy loaded on xxh3 alone is reloaded for a sha256 pin
                 # The same manifest: a no-op, but the files are re-checked so damage is still caught,
                 # and the pin given now (or its absence) is what the registration keeps.
                 await asyncio.to_thread(verify_files, self.settings.repository, located, sha256=sha256)
@@ -377,12 +395,20 @@ class Registry:
         from axon.store.object_cache import evict
         from axon.store.spec import parse_spec
 
-        keep = in_use | set(self._read_saved()[0])
+        saved, error = self._read_saved()
+        if error is not None:
+            return  # a malformed registrations file: keep everything rather than guess what others use
         try:
-            specs = [parse_spec(k) for k in keep]
+            specs = [parse_spec(k) for k in in_use | set(saved)]
         except AxonError:
-            return  # a malformed registrations file: keep everything rather than guess
-        for spec in evict(self.settings.repository, specs):
+            return
+        try:
+            gone = evict(self.settings.repository, specs)
+        except (AxonError, OSError) as exc:  # the copies stay; the unregistration itself is done
+            log.warning("evicting unused copies from %s failed: %s", self.settings.repository,
+                        getattr(exc, "message", None) or exc)
+            return
+        for spec in gone:
             log.info("evicted the local copy of %s (no registration uses it)", spec)
 
     def _state_stamp(self) -> Stamp:
@@ -426,7 +452,15 @@ class Registry:
                      persist: bool) -> None:
         """An s3:// repository: bring the version into the verified local cache (the repository
         the rest of registration reads), refusing a pinned digest that differs before any download."""
-        from axon.errors import BusyError, ConflictError, IntegrityError, NotPublishedError, StoreError, UsageError
+        from axon.errors import (
+            BusyError,
+            CacheConflictError,
+            ConflictError,
+            IntegrityError,
+            NotACacheDirError,
+            NotPublishedError,
+            StoreError,
+        )
         from axon.store.object_cache import fetch_version
         from axon.store.s3 import ObjectStore, S3Location
         from axon.store.spec import parse_spec
@@ -449,7 +483,9 @@ class Registry:
         except IntegrityError as exc:
             code = "digest_mismatch" if pin is not None and exc.expected == pin else "integrity"
             raise ApiError(409, code, exc.message) from None
-        except UsageError as exc:  # the cache directory is not one any more (its mark removed)
+        except CacheConflictError as exc:
+            raise ApiError(409, "cache_conflict", exc.message) from None
+        except NotACacheDirError as exc:  # the cache directory is not one any more (its mark removed)
             log.error("fetching %s: %s", spec, exc.message)
             raise ApiError(503, "cache_unavailable", f"the server's local cache could not take {str(spec)!r} "
                            "(the server log says why)", headers={"Retry-After": "5"}) from None
@@ -476,6 +512,10 @@ class Registry:
 
     def _pin_of(self, model_id: str) -> str | None:
         return self._read_pins().get(model_id)
+
+    def saved_pin(self, model_id: str) -> str | None:
+        """Blocking: the digest the saved registration of *model_id* is pinned to, if any."""
+        return self._pin_of(model_id)
 
     def _persist_change(self, *, add: str | None = None, remove: str | None = None, pin: str | None = None) -> None:
         """Read-modify-write of the registrations file under a lock: workers share it."""
@@ -517,10 +557,12 @@ class Registry:
                 await self.register(model_id=model_id, persist=False)
             except Exception as exc:
                 self._mark_failed(model_id, _why(exc), stamp)
-        for model_id in sorted(saved & set(self.models)):  # pinned since (another worker): that digest or none
+        for model_id in sorted(saved & set(self.models)):  # pinned or reloaded since (another worker)
             pin = await asyncio.to_thread(self._pin_of, model_id)
             loaded = self.models.get(model_id)
-            if loaded is None or pin_matches(loaded.manifest, pin):
+            if loaded is None or (pin_matches(loaded.manifest, pin) and (loaded.sha256_verified or
+                                                                        not is_manifest_pin(pin))
+                                  and await asyncio.to_thread(self._still_published, loaded)):
                 continue
             try:
                 await self.register(model_id=model_id, persist=False)
@@ -534,6 +576,15 @@ class Registry:
                 self.failed.pop(model_id, None)
                 self._failed_at.pop(model_id, None)
         self._note_state_error(stamp)
+
+    def _still_published(self, loaded: LoadedModel) -> bool:
+        """Whether the repository (or the local cache of an s3:// one) still holds the manifest
+        *loaded* was built from, byte for byte (not: another worker reloaded a republished copy)."""
+        try:
+            located = locate(self.settings.repository, model_id=loaded.model_id)
+        except ApiError:
+            return False
+        return located.manifest.manifest_digest == loaded.manifest.manifest_digest
 
     def _note_state_error(self, stamp: Stamp) -> None:
         """A malformed registrations file is listed among the failures (as the file's path)."""

@@ -80,3 +80,45 @@ def test_axon_finds_the_token_of_a_server_serving_an_s3_repository(s3_settings: 
     monkeypatch.delenv("MLOS_CORE_TOKEN_FILE", raising=False)
     served = ServerSettings.load(None, repository=str(s3_settings.publish_store))  # type: ignore[attr-defined]
     assert default_token_file(s3_settings) == served.token_file == DEFAULT_CACHE_DIR / ".axon" / "core" / "token"  # type: ignore[arg-type]
+
+
+def test_a_symlink_or_a_marked_repository_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    assert open_cache_dir(real, group=None)
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(UsageError, match="not a directory"):
+        open_cache_dir(tmp_path / "link")
+    (real / ".axon" / "repository.yaml").write_text("group: mlos\n")  # a mark does not make a repository a cache
+    with pytest.raises(UsageError, match="is a production repository"):
+        open_cache_dir(real)
+    planted = tmp_path / "planted"
+    (planted / ".axon").mkdir(parents=True)
+    (planted / "acme").mkdir()
+    (planted / ".axon" / "cache.yaml").symlink_to(real / CACHE_MARKER)  # a mark through a symlink is no mark
+    with pytest.raises(UsageError, match="holds files"):
+        open_cache_dir(planted)
+
+
+def cached_version(root: Path, spec: str) -> Path:
+    path = root / parse_spec(spec).relpath
+    path.mkdir(parents=True)
+    (path / "manifest.yaml").write_text("a cached manifest\n")
+    return path
+
+
+def test_eviction_skips_what_is_in_use_or_holds_a_kept_version(tmp_path: Path) -> None:
+    from axon.store.object_cache import hold_in_use, release_in_use
+
+    root = tmp_path / "cache"
+    open_cache_dir(root, group=None)
+    busy = cached_version(root, "acme/busy@1")
+    outer = cached_version(root, "acme/org@repo")  # acme/org/repo/: the parent of acme/org/repo@v1's directory
+    inner = cached_version(root, "acme/org/repo@v1")
+    fd = hold_in_use(root, parse_spec("acme/busy@1"))  # being fetched or loaded (a shared lock, any process)
+    try:
+        assert evict(root, keep=[parse_spec("acme/org/repo@v1")]) == []
+        assert busy.exists() and outer.exists() and inner.exists()
+    finally:
+        release_in_use(fd)
+    assert evict(root, keep=[parse_spec("acme/org/repo@v1")]) == [parse_spec("acme/busy@1")]
+    assert not busy.exists() and inner.exists()

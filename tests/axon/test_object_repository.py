@@ -15,6 +15,7 @@ from axon.errors import AlreadyInstalledError, AxonError, ConflictError, Integri
 from axon.object_repository import ObjectRepository
 from axon.publish import audit_records, publish, published, rollback, unpublish, verify_published
 from axon.settings import Settings
+from axon.store.manifest import load_manifest
 from axon.store.spec import parse_spec
 from tests.support.publishing import SPEC, install_package
 from tests.support.s3_server import s3_client
@@ -86,6 +87,11 @@ def test_a_damaged_cached_file_publishes_nothing(s3_settings: Settings, tmp_path
         publish(spec, s3_settings)
     assert published(s3_settings) == []  # data objects may be there; without a manifest nobody sees them
     assert [r["result"] for r in audit_records(s3_settings, spec)[0]] == ["failed"]
+    repo = repo_of(s3_settings)
+    manifest = load_manifest(s3_settings.cache_dir / spec.relpath / "manifest.yaml")
+    assert repo.store.get_size(repo.data_key(spec, manifest.digest, "tokenizer/vocab.txt")) is None  # not left there
+    vocab.write_bytes(vocab.read_bytes().replace(b"hellX4", b"hello4"))  # repaired: the next publish goes through
+    assert publish(spec, s3_settings).status == "published"
 
 
 def test_eight_racing_first_publishers_get_one_winner(s3_settings: Settings, tmp_path: Path) -> None:

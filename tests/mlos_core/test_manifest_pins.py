@@ -164,13 +164,13 @@ def test_a_manifest_only_republish_is_fetched_again(published_in_store: ObjectSt
 
 
 def test_a_pin_given_for_the_copy_already_served_is_kept(tmp_path: Path) -> None:
-    """Registering the loaded copy again with a digest is `unchanged`, and the pin is saved: after
-    a republish with other files, the restarted server refuses the new copy."""
+    """Registering the loaded copy again with a (content) digest is `unchanged`, and the pin is
+    saved: after a republish with other files, the restarted server refuses the new copy."""
     settings = sandbox_settings(tmp_path)
     write_mlp(tmp_path / "m1" / "model.onnx", seed=1)
     write_mlp(tmp_path / "m2" / "model.onnx", seed=2)
     version_dir = publish_dir_as(settings, MLP, tmp_path / "m1")
-    pin = manifest_digest_of((version_dir / "manifest.yaml").read_bytes())
+    pin = parse_manifest((version_dir / "manifest.yaml").read_bytes(), "m").digest
     with core_server(settings.publish_dir, tmp_path) as c:
         assert c.call("POST", "/models/register", {"model_id": MLP})[0] == 201
         status, body, _ = c.call("POST", "/models/register", {"model_id": MLP, "digest": pin})
@@ -223,3 +223,76 @@ def test_a_pin_made_on_one_worker_reaches_the_others(tmp_path: Path) -> None:
         for status, answer, _ in answers:
             assert status == 200, answer
             np.testing.assert_allclose(np.asarray(answer["outputs"]["y"]["data"]), expected, rtol=1e-6)
+
+
+def test_a_sha256_pin_reloads_a_copy_checked_on_xxh3_alone(tmp_path: Path) -> None:
+    settings = sandbox_settings(tmp_path)
+    write_mlp(tmp_path / "m" / "model.onnx", seed=3)
+    version_dir = publish_dir_as(settings, MLP, tmp_path / "m")
+    pin = manifest_digest_of((version_dir / "manifest.yaml").read_bytes())
+    with core_server(settings.publish_dir, tmp_path) as c:
+        status, body, _ = c.call("POST", "/models/register", {"model_id": MLP})
+        assert status == 201 and body["verification"] == "xxh3_128", body
+        status, body, _ = c.call("POST", "/models/register", {"model_id": MLP, "digest": pin})
+        assert (status, body["status"], body["verification"]) == (200, "reloaded", "sha256+xxh3_128"), body
+        status, body, _ = c.call("POST", "/models/register", {"model_id": MLP, "digest": pin})
+        assert (status, body["status"]) == (200, "unchanged"), body
+
+
+def test_a_kserve_load_keeps_the_pin(tmp_path: Path) -> None:
+    """The repository extension's load has no digest of its own: it keeps the registration's pin
+    (a republished copy is refused) and takes one in parameters.digest."""
+    settings = sandbox_settings(tmp_path)
+    write_mlp(tmp_path / "m1" / "model.onnx", seed=1)
+    write_mlp(tmp_path / "m2" / "model.onnx", seed=2)
+    version_dir = publish_dir_as(settings, MLP, tmp_path / "m1")
+    pin = manifest_digest_of((version_dir / "manifest.yaml").read_bytes())
+    name, version = MLP.split("@")
+    load = f"/v2/repository/models/{name}/load"
+    with core_server(settings.publish_dir, tmp_path) as c:
+        assert c.call("POST", "/models/register", {"model_id": MLP, "digest": pin})[0] == 201
+        publish_dir_as(settings, MLP, tmp_path / "m2", force=True)
+        status, body, _ = c.call("POST", load, {"parameters": {"version": version}})
+        assert (status, body["code"]) == (409, "digest_mismatch"), body
+        assert c.call("GET", f"/models/{MLP}")[1]["manifest_digest"] == pin  # still the pinned copy
+        status, body, _ = c.call("POST", load, {"parameters": {"version": version, "digest": "nope"}})
+        assert status == 400, body
+        new = manifest_digest_of((version_dir / "manifest.yaml").read_bytes())
+        assert c.call("POST", load, {"parameters": {"version": version, "digest": new}})[0] == 200
+        assert c.call("GET", f"/models/{MLP}")[1]["manifest_digest"] == new
+
+
+@pytest.mark.parametrize("field,value", [("sha256", "../../../../../tmp/planted"), ("sha256", "ab\x00cd"),
+                                         ("xxh3_128", "X" * 32), ("sha256", "A" * 64)])
+def test_a_file_digest_that_is_not_hex_makes_the_manifest_invalid(published_in_store: ObjectStore, tmp_path: Path,
+                                                                   s3_endpoint: str, field: str, value: str) -> None:
+    """A store writer cannot steer where a host writes its partial downloads through the manifest."""
+    from axon.errors import IntegrityError, InvalidManifestError
+
+    store, spec = published_in_store, parse_spec(SPEC)
+    rel = f"{spec.relpath}/manifest.yaml"
+    found = store.get(rel)
+    assert found is not None
+    doc = yaml.safe_load(found[0])
+    doc["spec"]["files"][0][field] = value
+    data = yaml.safe_dump(doc, sort_keys=False).encode()
+    with pytest.raises(InvalidManifestError, match="lowercase hex"):
+        parse_manifest(data, "m")
+    s3_client(s3_endpoint).put_object(Bucket=store.location.bucket, Key=store.location.key(rel), Body=data)
+    with pytest.raises(IntegrityError, match="is not valid"):
+        fetch_version(store, spec, tmp_path / "c")
+    assert not list((tmp_path / "c").rglob("*.part"))
+
+
+def test_nested_specs_are_not_cached_over_each_other(s3_settings: Settings, tmp_path: Path) -> None:
+    from axon.errors import CacheConflictError
+
+    ObjectRepository.of(s3_settings).setup()
+    store = ObjectStore(s3_settings.publish_store)  # type: ignore[arg-type]
+    for seed, spec in ((8, "acme/org/repo@v1"), (9, "acme/org@repo")):
+        install_package(s3_settings, tmp_path, seed=seed, spec=spec)
+        publish(parse_spec(spec), s3_settings)
+    inner = fetch_version(store, parse_spec("acme/org/repo@v1"), tmp_path / "c")
+    with pytest.raises(CacheConflictError, match="cannot be cached next to"):
+        fetch_version(store, parse_spec("acme/org@repo"), tmp_path / "c")
+    assert (inner / "manifest.yaml").is_file()

@@ -76,7 +76,7 @@ class TextEncoder:
     it) and prompts (``prompts``, ``default_prompt_name``), prepended to every text of a batch.
     """
 
-    def __init__(self, version_dir: Path, manifest: Manifest) -> None:
+    def __init__(self, version_dir: Path, manifest: Manifest, *, sha256: bool = False) -> None:
         from tokenizers import Tokenizer
 
         pre = manifest.preprocessing or {}
@@ -95,7 +95,8 @@ class TextEncoder:
         self.prompts: dict[str, str] = dict(prompts)
         self.default_prompt_name: str | None = default
         # Read once, beneath the version, and checked: the bytes hashed are the bytes parsed.
-        self.tokenizer = Tokenizer.from_str(read_verified_file(version_dir, entry).decode("utf-8", "replace"))
+        self.tokenizer = Tokenizer.from_str(read_verified_file(version_dir, entry, sha256=sha256)
+                                            .decode("utf-8", "replace"))
         if pre.get("lowercase"):
             _add_lowercase(self.tokenizer)
         self.tokenizer.enable_truncation(max_length=self.max_length)
@@ -165,8 +166,9 @@ def _add_lowercase(tokenizer: Any) -> None:
     tokenizer.normalizer = Sequence([Lowercase(), *rest])
 
 
-def load_dense_layers(version_dir: Path, manifest: Manifest) -> tuple[DenseLayer, ...]:
-    """The verified weights of the Dense layers the manifest's pooling lists (none: empty).
+def load_dense_layers(version_dir: Path, manifest: Manifest, *, sha256: bool = False) -> tuple[DenseLayer, ...]:
+    """The verified weights of the Dense layers the manifest's pooling lists (none: empty; with
+    *sha256*, checked against the sha256 as well as the xxh3-128).
 
     Raises:
         InvalidManifestError (a weights file not listed, or a sha256 that is not the listed one),
@@ -182,7 +184,7 @@ def load_dense_layers(version_dir: Path, manifest: Manifest) -> tuple[DenseLayer
             raise InvalidManifestError(f"The manifest's Dense weights {path!r} are not among its files.")
         if recorded.get(path) not in (None, entry.sha256):
             raise InvalidManifestError(f"The manifest's Dense weights {path!r} name another sha256 than its file list.")
-        return read_verified_file(version_dir, entry)
+        return read_verified_file(version_dir, entry, sha256=sha256)
 
     return load_dense(spec, read)
 

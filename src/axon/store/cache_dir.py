@@ -19,9 +19,10 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from axon.errors import UsageError
+from axon.errors import NotACacheDirError
 from axon.store.atomic import atomic_write_text
 from axon.store.layout import INTERNAL_DIR
+from axon.store.nofollow import read_regular
 
 __all__ = ["CACHE_GROUP", "CACHE_MARKER", "CACHE_ROOT_MODE", "DEFAULT_CACHE_DIR", "open_cache_dir"]
 
@@ -31,10 +32,11 @@ CACHE_MARKER = f"{INTERNAL_DIR}/cache.yaml"
 CACHE_GROUP = "mlos"
 CACHE_ROOT_MODE = 0o2750  # root writes; the group reads (setgid: what root creates inside gets the group)
 _REPOSITORY_RECORD = f"{INTERNAL_DIR}/repository.yaml"
+_MARK = b"kind: mlos-core-cache\n"
 
 
-def _refuse(root: Path, why: str) -> UsageError:
-    return UsageError(f"{str(root)!r} is not an MLOS Core cache directory ({why}); refusing to fetch into it or "
+def _refuse(root: Path, why: str) -> NotACacheDirError:
+    return NotACacheDirError(f"{str(root)!r} is not an MLOS Core cache directory ({why}); refusing to fetch into it or "
                       "evict from it.",
                       hint="Give --cache-dir a new or empty directory (default /var/cache/mlos/models).")
 
@@ -44,15 +46,15 @@ def open_cache_dir(root: Path, *, create: bool = True, group: str | None = CACHE
     and *create* is true. Returns whether it is one now (False only for a missing one, not created).
 
     Raises:
-        UsageError: *root* holds something else (a production repository, any other files).
+        NotACacheDirError: *root* holds something else (a production repository, any other files).
     """
-    if (root / CACHE_MARKER).is_file():
-        return True
     if os.path.lexists(root):
         if os.path.islink(root) or not root.is_dir():
-            raise _refuse(root, "it is not a directory")
-        if (root / _REPOSITORY_RECORD).exists():
+            raise _refuse(root, "it is not a directory (a symlink?)")
+        if os.path.lexists(root / _REPOSITORY_RECORD):
             raise _refuse(root, "it is a production repository")
+        if _is_marked(root):
+            return True
         with os.scandir(root) as entries:  # axon's own directory alone is an unmarked cache of an earlier release
             if any(e.name != INTERNAL_DIR for e in entries):
                 raise _refuse(root, f"it holds files and no {CACHE_MARKER}")
@@ -69,6 +71,16 @@ def open_cache_dir(root: Path, *, create: bool = True, group: str | None = CACHE
         os.chown(root, 0, gid)
         os.chmod(root, CACHE_ROOT_MODE if gid else 0o755)
     (root / INTERNAL_DIR).mkdir(exist_ok=True)
-    atomic_write_text(root / CACHE_MARKER, "kind: mlos-core-cache\n"
+    atomic_write_text(root / CACHE_MARKER, _MARK.decode() +
                       f"created: {datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}\n", mode=0o644)
     return True
+
+
+def _is_marked(root: Path) -> bool:
+    """Whether *root* carries the cache's mark: a regular file (no symlink on the way) saying so."""
+    try:
+        data, _ = read_regular(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC),
+                               CACHE_MARKER, limit=4096, close_dir=True)
+    except OSError:
+        return False
+    return data.startswith(_MARK)

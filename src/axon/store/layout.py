@@ -155,7 +155,7 @@ class StoreLayout:
         self.locks.mkdir(parents=True, exist_ok=True)
         path = self.locks / (version_key(spec) + ".lock")
         while True:
-            fd = self._open_lock(path)
+            fd = self.open_lock_file(path)
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -173,7 +173,7 @@ class StoreLayout:
                 os.close(fd)
 
     @staticmethod
-    def _open_lock(path: Path) -> int:
+    def open_lock_file(path: Path) -> int:
         # Read-only is enough for flock, and lets other members of a shared repository lock a
         # file someone else created; 0660: nobody outside the group can hold it. Never through a
         # symlink (a planted one would make a root process create or open a file elsewhere),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ __all__ = [
 
 API_VERSION = "axon.mlos.io/v1"
 INTEGRITY_ALGORITHM = "xxh3_128"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_XXH3 = re.compile(r"[0-9a-f]{32}")
 SOURCE_TYPES = ("hf", "url", "local")
 
 
@@ -229,8 +232,11 @@ def manifest_from_dict(data: Any, *, version_dir: Path | None = None) -> Manifes
             raise InvalidManifestError(
                 f"Invalid manifest: file {rel!r} resolves outside its version directory {str(version_dir)!r}."
             )
-        files.append(FileEntry(rel, size, _req(item, "sha256", str, "spec.files[]."),
-                               _req(item, "xxh3_128", str, "spec.files[].")))
+        sha256, xxh3 = _req(item, "sha256", str, "spec.files[]."), _req(item, "xxh3_128", str, "spec.files[].")
+        if not _SHA256.fullmatch(sha256) or not _XXH3.fullmatch(xxh3):
+            raise InvalidManifestError(f"Invalid manifest: file {rel!r} needs a sha256 of 64 and an xxh3_128 of 32 "
+                                       "lowercase hex digits.")
+        files.append(FileEntry(rel, size, sha256, xxh3))
     if entrypoint not in seen:
         raise InvalidManifestError(f"Invalid manifest: entrypoint {entrypoint!r} is not among spec.files.")
     io = spec.get("io") or {}

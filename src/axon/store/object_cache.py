@@ -23,6 +23,7 @@ cache (:mod:`axon.store.cache_dir`), never in a repository or anything else give
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 from collections.abc import Collection
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import xxhash
 
-from axon.errors import AxonError, IntegrityError, NotPublishedError
+from axon.errors import AxonError, CacheConflictError, IntegrityError, NotPublishedError
 from axon.store.atomic import fsync_dir, fsync_tree, move_into_place, remove_tree
 from axon.store.cache_dir import DEFAULT_CACHE_DIR, open_cache_dir
 from axon.store.fastio import FileDigest
@@ -39,11 +40,11 @@ from axon.store.layout import MANIFEST_NAME, StoreLayout, version_key
 from axon.store.manifest import FileEntry, Manifest, parse_manifest
 from axon.store.modes import CACHE_DIR_MODE, FILE_MODE
 from axon.store.nofollow import open_dir, set_tree_modes
-from axon.store.pin import pin_matches, published_as
+from axon.store.pin import is_manifest_pin, pin_matches, published_as
 from axon.store.s3 import READ_BYTES, ObjectStore
 from axon.store.spec import ModelSpec
 
-__all__ = ["DEFAULT_CACHE_DIR", "evict", "fetch_version", "published_manifest"]
+__all__ = ["DEFAULT_CACHE_DIR", "evict", "fetch_version", "hold_in_use", "published_manifest", "release_in_use"]
 
 
 
@@ -66,16 +67,16 @@ def published_manifest(store: ObjectStore, spec: ModelSpec) -> tuple[Manifest, b
     return manifest, data, etag
 
 
-def _current_digest(path: Path) -> str | None:
+def _current_digest(path: Path, *, sha256: bool = False) -> str | None:
     """The manifest digest of the local copy, when its manifest parses and every file it lists
-    matches it (xxh3-128); None otherwise, and the copy is fetched again (a damaged copy heals
-    itself)."""
+    matches it (xxh3-128, and with *sha256* sha256); None otherwise, and the copy is fetched
+    again (a damaged copy heals itself)."""
     try:
         with open(path / MANIFEST_NAME, "rb") as f:
             manifest = parse_manifest(f.read(), str(path / MANIFEST_NAME), version_dir=path)
     except (OSError, AxonError):
         return None
-    if not verify_version_dir(path, manifest, check_sha256=False).ok:
+    if not verify_version_dir(path, manifest, check_sha256=sha256).ok:
         return None
     return manifest.manifest_digest
 
@@ -100,13 +101,15 @@ def fetch_version(store: ObjectStore, spec: ModelSpec, cache_root: Path, *, dige
     open_cache_dir(cache_root)
     layout = StoreLayout(cache_root)
     target = layout.version_dir(spec)
-    if _current_digest(target) == manifest.manifest_digest:
+    _refuse_nesting(layout, spec)
+    sha256 = is_manifest_pin(digest)  # a copy already here is held to the pin's standard too
+    if _current_digest(target, sha256=sha256) == manifest.manifest_digest:
         return target
     layout.ensure_internal()
     downloads = layout.downloads / version_key(spec) / manifest.digest  # one version's leftovers: its lock covers them
     downloads.mkdir(parents=True, exist_ok=True)
     with layout.lock(spec, wait=True):
-        if _current_digest(target) == manifest.manifest_digest:  # another process fetched it meanwhile
+        if _current_digest(target, sha256=sha256) == manifest.manifest_digest:  # fetched meanwhile
             return target
         layout.cleanup_stale_staging()
         staging = layout.new_staging(spec)
@@ -136,6 +139,19 @@ def fetch_version(store: ObjectStore, spec: ModelSpec, cache_root: Path, *, dige
                 leftover.rmdir()
         fsync_dir(target)
     return target
+
+
+def _refuse_nesting(layout: StoreLayout, spec: ModelSpec) -> None:
+    """CacheConflictError when *spec*'s directory holds another cached version, or lies in one
+    (``ns/a@b`` is ``ns/a/b/``, the parent of ``ns/a/b@c``'s): replacing one would take the other."""
+    target = layout.version_dir(spec)
+    around = [p for p in target.parents if p != layout.root and layout.root in p.parents]
+    inner = [d for d in target.iterdir() if d.is_dir() and (d / MANIFEST_NAME).exists()] if target.is_dir() else []
+    other = next((p for p in around if (p / MANIFEST_NAME).exists()), None) or (inner[0] if inner else None)
+    if other is not None:
+        raise CacheConflictError(f"{str(spec)!r} cannot be cached next to the version at {str(other)!r}: one's "
+                                 "directory holds the other's.",
+                                 hint="Unregister one of the two, or serve them from separate --cache-dir hosts.")
 
 
 def _download_verified(store: ObjectStore, key: str, entry: FileEntry, part: Path) -> None:
@@ -178,6 +194,34 @@ def _download_into(store: ObjectStore, key: str, entry: FileEntry, part: Path) -
     return mismatch(entry, FileDigest(have, sha.hexdigest(), xxh.hexdigest())) is None
 
 
+def hold_in_use(cache_root: Path, spec: ModelSpec) -> int:
+    """Mark *spec*'s copy as in use (a shared lock, released with the returned descriptor by
+    :func:`release_in_use` or the process's death) while it is fetched and loaded: no eviction,
+    by this process or another, removes it meanwhile."""
+    open_cache_dir(cache_root)
+    layout = StoreLayout(cache_root)
+    layout.locks.mkdir(parents=True, exist_ok=True)
+    fd = StoreLayout.open_lock_file(layout.locks / (version_key(spec) + ".use"))
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def release_in_use(fd: int) -> None:
+    os.close(fd)
+
+
+def _unused(layout: StoreLayout, spec: ModelSpec) -> int | None:
+    """The in-use lock of *spec* held exclusively (nobody fetching or loading it), or None."""
+    layout.locks.mkdir(parents=True, exist_ok=True)
+    fd = StoreLayout.open_lock_file(layout.locks / (version_key(spec) + ".use"))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def evict(cache_root: Path, keep: Collection[ModelSpec]) -> list[ModelSpec]:
     """Remove every cached version not in *keep* (and leftover downloads); returns what went.
     A directory that is not a cache (``cache_dir.open_cache_dir``) is refused, never emptied."""
@@ -185,13 +229,20 @@ def evict(cache_root: Path, keep: Collection[ModelSpec]) -> list[ModelSpec]:
         return []
     layout = StoreLayout(cache_root)
     wanted = {version_key(s) for s in keep}
+    kept = [layout.version_dir(s) for s in keep]
     gone = []
     for entry in list(layout.iter_versions()):
-        if version_key(entry.spec) in wanted:
-            continue
-        with layout.lock(entry.spec, wait=True):
-            with contextlib.suppress(OSError):
-                os.chmod(entry.path, 0o755)
-            remove_tree(entry.path)
+        if version_key(entry.spec) in wanted or any(k.is_relative_to(entry.path) for k in kept):
+            continue  # wanted, or holding a wanted version (ns/a@b is the parent of ns/a/b@c)
+        use = _unused(layout, entry.spec)
+        if use is None:
+            continue  # being fetched or loaded (by any process): not unused
+        try:
+            with layout.lock(entry.spec, wait=True):
+                with contextlib.suppress(OSError):
+                    os.chmod(entry.path, 0o755)
+                remove_tree(entry.path)
+        finally:
+            os.close(use)
         gone.append(entry.spec)
     return gone

@@ -59,7 +59,8 @@ def create_app(settings: ServerSettings) -> FastPath:
         await registry.restore()
         log.info("MLOS Core %s: repository %s, %d model(s) restored", __version__, settings.repository,
                  len(registry.models))
-        watcher = asyncio.get_running_loop().create_task(registry.watch_state()) if settings.workers > 1 else None
+        follow = settings.workers > 1 or settings.deployment is not None  # other workers, or the deployment file
+        watcher = asyncio.get_running_loop().create_task(registry.watch_state()) if follow else None
         yield
         if watcher is not None:
             watcher.cancel()
@@ -84,7 +85,7 @@ def create_app(settings: ServerSettings) -> FastPath:
 def create_app_from_env() -> FastPath:
     """Factory for uvicorn's worker processes: settings arrive as JSON in MLOS_CORE_SETTINGS."""
     raw = json.loads(os.environ["MLOS_CORE_SETTINGS"])
-    for key in ("repository", "token_file", "state_dir"):
+    for key in ("repository", "token_file", "state_dir", "deployment"):
         if raw.get(key):
             raw[key] = Path(raw[key])
     return create_app(ServerSettings(**raw))

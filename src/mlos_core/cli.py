@@ -29,6 +29,9 @@ def cli() -> None:
               "verified local copy of each registered version (--cache-dir).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="With an s3:// repository: where the verified copies live (default /var/cache/mlos/models).")
+@click.option("--deployment", type=click.Path(dir_okay=False, path_type=Path),
+              help="Serve the models of this deployment file (mlos-deploy.yaml), each pinned to its digest, and "
+              "follow its changes; admin register/unregister calls are refused (409).")
 @click.option("--host", help="Bind address (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port (default 8080; 0 picks a free one).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Execution provider choice.")
@@ -76,6 +79,7 @@ def serve(config_file: Path | None, port_file: Path | None, **options: object) -
       mlos-core serve
       mlos-core serve --repository /srv/mlos/models --port 9000 --max-batch-size 64
       AWS_ENDPOINT_URL=http://minio:9000 mlos-core serve --repository s3://models/prod
+      mlos-core serve --deployment mlos-deploy.yaml
     """
     import uvicorn
 

@@ -18,6 +18,7 @@ from axon.model.classification import check_against_graph
 from axon.model.inference import load_dense_layers
 from axon.model.pooling import DenseLayer
 from axon.store.atomic import atomic_write_text
+from axon.store.deployment import load_deployment
 from axon.store.manifest import Manifest
 from axon.store.modes import CORE_FILE_MODE
 from axon.store.pin import is_manifest_pin, pin_matches, published_as
@@ -162,7 +163,8 @@ class Registry:
         self._failed_at: dict[str, Stamp] = {}  # the registrations file as it was when the load failed
         self._locks: dict[str, asyncio.Lock] = {}
         self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
-        self.state_file = settings.state_dir / "registrations.json"
+        # With a deployment file, it is the registrations file: read-only here, the served set.
+        self.state_file = settings.deployment or settings.state_dir / "registrations.json"
         self._saved: tuple[Stamp, list[str], str | None] | None = None
         self._store: ObjectStore | None = None  # an s3:// repository's client, made on first use
         self._registering: dict[str, int] = {}  # model ids being fetched and loaded now: never evicted
@@ -305,6 +307,8 @@ class Registry:
         """Verify, load and serve a published version. With *digest*, only a version whose manifest
         has exactly that digest (409 otherwise, nothing loaded), and the pin is saved with the
         registration, so a restart (or another worker) refuses a republished copy too."""
+        if persist:
+            self._refuse_if_managed()
         if self.settings.store is None:
             return await self._register(model_id, manifest_path, digest, persist)
         key = str(model_id)
@@ -374,7 +378,15 @@ class Registry:
                 return {**loaded.describe(), "status": "reloaded"}
             return {**loaded.describe(), "status": "registered"}
 
+    def _refuse_if_managed(self) -> None:
+        if self.settings.deployment is not None:
+            raise ApiError(409, "managed_by_deployment", f"this server serves the models of the deployment file "
+                           f"{str(self.settings.deployment)!r}; change that file (axon deploy / undeploy), not this "
+                           "replica")
+
     async def unregister(self, model_id: str, *, persist: bool = True) -> dict[str, Any]:
+        if persist:
+            self._refuse_if_managed()
         async with self._lock(model_id):
             if model_id not in self.models and not (persist and model_id in await asyncio.to_thread(self.saved_models)):
                 raise ApiError(404, "model_not_found", f"model {model_id!r} is not registered")
@@ -426,6 +438,11 @@ class Registry:
         return saved[1], saved[2]
 
     def _read_saved(self) -> tuple[list[str], str | None]:
+        if self.settings.deployment is not None:
+            try:
+                return [str(m.spec) for m in load_deployment(self.settings.deployment).models], None
+            except AxonError as exc:
+                return [], exc.message
         try:
             data = json.loads(self.state_file.read_bytes())
         except FileNotFoundError:
@@ -501,7 +518,13 @@ class Registry:
                            "(the server log says why)", headers={"Retry-After": "5"}) from None
 
     def _read_pins(self) -> dict[str, str]:
-        """The digests saved registrations are pinned to (the registrations file's ``pins``)."""
+        """The digests saved registrations are pinned to (the registrations file's ``pins``, or
+        the deployment file's digests)."""
+        if self.settings.deployment is not None:
+            try:
+                return {str(m.spec): m.digest for m in load_deployment(self.settings.deployment).models}
+            except AxonError:
+                return {}
         try:
             data = json.loads(self.state_file.read_bytes())
         except (OSError, ValueError):
@@ -548,7 +571,10 @@ class Registry:
     async def sync_from_state(self) -> None:
         """Load what the registrations file lists and unload what it no longer does (other workers).
         A model that failed to load is retried only once the file has changed since."""
-        stamp, (listed, _) = await asyncio.to_thread(self._saved_now)
+        stamp, (listed, error) = await asyncio.to_thread(self._saved_now)
+        if error is not None:  # a file half-edited or mistyped: keep serving what is loaded, and say why
+            self._note_state_error(stamp)
+            return
         saved = set(listed)
         for model_id in sorted(saved - set(self.models)):
             if model_id in self.failed and self._failed_at.get(model_id) == stamp:

@@ -47,6 +47,9 @@ class ServerSettings:
     token_file: Path = None  # type: ignore[assignment]  # filled in by __post_init__
     state_dir: Path = None  # type: ignore[assignment]  # filled in by __post_init__
     log_level: str = "info"
+    # mlos-deploy.yaml: the served models (pinned) come from it, not from admin calls; its
+    # repository, cache_dir and server settings apply beneath the command line's.
+    deployment: Path | None = None
 
     def __post_init__(self) -> None:
         if self.state_dir is None:
@@ -82,6 +85,9 @@ class ServerSettings:
             if unknown:
                 raise ValueError(f"unknown key(s) in {config_file}: {', '.join(unknown)}")
             values.update(data)
+        deployment = overrides.pop("deployment", None) or values.pop("deployment", None)
+        if deployment is not None:
+            values.update(_from_deployment(Path(deployment), overrides))
         values.update({k: v for k, v in overrides.items() if v is not None})
         cache_dir = values.pop("cache_dir", None)
         if str(values.get("repository", "")).startswith("s3://"):
@@ -89,10 +95,30 @@ class ServerSettings:
             values["repository"] = cache_dir or DEFAULT_CACHE_DIR
         elif cache_dir is not None:
             raise ValueError("--cache-dir goes with an s3:// --repository (the local copy of its versions)")
-        for key in ("repository", "token_file", "state_dir"):
+        for key in ("repository", "token_file", "state_dir", "deployment"):
             if values.get(key) is not None:
                 values[key] = Path(os.path.expanduser(str(values[key])))
         return cls(**values)
 
     def with_(self, **changes: Any) -> ServerSettings:
         return replace(self, **changes)
+
+
+def _from_deployment(path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The settings a deployment file gives: its repository (and cache_dir) and its server map."""
+    from axon.store.deployment import load_deployment
+
+    deployment = load_deployment(path)  # an InvalidDeploymentError is a ValueError: one line, exit 2
+    for owned, value in (("repository", deployment.repository), ("cache_dir", deployment.cache_dir)):
+        given = overrides.get(owned)
+        if given is not None and str(given) != str(value):
+            raise ValueError(f"--{owned.replace('_', '-')} {given} differs from the deployment file's {owned} "
+                             f"({value}); the deployment file {str(path)!r} says where its models are")
+    known = {f.name for f in fields(ServerSettings)}
+    unknown = sorted(set(deployment.server) - known)
+    if unknown:
+        raise ValueError(f"unknown server setting(s) in {str(path)!r}: {', '.join(unknown)}")
+    values: dict[str, Any] = {**deployment.server, "repository": deployment.repository, "deployment": path}
+    if deployment.cache_dir is not None:
+        values["cache_dir"] = deployment.cache_dir
+    return values

@@ -1,0 +1,145 @@
+"""``axon deploy`` / ``undeploy`` / ``deployments``: edit the deployment file a fleet serves.
+
+A model goes into the file only as a verified, published copy pinned to its manifest digest:
+the published copy is re-hashed (``verify --published``), and its manifest digest is read
+before and after, so a republish in between is a conflict, never a pin on bytes nobody
+checked. The file is replaced atomically; every server started with ``--deployment`` follows
+it (loading what is added, unloading what is removed, refusing what does not match its pin).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from axon.errors import AxonError, ConflictError, NotPublishedError, UsageError
+from axon.publish import published, verify_published
+from axon.settings import Settings
+from axon.store.deployment import (
+    Autoscale,
+    Deployment,
+    InvalidDeploymentError,
+    load_deployment,
+    write_deployment,
+)
+from axon.store.spec import ModelSpec
+
+__all__ = ["DEFAULT_FILE", "Scaling", "deploy", "deployment_rows", "parse_autoscale", "undeploy"]
+
+DEFAULT_FILE = Path("mlos-deploy.yaml")
+
+
+class Scaling:
+    """What ``--replicas``, ``--autoscale`` and ``--gpus`` ask for (None: keep the file's)."""
+
+    def __init__(self, replicas: int | None = None, autoscale: Autoscale | None = None,
+                 gpus: float | None = None) -> None:
+        if replicas is not None and autoscale is not None:
+            raise UsageError("Give --replicas or --autoscale, not both.")
+        if replicas is not None and replicas < 1:
+            raise UsageError(f"--replicas must be at least 1, not {replicas}.")
+        if gpus is not None and not gpus >= 0:
+            raise UsageError(f"--gpus must be a number of GPUs per replica (0.5 shares one), not {gpus}.")
+        self.replicas, self.autoscale, self.gpus = replicas, autoscale, gpus
+
+    def apply(self, deployment: Deployment) -> Deployment:
+        if self.replicas is not None:
+            deployment = replace(deployment, replicas=self.replicas, autoscale=None)
+        if self.autoscale is not None:
+            deployment = replace(deployment, replicas=1, autoscale=self.autoscale)
+        if self.gpus is not None:
+            deployment = replace(deployment, gpus=float(self.gpus))
+        return deployment
+
+
+def parse_autoscale(text: str) -> Autoscale:
+    """``MIN:MAX`` or ``MIN:MAX:TARGET`` (ongoing requests per replica)."""
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        low, high = int(parts[0]), int(parts[1])
+        target = float(parts[2]) if len(parts) == 3 else 2.0
+    except ValueError:
+        raise UsageError(f"--autoscale {text!r} is not MIN:MAX[:TARGET] (e.g. 1:4 or 1:4:8).") from None
+    if low < 0 or high < max(low, 1) or not target > 0:
+        raise UsageError(f"--autoscale {text!r}: need 0 <= MIN <= MAX, MAX >= 1 and TARGET > 0.")
+    return Autoscale(low, high, target)
+
+
+def _repository_of(settings: Settings) -> str:
+    return str(settings.publish_store) if settings.publish_store is not None else str(settings.publish_dir)
+
+
+def _open(file: Path, settings: Settings, *, create: bool) -> Deployment:
+    """The deployment in *file* (a new one for this repository when there is none and *create*)."""
+    if not file.exists():
+        if not create:
+            raise InvalidDeploymentError(f"No deployment file at {str(file)!r}.",
+                                         hint="Create one with: axon deploy SPEC --file PATH")
+        return Deployment(_repository_of(settings))
+    deployment = load_deployment(file)
+    if deployment.repository != _repository_of(settings):
+        raise UsageError(f"The deployment file {str(file)!r} serves {deployment.repository}, not this publish_dir "
+                         f"({_repository_of(settings)}).",
+                         hint="Run with the publish_dir it names (AXON_PUBLISH_DIR), or use another --file.")
+    return deployment
+
+
+def _manifest_digest(settings: Settings, spec: ModelSpec) -> str:
+    row = next((r for r in published(settings) if r["spec"] == str(spec)), None)
+    if row is None or not row.get("manifest_digest"):
+        raise NotPublishedError(f"{str(spec)!r} is not published in {_repository_of(settings)}; only published "
+                                "versions are deployed.", hint=f"Publish it first: axon publish {spec}")
+    return str(row["manifest_digest"])
+
+
+def deploy(spec: ModelSpec, settings: Settings, file: Path = DEFAULT_FILE, scaling: Scaling | None = None,
+           *, progress: Callable[[int], object] | None = None) -> dict[str, Any]:
+    """Verify the published *spec*, pin its manifest digest in *file* (created if missing), apply
+    *scaling*; returns what changed.
+
+    Raises:
+        NotPublishedError, IntegrityError (exit 3: the published copy does not verify),
+        ConflictError (republished while it was verified), InvalidDeploymentError, UsageError.
+    """
+    deployment = _open(file, settings, create=True)
+    digest = _manifest_digest(settings, spec)
+    verify_published(spec, settings, progress=progress).raise_for_problems()
+    if _manifest_digest(settings, spec) != digest:
+        raise ConflictError(f"{str(spec)!r} was republished while it was being verified; nothing was deployed.",
+                            hint=f"Run it again: axon deploy {spec}")
+    before = deployment.model(spec)
+    updated = (scaling or Scaling()).apply(deployment.with_model(spec, digest))
+    write_deployment(file, updated)
+    status = "unchanged" if updated == deployment else ("updated" if before is not None else "deployed")
+    return {"spec": str(spec), "status": status, "digest": digest,
+            "digest_old": before.digest if before is not None else None, "file": str(file),
+            **_scaling_of(updated)}
+
+
+def undeploy(spec: ModelSpec, settings: Settings, file: Path = DEFAULT_FILE) -> dict[str, Any]:
+    deployment = _open(file, settings, create=False)
+    found = deployment.model(spec)
+    if found is None:
+        raise AxonError(f"{str(spec)!r} is not in the deployment file {str(file)!r}.",
+                        hint=f"See what is deployed with: axon deployments --file {file}")
+    write_deployment(file, deployment.without_model(spec))
+    return {"spec": str(spec), "status": "undeployed", "digest": found.digest, "file": str(file)}
+
+
+def deployment_rows(file: Path = DEFAULT_FILE) -> dict[str, Any]:
+    """What *file* deploys: its repository, scaling and models (spec and pinned digest)."""
+    deployment = load_deployment(file)
+    return {"file": str(file), "repository": deployment.repository, **_scaling_of(deployment),
+            "models": [{"spec": str(m.spec), "digest": m.digest} for m in deployment.models]}
+
+
+def _scaling_of(deployment: Deployment) -> dict[str, Any]:
+    a = deployment.autoscale
+    return {"replicas": deployment.replicas if a is None else None,
+            "autoscale": None if a is None else {"min": a.min_replicas, "max": a.max_replicas,
+                                                 "target_ongoing_requests": a.target_ongoing_requests},
+            "gpus": deployment.gpus, "max_replicas_per_node": deployment.max_replicas_per_node}

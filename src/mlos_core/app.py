@@ -57,6 +57,10 @@ def create_app(settings: ServerSettings) -> FastPath:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(admin.load)
         await registry.restore()
+        if settings.require_models and registry.failed:  # a replica that cannot serve its models never starts
+            why = "models failed to load: " + "; ".join(f"{k}: {v}" for k, v in registry.failed.items())
+            log.error("%s", why)  # the engine reports the start failed; its replica log says why
+            raise RuntimeError(why)
         log.info("MLOS Core %s: repository %s, %d model(s) restored", __version__, settings.repository,
                  len(registry.models))
         follow = settings.workers > 1 or settings.deployment is not None  # other workers, or the deployment file
@@ -79,7 +83,9 @@ def create_app(settings: ServerSettings) -> FastPath:
                                         ClientDisconnect: _client_gone, Exception: api_error_handler})
     fast_routes = [*native_api.fast_routes(service), *kserve.fast_routes(service),
                    *openai_api.fast_routes(service), *rerank_api.fast_routes(service)]
-    return FastPath(app, fast_routes, settings.max_body_bytes)
+    fast = FastPath(app, fast_routes, settings.max_body_bytes)
+    fast.registry = registry  # what an engine's health check asks (mlos_core.ray_serve)
+    return fast
 
 
 def create_app_from_env() -> FastPath:

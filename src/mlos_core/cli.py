@@ -71,7 +71,13 @@ def cli() -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--port-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the bound port here once listening (useful with --port 0).")
-def serve(config_file: Path | None, port_file: Path | None, **options: object) -> None:
+@click.option("--ray", "on_ray", is_flag=True, help="Deploy on Ray Serve instead (needs --deployment): one replica "
+              "set running this server, with the file's scaling; exits once Ray has rolled it out (or blocks "
+              "with a local Ray when no --address).")
+@click.option("--address", default=None, help="With --ray: the Ray cluster (auto, ray://host:10001, …); default: "
+              "start a local one and serve until interrupted.")
+def serve(config_file: Path | None, port_file: Path | None, on_ray: bool, address: str | None,
+          **options: object) -> None:
     """Start the inference server.
 
     \b
@@ -91,6 +97,12 @@ def serve(config_file: Path | None, port_file: Path | None, **options: object) -
         settings = ServerSettings.load(config_file, **options)
     except (ValueError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if on_ray:
+        _serve_on_ray(settings, address)
+        return
+    if address is not None:
+        click.echo("error: --address goes with --ray.", err=True)
         sys.exit(2)
     if settings.store is not None:
         from axon.errors import UsageError
@@ -125,6 +137,51 @@ def serve(config_file: Path | None, port_file: Path | None, **options: object) -
     if port_file is not None:
         _write_port_when_started(server, port_file)
     server.run()
+
+
+def _serve_on_ray(settings: ServerSettings, address: str | None) -> None:
+    """Deploy the deployment file on Ray Serve; exit 1 (the old replicas serving on) if the
+    rollout failed. With no --address, the Ray started here lives as long as this command."""
+    import json
+    import os
+    import signal
+
+    from axon.errors import AxonError
+    from axon.store.deployment import load_deployment
+    from mlos_core import ray_serve
+
+    if settings.deployment is None:
+        click.echo("error: --ray needs --deployment FILE (the models and scaling to deploy).", err=True)
+        sys.exit(2)
+    try:
+        deployment = load_deployment(settings.deployment)
+        serve = ray_serve.serve_module()
+    except AxonError as exc:
+        click.echo(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), err=True)
+        sys.exit(exc.exit_code)
+    import ray
+
+    if deployment.ray.proxy == "haproxy":  # read when Ray starts: on an existing cluster, set it on `ray start`
+        os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    result = ray_serve.deploy(settings, deployment)
+    click.echo(json.dumps(result))
+    if result["status"] != "RUNNING":
+        click.echo(f"error: the rollout of {settings.deployment} did not complete ({result['status']}): "
+                   f"{result.get('error') or result['message']}\nhint: replicas of the earlier version, if any, "
+                   "keep serving; fix the file and run this again.", err=True)
+        sys.exit(1)
+    if address is None:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        click.echo(f"MLOS Core on Ray Serve at http://{settings.host}:{settings.port} (Ctrl-C stops it)", err=True)
+        try:
+            signal.pause()
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 
 def _uvicorn_options(settings: ServerSettings) -> dict[str, Any]:

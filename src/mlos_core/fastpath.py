@@ -15,7 +15,7 @@ import ctypes
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -77,6 +77,7 @@ class FastPath:
         self.app = app
         self.routes = routes
         self.max_body_bytes = max_body_bytes
+        self.registry: Any = None  # the app's model registry, for an engine's health check (create_app sets it)
         self.large_bodies = 0  # large bodies being read or handled now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import yaml
 
 from axon.errors import AxonError
 from axon.model.classification import check_against_graph
 from axon.model.inference import load_dense_layers
 from axon.model.pooling import DenseLayer
 from axon.store.atomic import atomic_write_text
-from axon.store.deployment import load_deployment
+from axon.store.deployment import Deployment, load_deployment, parse_deployment
 from axon.store.manifest import Manifest
 from axon.store.modes import CORE_FILE_MODE
 from axon.store.pin import is_manifest_pin, pin_matches, published_as
@@ -379,10 +380,11 @@ class Registry:
             return {**loaded.describe(), "status": "registered"}
 
     def _refuse_if_managed(self) -> None:
-        if self.settings.deployment is not None:
-            raise ApiError(409, "managed_by_deployment", f"this server serves the models of the deployment file "
-                           f"{str(self.settings.deployment)!r}; change that file (axon deploy / undeploy), not this "
-                           "replica")
+        if self.settings.deployment is not None or self.settings.deployment_doc is not None:
+            where = f"the deployment file {str(self.settings.deployment)!r}" if self.settings.deployment else \
+                "its deployment (Ray Serve)"
+            raise ApiError(409, "managed_by_deployment", f"this server serves the models of {where}; change the "
+                           "deployment file (axon deploy / undeploy) and apply it, not this replica")
 
     async def unregister(self, model_id: str, *, persist: bool = True) -> dict[str, Any]:
         if persist:
@@ -437,10 +439,18 @@ class Registry:
             saved = self._saved = (stamp, *self._read_saved())
         return saved[1], saved[2]
 
+    def _deployment(self) -> Deployment:
+        """The deployment this server serves: the file (read again: it is followed), or the
+        document it was started with (Ray Serve: changes arrive as a new rollout)."""
+        if self.settings.deployment_doc is not None:
+            return parse_deployment(yaml.safe_load(self.settings.deployment_doc), "(the Ray Serve deployment)")
+        assert self.settings.deployment is not None
+        return load_deployment(self.settings.deployment)
+
     def _read_saved(self) -> tuple[list[str], str | None]:
-        if self.settings.deployment is not None:
+        if self.settings.deployment is not None or self.settings.deployment_doc is not None:
             try:
-                return [str(m.spec) for m in load_deployment(self.settings.deployment).models], None
+                return [str(m.spec) for m in self._deployment().models], None
             except AxonError as exc:
                 return [], exc.message
         try:
@@ -520,9 +530,9 @@ class Registry:
     def _read_pins(self) -> dict[str, str]:
         """The digests saved registrations are pinned to (the registrations file's ``pins``, or
         the deployment file's digests)."""
-        if self.settings.deployment is not None:
+        if self.settings.deployment is not None or self.settings.deployment_doc is not None:
             try:
-                return {str(m.spec): m.digest for m in load_deployment(self.settings.deployment).models}
+                return {str(m.spec): m.digest for m in self._deployment().models}
             except AxonError:
                 return {}
         try:

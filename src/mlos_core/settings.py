@@ -50,6 +50,8 @@ class ServerSettings:
     # mlos-deploy.yaml: the served models (pinned) come from it, not from admin calls; its
     # repository, cache_dir and server settings apply beneath the command line's.
     deployment: Path | None = None
+    deployment_doc: str | None = None  # the deployment itself (a Ray Serve replica: not followed, rolled out)
+    require_models: bool = False  # start only once every served model loaded (a Ray Serve replica)
 
     def __post_init__(self) -> None:
         if self.state_dir is None:

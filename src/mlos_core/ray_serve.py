@@ -1,0 +1,135 @@
+"""MLOS Core on Ray Serve: one Ray Serve application whose replicas each run this server.
+
+Ray does what it is good at (replicas, placement on GPUs, autoscaling, health checks, rolling
+updates); every replica is the unchanged ASGI app (``create_app``), verifying its models itself:
+
+* the replica gets the deployment document (``mlos-deploy.yaml``'s content) and registers every
+  model, pinned to its digest, while it starts; a replica whose models do not all load (missing,
+  damaged, published with another digest) fails to start, so a rollout to a bad model never
+  replaces the replicas that serve the old one, and Ray reports the application failed;
+* ``check_health`` fails while a model is failed, so Ray stops routing to that replica and
+  replaces it;
+* changing the file and running ``mlos-core serve --ray`` again is Ray's own in-place update
+  (a new version rolled out replica by replica); overload is MLOS Core's own 503 with
+  Retry-After, passed through by Ray's proxy.
+
+Ray is an optional extra (``pip install 'axon-mlos[ray]'``), imported only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from axon.errors import UsageError
+from axon.store.deployment import Deployment, dump_deployment
+from mlos_core.settings import ServerSettings
+
+__all__ = ["APP_NAME", "application", "deploy", "replica_settings", "serve_module", "serve_options", "status"]
+
+APP_NAME = "mlos-core"
+_REPLICA: dict[str, Any] = {}  # in each replica process: its app, for check_health
+
+
+def serve_module() -> Any:
+    try:
+        from ray import serve
+    except ImportError:
+        raise UsageError("mlos-core serve --ray needs Ray Serve, which is not installed.",
+                         hint="pip install 'axon-mlos[ray]'") from None
+    return serve
+
+
+def serve_options(deployment: Deployment) -> dict[str, Any]:
+    """The Ray Serve deployment options the file's scaling and Ray settings say."""
+    ray = deployment.ray
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": 1, "num_gpus": deployment.gpus},
+        "health_check_period_s": ray.health_check_period_s,
+        "health_check_timeout_s": ray.health_check_timeout_s,
+        "max_ongoing_requests": ray.max_ongoing_requests,
+        "graceful_shutdown_timeout_s": 30,
+    }
+    if deployment.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = deployment.max_replicas_per_node
+    if deployment.autoscale is not None:
+        a = deployment.autoscale
+        options["autoscaling_config"] = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+                                         "target_ongoing_requests": a.target_ongoing_requests}
+    else:
+        options["num_replicas"] = deployment.replicas
+    return options
+
+
+def replica_settings(settings: ServerSettings, deployment: Deployment) -> ServerSettings:
+    """What each replica runs with: the deployment's document (not its file, which other hosts
+    may not have), models required at start, one worker (Ray makes the replicas)."""
+    return dataclasses.replace(settings, deployment=None, deployment_doc=dump_deployment(deployment),
+                               require_models=True, workers=1)
+
+
+def application(settings: ServerSettings, deployment: Deployment, *, num_cpus: float | None = None) -> Any:
+    """The Ray Serve application (bound, ready for ``serve.run``)."""
+    serve = serve_module()
+    from mlos_core.app import create_app
+
+    replica = replica_settings(settings, deployment)
+    options = serve_options(deployment)
+    if num_cpus is not None:
+        options["ray_actor_options"]["num_cpus"] = num_cpus
+
+    def build() -> Any:  # runs in each replica (a plain function: Ray calls it there)
+        app = create_app(replica)
+        _REPLICA["app"] = app
+        return app
+
+    @serve.deployment(name="mlos-core", **options)
+    @serve.ingress(build)
+    class MLOSCore:
+        def check_health(self) -> None:
+            app = _REPLICA.get("app")
+            failed = getattr(getattr(app, "registry", None), "failed", None)
+            if failed is None:
+                raise RuntimeError("the server has not started")
+            if failed:
+                raise RuntimeError("models failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+
+    return MLOSCore.bind()  # type: ignore[attr-defined]  # serve.deployment made it a Deployment
+
+
+def deploy(settings: ServerSettings, deployment: Deployment, *, timeout_s: float = 600,
+           num_cpus: float | None = None) -> dict[str, Any]:
+    """Deploy (or roll out a change to) the application; returns its status once Ray settles:
+    ``RUNNING``, or ``DEPLOY_FAILED``/``UNHEALTHY`` with Ray's message (the old replicas, if any,
+    keep serving)."""
+    serve = serve_module()
+    app = application(settings, deployment, num_cpus=num_cpus)
+    try:
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    except Exception as exc:  # Ray raises its own types for a deploy that fails
+        return {**status(), "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:500]}"}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = status()
+        if now["status"] not in ("DEPLOYING", "NOT_STARTED"):
+            return now
+        time.sleep(0.5)
+    return status()
+
+
+def status() -> dict[str, Any]:
+    """The application's status as Ray reports it: status, message, replicas by state."""
+    serve = serve_module()
+    app = serve.status().applications.get(APP_NAME)
+    if app is None:
+        return {"status": "NOT_STARTED", "message": "", "replicas": {}}
+    replicas: dict[str, int] = {}
+    messages = [app.message] if app.message else []
+    for d in app.deployments.values():
+        if d.message:
+            messages.append(d.message)
+        for state, count in (d.replica_states or {}).items():
+            replicas[str(getattr(state, "value", state))] = replicas.get(str(getattr(state, "value", state)), 0) + count
+    return {"status": str(getattr(app.status, "value", app.status)), "message": " ".join(messages)[-8000:],
+            "replicas": replicas}

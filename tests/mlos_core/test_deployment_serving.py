@@ -76,3 +76,20 @@ def test_a_server_serves_what_its_deployment_file_says(tmp_path: Path) -> None:
         file.write_text("models: [\n")  # half-written by hand: what is loaded stays, the file is named
         assert wait_until(lambda: str(file) in c.call("GET", "/ready")[1]["failed"])
         assert c.call("POST", f"/models/{ONE}/inference", X)[0] == 200
+
+
+def test_ray_options_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mlos_core", "serve", "--repository", str(tmp_path), *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    for args, says in ((["--ray"], "--ray needs --deployment"), (["--address", "auto"], "--address goes with --ray"),
+                       (["--deployment", str(tmp_path / "none.yaml")], "No deployment file")):
+        r = serve(*args)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    (tmp_path / "d.yaml").write_text("apiVersion: axon.mlos.io/v1\nkind: Deployment\nrepository: /elsewhere\n")
+    r = serve("--deployment", str(tmp_path / "d.yaml"))
+    assert r.returncode == 2 and "differs from the deployment file's repository" in r.stderr, r.stderr

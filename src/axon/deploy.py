@@ -9,7 +9,11 @@ it (loading what is added, unloading what is removed, refusing what does not mat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import fcntl
+import math
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from axon.store.deployment import (
     Deployment,
     InvalidDeploymentError,
     load_deployment,
+    parse_deployment,
     write_deployment,
 )
 from axon.store.spec import ModelSpec
@@ -40,7 +45,7 @@ class Scaling:
             raise UsageError("Give --replicas or --autoscale, not both.")
         if replicas is not None and replicas < 1:
             raise UsageError(f"--replicas must be at least 1, not {replicas}.")
-        if gpus is not None and not gpus >= 0:
+        if gpus is not None and not (gpus >= 0 and math.isfinite(gpus)):
             raise UsageError(f"--gpus must be a number of GPUs per replica (0.5 shares one), not {gpus}.")
         self.replicas, self.autoscale, self.gpus = replicas, autoscale, gpus
 
@@ -64,7 +69,7 @@ def parse_autoscale(text: str) -> Autoscale:
         target = float(parts[2]) if len(parts) == 3 else 2.0
     except ValueError:
         raise UsageError(f"--autoscale {text!r} is not MIN:MAX[:TARGET] (e.g. 1:4 or 1:4:8).") from None
-    if low < 0 or high < max(low, 1) or not target > 0:
+    if low < 0 or high < max(low, 1) or not (target > 0 and math.isfinite(target)):
         raise UsageError(f"--autoscale {text!r}: need 0 <= MIN <= MAX, MAX >= 1 and TARGET > 0.")
     return Autoscale(low, high, target)
 
@@ -105,15 +110,18 @@ def deploy(spec: ModelSpec, settings: Settings, file: Path = DEFAULT_FILE, scali
         NotPublishedError, IntegrityError (exit 3: the published copy does not verify),
         ConflictError (republished while it was verified), InvalidDeploymentError, UsageError.
     """
-    deployment = _open(file, settings, create=True)
+    _open(file, settings, create=True)  # a file for another repository is refused before any work
     digest = _manifest_digest(settings, spec)
     verify_published(spec, settings, progress=progress).raise_for_problems()
     if _manifest_digest(settings, spec) != digest:
         raise ConflictError(f"{str(spec)!r} was republished while it was being verified; nothing was deployed.",
                             hint=f"Run it again: axon deploy {spec}")
-    before = deployment.model(spec)
-    updated = (scaling or Scaling()).apply(deployment.with_model(spec, digest))
-    write_deployment(file, updated)
+    with _locked(file):  # read again under the lock: a deploy or undeploy meanwhile is kept, not overwritten
+        deployment = _open(file, settings, create=True)
+        before = deployment.model(spec)
+        updated = (scaling or Scaling()).apply(deployment.with_model(spec, digest))
+        parse_deployment(updated.to_dict(), repr(str(file)))  # only what every server can read back is written
+        write_deployment(file, updated)
     status = "unchanged" if updated == deployment else ("updated" if before is not None else "deployed")
     return {"spec": str(spec), "status": status, "digest": digest,
             "digest_old": before.digest if before is not None else None, "file": str(file),
@@ -121,13 +129,26 @@ def deploy(spec: ModelSpec, settings: Settings, file: Path = DEFAULT_FILE, scali
 
 
 def undeploy(spec: ModelSpec, settings: Settings, file: Path = DEFAULT_FILE) -> dict[str, Any]:
-    deployment = _open(file, settings, create=False)
-    found = deployment.model(spec)
-    if found is None:
-        raise AxonError(f"{str(spec)!r} is not in the deployment file {str(file)!r}.",
-                        hint=f"See what is deployed with: axon deployments --file {file}")
-    write_deployment(file, deployment.without_model(spec))
+    with _locked(file):
+        deployment = _open(file, settings, create=False)
+        found = deployment.model(spec)
+        if found is None:
+            raise AxonError(f"{str(spec)!r} is not in the deployment file {str(file)!r}.",
+                            hint=f"See what is deployed with: axon deployments --file {file}")
+        write_deployment(file, deployment.without_model(spec))
     return {"spec": str(spec), "status": "undeployed", "digest": found.digest, "file": str(file)}
+
+
+@contextlib.contextmanager
+def _locked(file: Path) -> Iterator[None]:
+    """One writer of *file* at a time (flock on ``<file>.lock``, released if the process dies)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(file.with_name(file.name + ".lock"), os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def deployment_rows(file: Path = DEFAULT_FILE) -> dict[str, Any]:

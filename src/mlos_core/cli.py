@@ -163,9 +163,18 @@ def _serve_on_ray(settings: ServerSettings, address: str | None) -> None:
 
     if deployment.ray.proxy == "haproxy":  # read when Ray starts: on an existing cluster, set it on `ray start`
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
-    ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": settings.host, "port": settings.port})
-    result = ray_serve.deploy(settings, deployment)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        result = ray_serve.deploy(settings, deployment)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # Ray's own errors: a cluster not there, a port taken, …
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        click.echo(f"error: Ray Serve could not deploy {settings.deployment}: {type(exc).__name__}: {first}\n"
+                   f"hint: check the cluster ({address or 'a local one'}) and that port {settings.port} is free.",
+                   err=True)
+        sys.exit(1)
     click.echo(json.dumps(result))
     if result["status"] != "RUNNING":
         click.echo(f"error: the rollout of {settings.deployment} did not complete ({result['status']}): "

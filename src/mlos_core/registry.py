@@ -220,8 +220,11 @@ class Registry:
         log.error("could not load saved registration %s: %s", model_id, why)
 
     def _failed_error(self, model_id: str) -> ApiError:
+        fix = ("it is tried again every 30 s and whenever the deployment file changes (axon deploy SPEC)"
+               if self.settings.deployment is not None or self.settings.deployment_doc is not None
+               else "fix it, then register it again (axon register SPEC)")
         return ApiError(503, "model_failed", f"model {model_id!r} is registered but failed to load "
-                        f"({self.failed[model_id]}); fix it, then register it again (axon register SPEC)")
+                        f"({self.failed[model_id]}); {fix}", headers={"Retry-After": "30"})
 
     def _lock(self, model_id: str) -> asyncio.Lock:
         return self._locks.setdefault(model_id, asyncio.Lock())
@@ -342,6 +345,7 @@ class Registry:
                                           manifest_path=manifest_path)
         key = str(located.spec)
         pin = digest if digest is not None or persist else await asyncio.to_thread(self._pin_of, key)
+        self._refuse_unpinned(key, pin)
         if not pin_matches(located.manifest, pin):
             assert pin is not None
             raise ApiError(409, "digest_mismatch", f"{key!r} is published with digest "
@@ -378,6 +382,13 @@ class Registry:
                 await current.batcher.close()  # in-flight requests on the old copy finish first
                 return {**loaded.describe(), "status": "reloaded"}
             return {**loaded.describe(), "status": "registered"}
+
+    def _refuse_unpinned(self, model_id: str, pin: str | None) -> None:
+        """Under a deployment every model is pinned: none (the file changed or broke since its
+        list was read) loads nothing rather than something unpinned."""
+        if pin is None and (self.settings.deployment is not None or self.settings.deployment_doc is not None):
+            raise ApiError(409, "not_deployed", f"{model_id!r} has no pin in the deployment now (it changed, or it "
+                           "does not parse); nothing was loaded")
 
     def _refuse_if_managed(self) -> None:
         if self.settings.deployment is not None or self.settings.deployment_doc is not None:
@@ -500,6 +511,7 @@ class Registry:
         except AxonError as exc:
             raise ApiError(400, "bad_model_id", str(exc)) from None
         pin = digest if digest is not None or persist else await asyncio.to_thread(self._pin_of, str(spec))
+        self._refuse_unpinned(str(spec), pin)
         if self._store is None:
             assert self.settings.store is not None
             self._store = await asyncio.to_thread(ObjectStore, S3Location.parse(self.settings.store))
@@ -632,12 +644,20 @@ class Registry:
             self.failed[key] = error
             log.error("%s: %s", key, error)
 
-    async def watch_state(self, interval_s: float = 0.5) -> None:
+    async def watch_state(self, interval_s: float = 0.5, retry_s: float = 30.0) -> None:
         last = None
+        managed = self.settings.deployment is not None
+        retried = time.monotonic()
         while True:
-            mtime = (await asyncio.to_thread(self._state_stamp))[2]
-            if mtime != last:
-                last = mtime
+            stamp = await asyncio.to_thread(self._state_stamp)
+            if managed and time.monotonic() - retried > retry_s and any(k in self._failed_at for k in self.failed):
+                # Under a deployment nobody registers by hand: a model that failed (a store down,
+                # a cache full) is tried again now and then, not only when the file changes.
+                retried = time.monotonic()
+                self._failed_at.clear()
+                last = None
+            if stamp != last:
+                last = stamp
                 try:
                     await self.sync_from_state()
                 except Exception:

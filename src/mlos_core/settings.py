@@ -72,7 +72,14 @@ class ServerSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-        for name in ("max_body_bytes", "max_header_bytes", "max_connections", "max_request_inputs"):
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
+        for name in ("max_batch_tokens", "intra_op_threads", "max_queue_delay_ms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, not {value!r}")
+        for name in ("max_body_bytes", "max_header_bytes", "max_connections", "max_request_inputs", "max_batch_size",
+                     "max_queue_size", "instances", "workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
@@ -116,10 +123,18 @@ def _from_deployment(path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
         if given is not None and str(given) != str(value):
             raise ValueError(f"--{owned.replace('_', '-')} {given} differs from the deployment file's {owned} "
                              f"({value}); the deployment file {str(path)!r} says where its models are")
-    known = {f.name for f in fields(ServerSettings)}
-    unknown = sorted(set(deployment.server) - known)
+    known = {f.name: f for f in fields(ServerSettings)}
+    unknown = sorted(set(deployment.server) - set(known))
     if unknown:
         raise ValueError(f"unknown server setting(s) in {str(path)!r}: {', '.join(unknown)}")
+    for key, value in deployment.server.items():
+        default = known[key].default
+        kind = type(default) if isinstance(default, bool | int | float | str) else str
+        ok = isinstance(value, bool) if kind is bool else (
+            isinstance(value, kind) or (kind is float and isinstance(value, int))) and not isinstance(value, bool)
+        if not ok:
+            raise ValueError(f"server.{key} in {str(path)!r} must be {kind.__name__} (like {default!r}), "
+                             f"not {value!r}")
     values: dict[str, Any] = {**deployment.server, "repository": deployment.repository, "deployment": path}
     if deployment.cache_dir is not None:
         values["cache_dir"] = deployment.cache_dir

@@ -49,6 +49,8 @@ def test_deploy_pins_the_verified_manifest_digest(tmp_path: Path) -> None:
     for args, code, says in ((["deploy", "demo/none@1"], 1, "not published"),
                              (["deploy", SPEC, "--replicas", "2", "--autoscale", "1:2"], 2, "not both"),
                              (["deploy", SPEC, "--autoscale", "4:1"], 2, "MIN <= MAX"),
+                             (["deploy", SPEC, "--autoscale", "1:4:inf"], 2, "TARGET > 0"),
+                             (["deploy", SPEC, "--gpus", "inf"], 2, "--gpus must be"),
                              (["undeploy", "demo/none@1"], 1, "not in the deployment file")):
         r = axon(tmp_path, *args)
         assert r.returncode == code and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

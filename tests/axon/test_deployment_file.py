@@ -34,16 +34,19 @@ def doc(**fields: Any) -> dict[str, Any]:
 def test_a_full_file_round_trips(tmp_path: Path) -> None:
     d = Deployment("s3://models/prod", "/var/cache/mlos/models", (), 1, Autoscale(1, 4, 2.5), 0.5, 1,
                    {"max_batch_size": 64, "precision": "fp32"}, RaySettings(5.0, 20.0, "haproxy", 32))
-    d = d.with_model(parse_spec("acme/ranker@2.1.0"), PIN).with_model(parse_spec("acme/embed@1"), "0" * 32)
+    d = d.with_model(parse_spec("acme/ranker@2.1.0"), PIN).with_model(parse_spec("acme/embed@1"), "sha256:" + "1" * 64)
     write_deployment(tmp_path / "mlos-deploy.yaml", d)
     assert load_deployment(tmp_path / "mlos-deploy.yaml") == d
     assert [str(m.spec) for m in d.models] == ["acme/embed@1", "acme/ranker@2.1.0"]
-    again = d.with_model(parse_spec("acme/ranker@2.1.0"), "1" * 32).without_model(parse_spec("acme/embed@1"))
-    assert [(str(m.spec), m.digest) for m in again.models] == [("acme/ranker@2.1.0", "1" * 32)]
+    other = "sha256:" + "2" * 64
+    again = d.with_model(parse_spec("acme/ranker@2.1.0"), other).without_model(parse_spec("acme/embed@1"))
+    assert [(str(m.spec), m.digest) for m in again.models] == [("acme/ranker@2.1.0", other)]
 
 
 @pytest.mark.parametrize("fields,problem", [
     ({"models": [{"model": "acme/a@1", "digest": "nope"}]}, "models[0].digest must be"),
+    ({"models": [{"model": "acme/a@1", "digest": "0" * 32}]}, "must be a manifest digest"),  # the weak form
+    ({"server": {"deployment_doc": "x"}}, "server.deployment_doc is set by"),
     ({"models": [{"model": "acme/a", "digest": PIN}]}, "must be NS/NAME@VERSION"),
     ({"models": [{"model": "acme/a@1", "digest": PIN}, {"model": "acme/a@1", "digest": PIN}]}, "listed twice"),
     ({"models": [{"model": "acme/a@1", "digest": PIN, "replicas": 2}]}, "unknown key models[0].'replicas'"),

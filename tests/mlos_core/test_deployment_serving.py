@@ -93,3 +93,9 @@ def test_ray_options_are_checked_before_anything_starts(tmp_path: Path) -> None:
     (tmp_path / "d.yaml").write_text("apiVersion: axon.mlos.io/v1\nkind: Deployment\nrepository: /elsewhere\n")
     r = serve("--deployment", str(tmp_path / "d.yaml"))
     assert r.returncode == 2 and "differs from the deployment file's repository" in r.stderr, r.stderr
+    for server, says in (("{max_batch_size: '32'}", "server.max_batch_size"),
+                         ("{max_queue_size: -5}", "max_queue_size"), ("{intra_op_spinning: 'false'}", "must be bool")):
+        (tmp_path / "s.yaml").write_text(f"apiVersion: axon.mlos.io/v1\nkind: Deployment\nrepository: {tmp_path}\n"
+                                         f"server: {server}\n")
+        r = serve("--deployment", str(tmp_path / "s.yaml"))
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (server, r.stderr)

@@ -35,7 +35,7 @@ import yaml
 
 from axon.errors import InvalidSpecError, UsageError
 from axon.store.atomic import atomic_write_text
-from axon.store.pin import PIN_FORMS, is_pin
+from axon.store.pin import is_manifest_pin, is_pin
 from axon.store.spec import ModelSpec, parse_spec
 
 __all__ = ["API_VERSION", "Autoscale", "DeployedModel", "Deployment", "InvalidDeploymentError", "RaySettings",
@@ -72,7 +72,7 @@ class RaySettings:
 @dataclass(frozen=True, slots=True)
 class DeployedModel:
     spec: ModelSpec
-    digest: str  # a pin (axon.store.pin): the manifest digest, as `axon deploy` writes it
+    digest: str  # the manifest digest (sha256:…), as `axon deploy` writes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +170,9 @@ def parse_deployment(doc: Any, where: str = "") -> Deployment:
             spec = parse_spec(text)
         except InvalidSpecError as exc:
             raise _fail(where, f"{at}.model: {exc.message.rstrip('.')}") from None
-        if not is_pin(item.get("digest")):
-            raise _fail(where, f"{at}.digest must be {PIN_FORMS} (every model is pinned)")
+        if not (is_pin(item.get("digest")) and is_manifest_pin(item.get("digest"))):
+            raise _fail(where, f"{at}.digest must be a manifest digest, sha256:<64 hex digits> (every model is "
+                        "pinned, every byte sha256-checked; axon deploy writes it)")
         if any(m.spec == spec for m in deployed):
             raise _fail(where, f"{at}: {spec} is listed twice")
         deployed.append(DeployedModel(spec, item["digest"]))
@@ -200,7 +201,8 @@ def parse_deployment(doc: Any, where: str = "") -> Deployment:
             isinstance(k, str) and isinstance(v, _SERVER_VALUE) and not (isinstance(v, float) and not math.isfinite(v))
             for k, v in server.items()):
         raise _fail(where, "server must map mlos-core serve setting names to plain values")
-    for owned in ("repository", "cache_dir", "store", "workers", "host", "port", "deployment"):
+    for owned in ("repository", "cache_dir", "store", "workers", "host", "port", "deployment", "deployment_doc",
+                  "require_models", "token_file", "state_dir", "log_level"):
         if owned in server:
             raise _fail(where, f"server.{owned} is set by the deployment (or the engine), not here")
     ray = doc.get("ray", {})

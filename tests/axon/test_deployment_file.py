@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from axon.store.deployment import (
@@ -88,6 +88,7 @@ model_items = st.fixed_dictionaries({"model": st.sampled_from(["acme/a@1", "acme
                                      "digest": st.sampled_from([PIN, "0" * 32, "x"])})
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=150)
 @given(st.dictionaries(st.sampled_from(KEYS), values | st.lists(model_items, max_size=3), max_size=6))
 def test_any_document_parses_or_is_refused_cleanly(fields: dict[str, Any]) -> None:
     try:

@@ -167,6 +167,7 @@ class Registry:
         # With a deployment file, it is the registrations file: read-only here, the served set.
         self.state_file = settings.deployment or settings.state_dir / "registrations.json"
         self._saved: tuple[Stamp, list[str], str | None] | None = None
+        self._deployed: tuple[Stamp, Deployment | AxonError] | None = None
         self._store: ObjectStore | None = None  # an s3:// repository's client, made on first use
         self._registering: dict[str, int] = {}  # model ids being fetched and loaded now: never evicted
 
@@ -221,7 +222,7 @@ class Registry:
 
     def _failed_error(self, model_id: str) -> ApiError:
         fix = ("it is tried again every 30 s and whenever the deployment file changes (axon deploy SPEC)"
-               if self.settings.deployment is not None or self.settings.deployment_doc is not None
+               if self.managed
                else "fix it, then register it again (axon register SPEC)")
         return ApiError(503, "model_failed", f"model {model_id!r} is registered but failed to load "
                         f"({self.failed[model_id]}); {fix}", headers={"Retry-After": "30"})
@@ -386,12 +387,12 @@ class Registry:
     def _refuse_unpinned(self, model_id: str, pin: str | None) -> None:
         """Under a deployment every model is pinned: none (the file changed or broke since its
         list was read) loads nothing rather than something unpinned."""
-        if pin is None and (self.settings.deployment is not None or self.settings.deployment_doc is not None):
+        if pin is None and self.managed:
             raise ApiError(409, "not_deployed", f"{model_id!r} has no pin in the deployment now (it changed, or it "
                            "does not parse); nothing was loaded")
 
     def _refuse_if_managed(self) -> None:
-        if self.settings.deployment is not None or self.settings.deployment_doc is not None:
+        if self.managed:
             where = f"the deployment file {str(self.settings.deployment)!r}" if self.settings.deployment else \
                 "its deployment (Ray Serve)"
             raise ApiError(409, "managed_by_deployment", f"this server serves the models of {where}; change the "
@@ -450,16 +451,34 @@ class Registry:
             saved = self._saved = (stamp, *self._read_saved())
         return saved[1], saved[2]
 
+    @property
+    def managed(self) -> bool:
+        """Whether a deployment, not admin calls, says what this server serves."""
+        return self.settings.deployment is not None or self.settings.deployment_doc is not None
+
     def _deployment(self) -> Deployment:
-        """The deployment this server serves: the file (read again: it is followed), or the
-        document it was started with (Ray Serve: changes arrive as a new rollout)."""
-        if self.settings.deployment_doc is not None:
-            return parse_deployment(yaml.safe_load(self.settings.deployment_doc), "(the Ray Serve deployment)")
-        assert self.settings.deployment is not None
-        return load_deployment(self.settings.deployment)
+        """The deployment this server serves: the file (read again when it changed: it is
+        followed), or the document it was started with (Ray Serve: changes come as a rollout).
+        One parse per version of the file serves both the model list and the pins."""
+        stamp = self._state_stamp()
+        cached = self._deployed  # one read of the attribute: other threads may replace it meanwhile
+        if cached is None or cached[0] != stamp:
+            try:
+                if self.settings.deployment_doc is not None:
+                    found: Deployment | AxonError = parse_deployment(yaml.safe_load(self.settings.deployment_doc),
+                                                                     "(the Ray Serve deployment)")
+                else:
+                    assert self.settings.deployment is not None
+                    found = load_deployment(self.settings.deployment)
+            except AxonError as exc:
+                found = exc
+            cached = self._deployed = (stamp, found)
+        if isinstance(cached[1], AxonError):
+            raise cached[1].with_traceback(None)
+        return cached[1]
 
     def _read_saved(self) -> tuple[list[str], str | None]:
-        if self.settings.deployment is not None or self.settings.deployment_doc is not None:
+        if self.managed:
             try:
                 return [str(m.spec) for m in self._deployment().models], None
             except AxonError as exc:
@@ -542,7 +561,7 @@ class Registry:
     def _read_pins(self) -> dict[str, str]:
         """The digests saved registrations are pinned to (the registrations file's ``pins``, or
         the deployment file's digests)."""
-        if self.settings.deployment is not None or self.settings.deployment_doc is not None:
+        if self.managed:
             try:
                 return {str(m.spec): m.digest for m in self._deployment().models}
             except AxonError:
@@ -646,7 +665,7 @@ class Registry:
 
     async def watch_state(self, interval_s: float = 0.5, retry_s: float = 30.0) -> None:
         last = None
-        managed = self.settings.deployment is not None
+        managed = self.settings.deployment is not None  # a file to follow (a Ray replica's document is fixed)
         retried = time.monotonic()
         while True:
             stamp = await asyncio.to_thread(self._state_stamp)

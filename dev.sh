@@ -31,6 +31,10 @@ setup() {
         echo "→ installing axon and its dependencies into $VENV (first run takes a minute)" >&2
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
         "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+        # KServe's storage initializer, for the KServe runtime's contract test. Without its
+        # dependencies: its S3 download needs only boto3 and requests (already here), not the
+        # Azure, GCS and ModelScope SDKs its other backends pull in.
+        "$VENV/bin/python" -m pip install --quiet --no-deps "kserve-storage>=0.20"
         touch "$stamp"
     fi
 }

@@ -14,7 +14,7 @@ import fcntl
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from axon.store.deployment import (
 )
 from axon.store.spec import ModelSpec
 
-__all__ = ["DEFAULT_FILE", "Scaling", "deploy", "deployment_rows", "parse_autoscale", "undeploy"]
+__all__ = ["DEFAULT_FILE", "KServeOptions", "Scaling", "deploy", "deployment_rows", "parse_autoscale", "undeploy"]
 
 DEFAULT_FILE = Path("mlos-deploy.yaml")
 
@@ -57,6 +57,30 @@ class Scaling:
         if self.gpus is not None:
             deployment = replace(deployment, gpus=float(self.gpus))
         return deployment
+
+
+@dataclass(frozen=True)
+class KServeOptions:
+    """``--emit kserve``: where the manifests go and what they say beyond the deployment file."""
+
+    out_dir: Path
+    image: str | None = None
+    repository_uri: str | None = None
+    name: str | None = None
+    service_account: str | None = None
+
+    def emit(self, spec: ModelSpec, digest: str, deployment: Deployment) -> list[Path]:
+        from axon.kserve_manifests import DEFAULT_IMAGE, emit_kserve
+
+        return emit_kserve(self.out_dir, spec, digest, deployment, image=self.image or DEFAULT_IMAGE,
+                           repository_uri=self.repository_uri, name=self.name, service_account=self.service_account)
+
+    def check(self, spec: ModelSpec, deployment: Deployment) -> None:
+        """Refuse what KServe cannot express before anything is verified or written."""
+        from axon.kserve_manifests import inference_service
+
+        inference_service(spec, "sha256:" + "0" * 64, deployment, repository_uri=self.repository_uri,
+                          name=self.name, service_account=self.service_account)
 
 
 def parse_autoscale(text: str) -> Autoscale:
@@ -102,15 +126,17 @@ def _manifest_digest(settings: Settings, spec: ModelSpec) -> str:
 
 
 def deploy(spec: ModelSpec, settings: Settings, file: Path = DEFAULT_FILE, scaling: Scaling | None = None,
-           *, progress: Callable[[int], object] | None = None) -> dict[str, Any]:
+           *, progress: Callable[[int], object] | None = None, kserve: KServeOptions | None = None) -> dict[str, Any]:
     """Verify the published *spec*, pin its manifest digest in *file* (created if missing), apply
-    *scaling*; returns what changed.
+    *scaling*; with *kserve*, also write its KServe manifests. Returns what changed.
 
     Raises:
         NotPublishedError, IntegrityError (exit 3: the published copy does not verify),
         ConflictError (republished while it was verified), InvalidDeploymentError, UsageError.
     """
-    _open(file, settings, create=True)  # a file for another repository is refused before any work
+    current = _open(file, settings, create=True)  # a file for another repository is refused before any work
+    if kserve is not None:
+        kserve.check(spec, (scaling or Scaling()).apply(current))
     digest = _manifest_digest(settings, spec)
     verify_published(spec, settings, progress=progress).raise_for_problems()
     if _manifest_digest(settings, spec) != digest:
@@ -123,9 +149,12 @@ def deploy(spec: ModelSpec, settings: Settings, file: Path = DEFAULT_FILE, scali
         parse_deployment(updated.to_dict(), repr(str(file)))  # only what every server can read back is written
         write_deployment(file, updated)
     status = "unchanged" if updated == deployment else ("updated" if before is not None else "deployed")
-    return {"spec": str(spec), "status": status, "digest": digest,
-            "digest_old": before.digest if before is not None else None, "file": str(file),
-            **_scaling_of(updated)}
+    result = {"spec": str(spec), "status": status, "digest": digest,
+              "digest_old": before.digest if before is not None else None, "file": str(file),
+              **_scaling_of(updated)}
+    if kserve is not None:
+        result["manifests"] = [str(p) for p in kserve.emit(spec, digest, updated)]
+    return result
 
 
 def undeploy(spec: ModelSpec, settings: Settings, file: Path = DEFAULT_FILE) -> dict[str, Any]:

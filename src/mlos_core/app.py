@@ -28,7 +28,7 @@ from mlos_core.fastpath import FastPath
 from mlos_core.parse_helper import LargeBodies
 from mlos_core.registry import Registry
 from mlos_core.service import InferenceService
-from mlos_core.settings import ServerSettings
+from mlos_core.settings import PATH_KEYS, ServerSettings
 from mlos_core.telemetry import Metrics
 
 __all__ = ["create_app", "create_app_from_env"]
@@ -91,7 +91,7 @@ def create_app(settings: ServerSettings) -> FastPath:
 def create_app_from_env() -> FastPath:
     """Factory for uvicorn's worker processes: settings arrive as JSON in MLOS_CORE_SETTINGS."""
     raw = json.loads(os.environ["MLOS_CORE_SETTINGS"])
-    for key in ("repository", "token_file", "state_dir", "deployment"):
+    for key in PATH_KEYS:
         if raw.get(key):
             raw[key] = Path(raw[key])
     return create_app(ServerSettings(**raw))

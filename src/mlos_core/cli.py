@@ -32,6 +32,15 @@ def cli() -> None:
 @click.option("--deployment", type=click.Path(dir_okay=False, path_type=Path),
               help="Serve the models of this deployment file (mlos-deploy.yaml), each pinned to its digest, and "
               "follow its changes; admin register/unregister calls are refused (409).")
+@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Serve the one model in this directory (a KServe runtime: /mnt/models, as the storage initializer "
+              "leaves it), only if its manifest is the one --digest names; every file sha256-checked.")
+@click.option("--digest", "model_digest", metavar="sha256:HEX", help="With --model-dir: the manifest digest the model "
+              "is pinned to (exit 3 before serving anything if the directory holds another publish).")
+@click.option("--model-name", help="With --model-dir: a name the model answers to besides ns/name (KServe: the "
+              "InferenceService's name, {{.Name}}).")
+@click.option("--set", "settings_set", multiple=True, metavar="KEY=VALUE",
+              help="A server setting by its settings name (max_batch_size=64); repeatable; the options above win.")
 @click.option("--host", help="Bind address (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port (default 8080; 0 picks a free one).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Execution provider choice.")
@@ -77,7 +86,7 @@ def cli() -> None:
 @click.option("--address", default=None, help="With --ray: the Ray cluster (auto, ray://host:10001, …); default: "
               "start a local one and serve until interrupted.")
 def serve(config_file: Path | None, port_file: Path | None, on_ray: bool, address: str | None,
-          **options: object) -> None:
+          settings_set: tuple[str, ...], **options: object) -> None:
     """Start the inference server.
 
     \b
@@ -86,6 +95,7 @@ def serve(config_file: Path | None, port_file: Path | None, on_ray: bool, addres
       mlos-core serve --repository /srv/mlos/models --port 9000 --max-batch-size 64
       AWS_ENDPOINT_URL=http://minio:9000 mlos-core serve --repository s3://models/prod
       mlos-core serve --deployment mlos-deploy.yaml
+      mlos-core serve --model-dir /mnt/models --digest sha256:9b1f… --model-name ranker --host 0.0.0.0
     """
     import uvicorn
 
@@ -94,10 +104,12 @@ def serve(config_file: Path | None, port_file: Path | None, on_ray: bool, addres
     from mlos_core.settings import ServerSettings
 
     try:
-        settings = ServerSettings.load(config_file, **options)
+        settings = ServerSettings.load(config_file, _parse_set(settings_set), **options)
     except (ValueError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    if settings.model_dir is not None:
+        settings = _prepare_model_dir(settings, on_ray)
     if on_ray:
         _serve_on_ray(settings, address)
         return
@@ -137,6 +149,45 @@ def serve(config_file: Path | None, port_file: Path | None, on_ray: bool, addres
     if port_file is not None:
         _write_port_when_started(server, port_file)
     server.run()
+    if not server.started:  # the lifespan refused to start (its log says why): not a clean exit
+        sys.exit(3)
+
+
+def _parse_set(items: tuple[str, ...]) -> dict[str, object]:
+    """--set KEY=VALUE pairs; each value read as YAML (64, 2.5, true, text)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE (like max_batch_size=64)", param_hint="--set")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise click.BadParameter(f"the value of {item!r} is not a plain value", param_hint="--set") from None
+    return out
+
+
+def _prepare_model_dir(settings: ServerSettings, on_ray: bool) -> ServerSettings:
+    """--model-dir: check the delivered manifest against the pin before anything listens."""
+    from axon.errors import AxonError
+    from mlos_core.model_dir import prepare
+
+    if on_ray:
+        click.echo("error: --model-dir serves one directory on this host; --ray serves a deployment file.", err=True)
+        sys.exit(2)
+    try:
+        prepared, spec = prepare(settings)
+    except AxonError as exc:
+        click.echo(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), err=True)
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        click.echo(f"error: cannot read {str(settings.model_dir)!r}: {exc.strerror}.", err=True)
+        sys.exit(1)
+    click.echo(f"{spec} in {prepared.model_dir} is the pinned publish ({prepared.model_digest}); verifying its files",
+               err=True)
+    return prepared
 
 
 def _serve_on_ray(settings: ServerSettings, address: str | None) -> None:

@@ -275,8 +275,9 @@ def routes(service: InferenceService, admin: AdminAuth) -> list[Route]:
     async def live(request: Request) -> Response:
         return JSONResponse({"live": True})
 
-    async def ready(request: Request) -> Response:
-        return JSONResponse({"ready": True})
+    async def ready(request: Request) -> Response:  # as /ready: not while a served model failed
+        ok = not registry.failed
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     async def model(request: Request) -> Response:
         name, version, action = _split(request.path_params["rest"])
@@ -341,7 +342,7 @@ def fast_routes(service: InferenceService) -> list[FastRoute]:
         """POST /v2/models/{name}[/versions/{v}]/infer, JSON or binary tensors."""
         name, version, _ = _split(tail)
         if version:
-            await registry.resolve(f"{name}@{version}")
+            await registry.resolve(f"{registry.canonical(name)}@{version}")
         m = registry.find(name, version)
         service.admit(m)
         header_len = next((v.decode("latin-1") for k, v in headers if k == HEADER_LEN), None)

@@ -26,7 +26,15 @@ from axon.store.pin import is_manifest_pin, pin_matches, published_as
 from mlos_core.batching import Batcher, Pending
 from mlos_core.errors import ApiError
 from mlos_core.preprocessing import TextPipeline, postprocess
-from mlos_core.repository import Located, VerifiedModel, locate, model_refusal, read_verified_model, verify_files
+from mlos_core.repository import (
+    Located,
+    VerifiedModel,
+    locate,
+    locate_delivered,
+    model_refusal,
+    read_verified_model,
+    verify_files,
+)
 from mlos_core.runtime import SessionInfo, create_session, warm_up
 from mlos_core.settings import ServerSettings
 from mlos_core.telemetry import Metrics
@@ -179,13 +187,23 @@ class Registry:
         return model
 
     def find(self, name: str, version: str | None = None) -> LoadedModel:
-        """``name@version`` when a version is given, else the version of *name* registered last."""
+        """``name@version`` when a version is given, else the version of *name* registered last.
+        With --model-name, that name is the served model's too (KServe's clients use it)."""
+        name = self.canonical(name)
         if version:
             return self.get(f"{name}@{version}")
         candidates = [m for key, m in self.models.items() if key.rsplit("@", 1)[0] == name]
         if not candidates:
             raise ApiError(404, "model_not_found", f"model {name!r} is not registered")
         return max(candidates, key=lambda m: m.loaded_at)
+
+    def canonical(self, name: str) -> str:
+        """*name*, or the served model's ``ns/name`` when *name* is the --model-name alias."""
+        if self.settings.model_name is not None and name == self.settings.model_name:
+            served = self.saved_models()
+            if served:
+                return served[0].rsplit("@", 1)[0]
+        return name
 
     async def resolve(self, model_id: str) -> LoadedModel:
         """Like get, but a model another worker registered a moment ago is loaded here first.
@@ -342,8 +360,7 @@ class Registry:
 
     async def _register(self, model_id: str | None, manifest_path: str | None, digest: str | None,
                         persist: bool) -> dict[str, Any]:
-        located = await asyncio.to_thread(locate, self.settings.repository, model_id=model_id,
-                                          manifest_path=manifest_path)
+        located = await asyncio.to_thread(self._locate, model_id, manifest_path)
         key = str(located.spec)
         pin = digest if digest is not None or persist else await asyncio.to_thread(self._pin_of, key)
         self._refuse_unpinned(key, pin)
@@ -383,6 +400,13 @@ class Registry:
                 await current.batcher.close()  # in-flight requests on the old copy finish first
                 return {**loaded.describe(), "status": "reloaded"}
             return {**loaded.describe(), "status": "registered"}
+
+    def _locate(self, model_id: str | None, manifest_path: str | None = None) -> Located:
+        if self.settings.model_dir is not None:
+            if manifest_path is not None:
+                raise ApiError(400, "bad_request", "this server serves the one model in its --model-dir")
+            return locate_delivered(self.settings.model_dir, model_id)
+        return locate(self.settings.repository, model_id=model_id, manifest_path=manifest_path)
 
     def _refuse_unpinned(self, model_id: str, pin: str | None) -> None:
         """Under a deployment every model is pinned: none (the file changed or broke since its
@@ -648,7 +672,7 @@ class Registry:
         """Whether the repository (or the local cache of an s3:// one) still holds the manifest
         *loaded* was built from, byte for byte (not: another worker reloaded a republished copy)."""
         try:
-            located = locate(self.settings.repository, model_id=loaded.model_id)
+            located = self._locate(loaded.model_id)
         except ApiError:
             return False
         return located.manifest.manifest_digest == loaded.manifest.manifest_digest

@@ -29,7 +29,8 @@ from axon.store.manifest import Manifest, load_manifest
 from axon.store.spec import ModelSpec, parse_spec
 from mlos_core.errors import ApiError
 
-__all__ = ["Located", "VerifiedModel", "locate", "model_refusal", "read_verified_model", "verify_files"]
+__all__ = ["Located", "VerifiedModel", "locate", "locate_delivered", "model_refusal", "read_verified_model",
+           "verify_files"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,31 @@ def locate(root: Path, *, model_id: str | None = None, manifest_path: str | None
         raise ApiError(400, "invalid_manifest",
                        f"manifest says {manifest.spec_text!r} but lives at {str(spec)!r}")
     return Located(spec, Path(os.path.realpath(version_dir)), manifest)
+
+
+def locate_delivered(model_dir: Path, model_id: str | None = None) -> Located:
+    """The one model in *model_dir*, as KServe's storage initializer leaves it (``/mnt/models``):
+    its ``manifest.yaml`` at the top, and its files beside it (a version directory of a local
+    repository, mounted from a PVC) or under ``<content digest>/`` (the version's prefix of an
+    s3:// repository, downloaded; other generations' directories are ignored).
+
+    Nothing here is trusted yet: the caller checks the manifest's digest against the pin, and
+    every file against the manifest, as for a repository."""
+    manifest_file = model_dir / MANIFEST_NAME
+    if os.path.islink(model_dir / MANIFEST_NAME):
+        raise ApiError(403, "symlink", f"{str(manifest_file)!r} is a symlink; refusing it")
+    try:
+        manifest = load_manifest(manifest_file)
+    except AxonError as exc:
+        code = 404 if not os.path.lexists(manifest_file) else 400
+        raise ApiError(code, "not_published" if code == 404 else "invalid_manifest", str(exc)) from None
+    spec = parse_spec(manifest.spec_text)
+    if model_id is not None and model_id != str(spec):
+        raise ApiError(404, "model_not_found", f"{str(model_dir)!r} holds {str(spec)!r}, not {model_id!r}")
+    files = model_dir / manifest.digest
+    if os.path.islink(files) or not files.is_dir():
+        files = model_dir
+    return Located(spec, Path(os.path.realpath(files)), manifest)
 
 
 def verify_files(root: Path, located: Located, *, already_verified: Collection[str] = (),

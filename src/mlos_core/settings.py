@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,13 @@ import yaml
 
 from axon.store.cache_dir import DEFAULT_CACHE_DIR
 
-__all__ = ["ServerSettings"]
+__all__ = ["PATH_KEYS", "ServerSettings", "check_server_map"]
+
+PATH_KEYS = ("repository", "token_file", "state_dir", "deployment", "model_dir")
+# What a deployment's server: map (or --set) may not say: where models come from is the
+# deployment's (or the command line's) business, not a tuning knob.
+OWNED_KEYS = frozenset({"repository", "store", "deployment", "deployment_doc", "require_models", "model_dir",
+                        "model_digest", "model_name", "token_file", "state_dir"})
 
 
 @dataclass(frozen=True)
@@ -52,10 +59,18 @@ class ServerSettings:
     deployment: Path | None = None
     deployment_doc: str | None = None  # the deployment itself (a Ray Serve replica: not followed, rolled out)
     require_models: bool = False  # start only once every served model loaded (a Ray Serve replica)
+    # One model delivered into a directory (KServe's storage initializer: /mnt/models), served only
+    # if its manifest is the pinned one (model_digest, sha256:), under model_name too (the
+    # InferenceService's name, as KServe's v2 clients address it). mlos_core.model_dir.
+    model_dir: Path | None = None
+    model_digest: str | None = None
+    model_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.state_dir is None:
-            object.__setattr__(self, "state_dir", self.repository / ".axon" / "core")
+            # A delivered model directory is read-only and holds nothing but the model.
+            default = _user_state_dir() if self.model_dir is not None else self.repository / ".axon" / "core"
+            object.__setattr__(self, "state_dir", default)
         if self.token_file is None:
             object.__setattr__(self, "token_file", self.state_dir / "token")
         if self.store is not None:
@@ -78,6 +93,17 @@ class ServerSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, not {value!r}")
+        if self.model_dir is not None:
+            from axon.store.pin import is_manifest_pin, is_pin
+
+            if self.deployment is not None or self.store is not None:
+                raise ValueError("--model-dir serves the one model in that directory: not with --deployment or an "
+                                 "s3:// --repository")
+            if not (is_pin(self.model_digest) and is_manifest_pin(self.model_digest)):
+                raise ValueError(f"--model-dir needs --digest sha256:<64 hex> (the manifest digest the model is "
+                                 f"pinned to: axon published SPEC --json), not {self.model_digest!r}")
+        elif self.model_digest is not None or self.model_name is not None:
+            raise ValueError("--digest and --model-name go with --model-dir")
         for name in ("max_body_bytes", "max_header_bytes", "max_connections", "max_request_inputs", "max_batch_size",
                      "max_queue_size", "instances", "workers"):
             value = getattr(self, name)
@@ -85,7 +111,9 @@ class ServerSettings:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
     @classmethod
-    def load(cls, config_file: Path | None = None, **overrides: Any) -> ServerSettings:
+    def load(cls, config_file: Path | None = None, settings: Mapping[str, Any] | None = None,
+             **overrides: Any) -> ServerSettings:
+        """Defaults < *config_file* < *settings* (``--set KEY=VALUE``) < *overrides* (the options)."""
         values: dict[str, Any] = {}
         if config_file is not None:
             data = yaml.safe_load(Path(config_file).read_text()) or {}
@@ -94,6 +122,9 @@ class ServerSettings:
             if unknown:
                 raise ValueError(f"unknown key(s) in {config_file}: {', '.join(unknown)}")
             values.update(data)
+        if settings:
+            check_server_map(settings, "--set")
+            values.update(settings)
         deployment = overrides.pop("deployment", None) or values.pop("deployment", None)
         if deployment is not None:
             values.update(_from_deployment(Path(deployment), overrides))
@@ -104,13 +135,41 @@ class ServerSettings:
             values["repository"] = cache_dir or DEFAULT_CACHE_DIR
         elif cache_dir is not None:
             raise ValueError("--cache-dir goes with an s3:// --repository (the local copy of its versions)")
-        for key in ("repository", "token_file", "state_dir", "deployment"):
+        for key in PATH_KEYS:
             if values.get(key) is not None:
                 values[key] = Path(os.path.expanduser(str(values[key])))
+        if values.get("model_dir") is not None:
+            if "repository" in overrides and overrides["repository"] is not None:
+                raise ValueError("--model-dir serves the one model in that directory: not with --repository")
+            values["repository"] = values["model_dir"]
         return cls(**values)
 
     def with_(self, **changes: Any) -> ServerSettings:
         return replace(self, **changes)
+
+
+def _user_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "mlos-core"
+
+
+def check_server_map(server: Mapping[str, Any], where: str, prefix: str = "") -> None:
+    """Server settings given as a map (a deployment's server:, --set): known keys, each of its
+    setting's type (ranges are checked when the settings are made)."""
+    known = {f.name: f for f in fields(ServerSettings)}
+    unknown = sorted(set(server) - set(known))
+    if unknown:
+        raise ValueError(f"unknown server setting(s) in {where}: {', '.join(unknown)}")
+    owned = sorted(set(server) & OWNED_KEYS)
+    if owned:
+        raise ValueError(f"{where} may not set {', '.join(owned)} (where the models come from is given elsewhere)")
+    for key, value in server.items():
+        default = known[key].default
+        kind = type(default) if isinstance(default, bool | int | float | str) else str
+        ok = isinstance(value, bool) if kind is bool else (
+            isinstance(value, kind) or (kind is float and isinstance(value, int))) and not isinstance(value, bool)
+        if not ok:
+            raise ValueError(f"{prefix}{key} in {where} must be {kind.__name__} (like {default!r}), not {value!r}")
 
 
 def _from_deployment(path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -123,18 +182,7 @@ def _from_deployment(path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
         if given is not None and str(given) != str(value):
             raise ValueError(f"--{owned.replace('_', '-')} {given} differs from the deployment file's {owned} "
                              f"({value}); the deployment file {str(path)!r} says where its models are")
-    known = {f.name: f for f in fields(ServerSettings)}
-    unknown = sorted(set(deployment.server) - set(known))
-    if unknown:
-        raise ValueError(f"unknown server setting(s) in {str(path)!r}: {', '.join(unknown)}")
-    for key, value in deployment.server.items():
-        default = known[key].default
-        kind = type(default) if isinstance(default, bool | int | float | str) else str
-        ok = isinstance(value, bool) if kind is bool else (
-            isinstance(value, kind) or (kind is float and isinstance(value, int))) and not isinstance(value, bool)
-        if not ok:
-            raise ValueError(f"server.{key} in {str(path)!r} must be {kind.__name__} (like {default!r}), "
-                             f"not {value!r}")
+    check_server_map(deployment.server, repr(str(path)), prefix="server.")
     values: dict[str, Any] = {**deployment.server, "repository": deployment.repository, "deployment": path}
     if deployment.cache_dir is not None:
         values["cache_dir"] = deployment.cache_dir

@@ -38,7 +38,7 @@ from axon.store.atomic import atomic_write_text
 from axon.store.pin import is_manifest_pin, is_pin
 from axon.store.spec import ModelSpec, parse_spec
 
-__all__ = ["API_VERSION", "Autoscale", "DeployedModel", "Deployment", "InvalidDeploymentError", "RaySettings",
+__all__ = ["API_VERSION", "KIND", "Autoscale", "DeployedModel", "Deployment", "InvalidDeploymentError", "RaySettings",
            "dump_deployment", "load_deployment", "parse_deployment", "write_deployment"]
 
 API_VERSION = "axon.mlos.io/v1"
@@ -202,7 +202,7 @@ def parse_deployment(doc: Any, where: str = "") -> Deployment:
             for k, v in server.items()):
         raise _fail(where, "server must map mlos-core serve setting names to plain values")
     for owned in ("repository", "cache_dir", "store", "workers", "host", "port", "deployment", "deployment_doc",
-                  "require_models", "token_file", "state_dir", "log_level"):
+                  "require_models", "token_file", "state_dir", "log_level", "model_dir", "model_digest", "model_name"):
         if owned in server:
             raise _fail(where, f"server.{owned} is set by the deployment (or the engine), not here")
     ray = doc.get("ray", {})

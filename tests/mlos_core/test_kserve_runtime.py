@@ -171,8 +171,7 @@ def emitted(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[dict[str,
                   *extra)
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
-    docs = {yaml.safe_load(Path(p).read_text())["kind"]: yaml.safe_load(Path(p).read_text())
-            for p in body["manifests"]}
+    docs = {doc["kind"]: doc for doc in (yaml.safe_load(Path(p).read_text()) for p in body["manifests"])}
     return docs["ClusterServingRuntime"], docs["InferenceService"]
 
 

@@ -25,7 +25,7 @@ class AdminAuth:
         self.token: str | None = None
 
     def load(self) -> None:
-        self.token = load_or_create_token(self.settings.token_file, self.settings.repository)
+        self.token = load_or_create_token(self.settings.token_file, self.settings.token_group_source)
 
     def require(self, request: Request) -> None:
         if self.token is None:

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlos_core import __version__, admin_api, health_api, kserve, native_api, openai_api, rerank_api
 from mlos_core.admin_api import AdminAuth
@@ -53,6 +54,8 @@ def create_app(settings: ServerSettings) -> FastPath:
     service = InferenceService(settings, registry, metrics, LargeBodies())
     admin = AdminAuth(settings)
 
+    refused = asyncio.Event()  # the lifespan refused to start and logged why, in one line
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(admin.load)
@@ -60,6 +63,7 @@ def create_app(settings: ServerSettings) -> FastPath:
         if settings.require_models and registry.failed:  # a replica that cannot serve its models never starts
             why = "models failed to load: " + "; ".join(f"{k}: {v}" for k, v in registry.failed.items())
             log.error("%s", why)  # the engine reports the start failed; its replica log says why
+            refused.set()
             raise RuntimeError(why)
         log.info("MLOS Core %s: repository %s, %d model(s) restored", __version__, settings.repository,
                  len(registry.models))
@@ -83,9 +87,27 @@ def create_app(settings: ServerSettings) -> FastPath:
                                         ClientDisconnect: _client_gone, Exception: api_error_handler})
     fast_routes = [*native_api.fast_routes(service), *kserve.fast_routes(service),
                    *openai_api.fast_routes(service), *rerank_api.fast_routes(service)]
-    fast = FastPath(app, fast_routes, settings.max_body_bytes)
+    fast = FastPath(_without_refusal_traceback(app, refused), fast_routes, settings.max_body_bytes)
     fast.registry = registry  # what an engine's health check asks (mlos_core.ray_serve)
     return fast
+
+
+def _without_refusal_traceback(app: ASGIApp, refused: asyncio.Event) -> ASGIApp:
+    """*app*, but when its lifespan refused to start (and logged the reason), the traceback Starlette
+    attaches to ``lifespan.startup.failed`` is left out: uvicorn would print it after the reason."""
+
+    async def call(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            return await app(scope, receive, send)
+
+        async def send_lifespan(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and refused.is_set():
+                message = {**message, "message": ""}
+            await send(message)
+
+        await app(scope, receive, send_lifespan)
+
+    return call
 
 
 def create_app_from_env() -> FastPath:

@@ -18,6 +18,7 @@ The ancestors are checked both as written and with symlinks resolved.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import hmac
 import logging
@@ -180,15 +181,15 @@ def _make_token_directory(directory: Path, gid: int | None) -> None:
         log.info("created token directory %s (mode %o)", directory, TOKEN_DIR_MODE)
 
 
-def load_or_create_token(path: Path, repository: Path) -> str:
-    """The admin token from *path*, created there (0640, the repository's group) if missing; raises
-    TokenFileError when the file or a directory on its way could have been written by someone else."""
+def load_or_create_token(path: Path, group_from: Path | None) -> str:
+    """The admin token from *path*, created there if missing (0640, of *group_from*'s group: the
+    repository's; or of the server's own group); raises TokenFileError when the file or a directory
+    on its way could have been written by someone else."""
     path = Path(os.path.abspath(path))
     if not os.path.lexists(path):
-        try:
-            gid: int | None = repository.stat().st_gid
-        except OSError:
-            gid = None
+        gid: int | None = None
+        with contextlib.suppress(OSError):
+            gid = group_from.stat().st_gid if group_from is not None else None
         _make_token_directory(path.parent, gid)
         _check_directory(path.parent)  # before writing a secret into it
         atomic_write_text(path, secrets.token_urlsafe(32) + "\n", mode=TOKEN_FILE_MODE)

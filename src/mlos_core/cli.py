@@ -135,7 +135,7 @@ def serve(config_file: Path | None, port_file: Path | None, on_ray: bool, addres
         sys.exit(1)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # here, so that a planted token stops the server with one line (the lifespan checks again)
-        load_or_create_token(settings.token_file, settings.repository)
+        load_or_create_token(settings.token_file, settings.token_group_source)
     except (TokenFileError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -295,7 +295,10 @@ def _serve_workers(settings: ServerSettings, port_file: Path | None) -> None:
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(str(sock.getsockname()[1]))
         tmp.replace(port_file)
-    Multiprocess(config, sockets=[sock]).run()
+    supervisor = Multiprocess(config, sockets=[sock])
+    supervisor.run()
+    if any(p.exitcode == 3 for p in supervisor.processes):  # 3: uvicorn's code for a worker that could not start
+        sys.exit(3)  # (it stopped the others); a refused start is not a clean exit
 
 
 def _write_port_when_started(server: object, port_file: Path) -> None:

@@ -342,7 +342,7 @@ def fast_routes(service: InferenceService) -> list[FastRoute]:
         """POST /v2/models/{name}[/versions/{v}]/infer, JSON or binary tensors."""
         name, version, _ = _split(tail)
         if version:
-            await registry.resolve(f"{registry.canonical(name)}@{version}")
+            await registry.resolve(f"{name}@{version}")
         m = registry.find(name, version)
         service.admit(m)
         header_len = next((v.decode("latin-1") for k, v in headers if k == HEADER_LEN), None)

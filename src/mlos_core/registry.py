@@ -210,7 +210,11 @@ class Registry:
 
         A saved registration that failed to load is not retried per request (that would re-hash
         the whole model each time): it answers 503 until the registrations file changes (someone
-        registered again) or an admin registers it here. Concurrent requests share one load."""
+        registered again) or an admin registers it here. Concurrent requests share one load.
+        With --model-name, ``<that name>@<version>`` is the served model's id too."""
+        name, at, version = model_id.rpartition("@")
+        if at:
+            model_id = f"{self.canonical(name)}@{version}"
         model = self.models.get(model_id)
         if model is not None:
             return model

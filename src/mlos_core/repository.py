@@ -13,6 +13,7 @@ so what was hashed is what onnxruntime gets, whatever happens to the files after
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -112,10 +113,26 @@ def locate_delivered(model_dir: Path, model_id: str | None = None) -> Located:
     spec = parse_spec(manifest.spec_text)
     if model_id is not None and model_id != str(spec):
         raise ApiError(404, "model_not_found", f"{str(model_dir)!r} holds {str(spec)!r}, not {model_id!r}")
-    files = model_dir / manifest.digest
-    if os.path.islink(files) or not files.is_dir():
-        files = model_dir
-    return Located(spec, Path(os.path.realpath(files)), manifest)
+    model_dir = Path(os.path.realpath(model_dir))  # the operator's path; beneath it nothing is followed
+    return Located(spec, _delivered_files(model_dir, manifest.digest), manifest)
+
+
+def _delivered_files(model_dir: Path, content_digest: str) -> Path:
+    """``<model_dir>/<content digest>`` when that is a directory, else *model_dir* (a PVC's version
+    directory). Never resolved: the version directory is opened ``O_NOFOLLOW`` where it is checked,
+    so a symlink swapped in for it later is refused there, not followed; one here is refused now."""
+    files = model_dir / content_digest
+    try:
+        os.close(os.open(files, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
+    except FileNotFoundError:
+        return model_dir
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR and not os.path.islink(files):
+            return model_dir  # a file of that name: the flat layout's business, not a directory of files
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ApiError(403, "symlink", f"{str(files)!r} is a symlink; refusing it") from None
+        raise ApiError(403, "unreadable", f"cannot open {str(files)!r}: {exc.strerror}") from None
+    return files
 
 
 def verify_files(root: Path, located: Located, *, already_verified: Collection[str] = (),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ PATH_KEYS = ("repository", "token_file", "state_dir", "deployment", "model_dir")
 # deployment's (or the command line's) business, not a tuning knob.
 OWNED_KEYS = frozenset({"repository", "store", "deployment", "deployment_doc", "require_models", "model_dir",
                         "model_digest", "model_name", "token_file", "state_dir"})
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a Kubernetes name (RFC 1123 label)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ class ServerSettings:
             if not (is_pin(self.model_digest) and is_manifest_pin(self.model_digest)):
                 raise ValueError(f"--model-dir needs --digest sha256:<64 hex> (the manifest digest the model is "
                                  f"pinned to: axon published SPEC --json), not {self.model_digest!r}")
+            if self.model_name is not None and not _DNS_LABEL.fullmatch(self.model_name):
+                raise ValueError(f"--model-name must be a DNS-1123 label (lowercase letters, digits and '-', at most "
+                                 f"63 characters: the InferenceService's name), not {self.model_name!r}")
         elif self.model_digest is not None or self.model_name is not None:
             raise ValueError("--digest and --model-name go with --model-dir")
         for name in ("max_body_bytes", "max_header_bytes", "max_connections", "max_request_inputs", "max_batch_size",
@@ -146,6 +151,12 @@ class ServerSettings:
 
     def with_(self, **changes: Any) -> ServerSettings:
         return replace(self, **changes)
+
+    @property
+    def token_group_source(self) -> Path | None:
+        """Whose group a new admin token file gets: the repository's (root and the publish group
+        read it), or none for a delivered model directory (whoever delivered it is not trusted)."""
+        return None if self.model_dir is not None else self.repository
 
 
 def _user_state_dir() -> Path:

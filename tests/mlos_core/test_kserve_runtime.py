@@ -30,6 +30,7 @@ from tests.support.st_models import SHORT, STModel, assert_same_embeddings
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "kserve"
 SPEC = "acme/minilm@1.0.0"
+OTHER_GID = 54_322  # nobody's group
 CRD_DIGESTS = {"inferenceservices": "57c3bf13f77de94678bf2ae3748056ec071ad2b9e88d6a28f44fb4710758fcff",
                "clusterservingruntimes": "c6f6bbb1b4b11afd1e38bd6d7255a8795b86efa2b7d14946ccff9d23592e6846"}
 
@@ -229,37 +230,100 @@ def test_the_runtime_refuses_another_publish_or_damaged_bytes(
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF  # one flipped byte after the storage initializer wrote the file
     weights.write_bytes(bytes(data))
-    proc = start(runtime_command(runtime, isvc, models, tmp_path / "state", port_file), port_file, tmp_path / "log2")
-    assert proc.wait(120) != 0 and not port_file.exists()  # never listens, so never ready
-    assert "does not match" in (tmp_path / "log2").read_text() or "integrity" in (tmp_path / "log2").read_text()
+    for workers in (1, 2):
+        log = tmp_path / f"log-damaged-{workers}"
+        cmd = [*runtime_command(runtime, isvc, models, tmp_path / "state", port_file), f"--set=workers={workers}"]
+        proc = start(cmd, port_file, log)
+        assert proc.wait(120) == 3  # not a clean exit, with or without workers (no restart loop either)
+        assert workers > 1 or not port_file.exists()  # one process never listens; workers share a socket bound first
+        port_file.unlink(missing_ok=True)
+        text = log.read_text()
+        assert "does not match its recorded hash" in text and "Traceback" not in text, text[-3000:]
 
 
 def test_a_version_directory_mounted_from_a_pvc_is_served(st_models: dict[str, STModel], tmp_path: Path) -> None:
     """pvc://CLAIM/PATH: KServe mounts the repository's version directory itself at /mnt/models."""
+    import openai
+
     from axon.demo import sandbox_settings
 
     settings = sandbox_settings(tmp_path)
     version_dir = publish_dir_as(settings, SPEC, st_models["cls"].path)
+    if os.geteuid() == 0:  # whoever delivered the directory: its group must not get to read the admin token
+        os.chown(version_dir, -1, OTHER_GID)
     runtime, isvc = emitted(tmp_path, sandbox_env(tmp_path), "--repository-uri", "pvc://models/prod")
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == "pvc://models/prod/acme/minilm/1.0.0/"
     port_file = tmp_path / "port"
     proc = start(runtime_command(runtime, isvc, version_dir, tmp_path / "state", port_file), port_file,
                  tmp_path / "log")
+    name = isvc["metadata"]["name"]
+    oracle = st_models["cls"].encode(["hello"])
     try:
         assert port_file.exists(), (tmp_path / "log").read_text()[-3000:]
         import urllib.request
 
         body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]}]})
-        req = urllib.request.Request(f"http://127.0.0.1:{port_file.read_text()}/v2/models/"
-                                     f"{isvc['metadata']['name']}/infer", data=body.encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            out = json.loads(resp.read())
-        emb = next(o for o in out["outputs"] if o["name"] == "embeddings")
-        assert_same_embeddings(np.asarray(emb["data"], np.float32).reshape(emb["shape"]),
-                               st_models["cls"].encode(["hello"]))
+        for path in (f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/1.0.0/infer"):
+            req = urllib.request.Request(f"http://127.0.0.1:{port_file.read_text()}{path}", data=body.encode(),
+                                         method="POST")
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                out = json.loads(resp.read())
+            emb = next(o for o in out["outputs"] if o["name"] == "embeddings")
+            assert_same_embeddings(np.asarray(emb["data"], np.float32).reshape(emb["shape"]), oracle)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port_file.read_text()}/v1", api_key="unused")
+        for model in (name, f"{name}@1.0.0"):  # the InferenceService's name is the model's in every API
+            got = client.embeddings.create(model=model, input=["hello"])
+            assert_same_embeddings(np.asarray([d.embedding for d in got.data], np.float32), oracle)
     finally:
         proc.terminate()
         proc.wait(30)
+    if os.geteuid() == 0:
+        assert (tmp_path / "state" / "token").stat().st_gid != OTHER_GID
+
+
+def test_the_delivered_files_are_never_reached_through_a_symlink(tmp_path: Path) -> None:
+    """``<content digest>/`` beside the manifest (the s3 layout): a symlink there is refused, and
+    one swapped in after the server chose the directory is refused where files are read."""
+    import shutil
+
+    from axon.demo import sandbox_settings
+    from axon.store.manifest import load_manifest
+    from mlos_core.errors import ApiError
+    from mlos_core.repository import locate_delivered, read_verified_model, verify_files
+    from tests.support.onnx_models import write_mlp
+
+    write_mlp(tmp_path / "src" / "model.onnx")
+    version_dir = publish_dir_as(sandbox_settings(tmp_path), SPEC, tmp_path / "src")
+    digest = load_manifest(version_dir / "manifest.yaml").digest
+    models, elsewhere = tmp_path / "mnt-models", tmp_path / "elsewhere"
+    shutil.copytree(version_dir, models / digest)
+    shutil.copy(version_dir / "manifest.yaml", models / "manifest.yaml")
+    shutil.copytree(version_dir, elsewhere)
+
+    located = locate_delivered(models)
+    assert located.version_dir == models / digest
+    read_verified_model(located, sha256=True)  # the real directory is served
+    shutil.rmtree(models / digest)
+    (models / digest).symlink_to(elsewhere)  # swapped in after the choice (same bytes, outside the mount)
+    with pytest.raises(ApiError) as read:
+        read_verified_model(located, sha256=True)
+    with pytest.raises(ApiError) as verified:
+        verify_files(models, located, sha256=True)
+    assert read.value.status == verified.value.status == 403
+    with pytest.raises(ApiError) as chosen:  # and one there from the start is never chosen
+        locate_delivered(models)
+    assert chosen.value.status == 403 and "symlink" in chosen.value.message
+
+
+def test_a_delivered_manifest_is_read_only_up_to_a_bound(tmp_path: Path) -> None:
+    from axon.errors import InvalidManifestError
+    from axon.store.manifest import MAX_MANIFEST_BYTES, load_manifest
+
+    huge = tmp_path / "manifest.yaml"
+    with open(huge, "wb") as f:
+        f.truncate(MAX_MANIFEST_BYTES + 1)  # sparse: nothing of it needs to be in memory to refuse it
+    with pytest.raises(InvalidManifestError, match="larger than 16 MiB"):
+        load_manifest(huge)
 
 
 @pytest.mark.parametrize(("args", "says"), [
@@ -288,6 +352,8 @@ def test_emit_refuses_what_kserve_cannot_express(args: list[str], says: str, tmp
     (["--set", "novel_knob=1"], "unknown server setting(s) in --set: novel_knob"),
     (["--model-dir", "."], "--model-dir needs --digest sha256:"),
     (["--digest", "sha256:" + "a" * 64], "--digest and --model-name go with --model-dir"),
+    (["--model-dir", ".", "--digest", "sha256:" + "a" * 64, "--model-name", "Acme/Ranker"],
+     "--model-name must be a DNS-1123 label"),
 ])
 def test_serve_options_for_the_runtime_are_checked(args: list[str], says: str, tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "mlos_core", "serve", *args], capture_output=True, text=True,

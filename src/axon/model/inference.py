@@ -239,13 +239,18 @@ def read_verified_file(root: Path, entry: FileEntry, *, sha256: bool = False) ->
     xxh3-128 (and with *sha256* the sha256 too) of those very bytes checked against the manifest.
 
     Raises:
-        ExternalDataOutsideError: the path leads outside *root* (a symlink out, even one swapped in).
+        ExternalDataOutsideError: the path leads outside *root* (a symlink out, even one swapped in),
+            or *root* itself is a symlink.
         IntegrityError: the file is missing, not a regular file, or its bytes do not match.
     """
-    try:
-        fd = open_beneath(root, entry.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:  # the root itself is not followed either: a version directory swapped for a symlink is refused
+        rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = open_beneath(rootfd, entry.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        finally:
+            os.close(rootfd)
     except OSError as exc:
-        if exc.errno in (errno.EXDEV, errno.ELOOP):
+        if exc.errno in (errno.EXDEV, errno.ELOOP) or (exc.errno == errno.ENOTDIR and os.path.islink(root)):
             raise ExternalDataOutsideError(f"File {entry.path!r} resolves outside {str(root)!r}; refusing it."
                                            ) from None
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):

@@ -27,6 +27,7 @@ from axon.store.spec import ModelSpec
 
 __all__ = [
     "API_VERSION",
+    "MAX_MANIFEST_BYTES",
     "FileEntry",
     "Manifest",
     "TensorSpec",
@@ -41,6 +42,7 @@ __all__ = [
 
 API_VERSION = "axon.mlos.io/v1"
 INTEGRITY_ALGORITHM = "xxh3_128"
+MAX_MANIFEST_BYTES = 16 << 20  # far above any real manifest; never read more than this into memory
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _XXH3 = re.compile(r"[0-9a-f]{32}")
 SOURCE_TYPES = ("hf", "url", "local")
@@ -304,7 +306,10 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise InvalidManifestError(f"Manifest {str(path)!r} is not a regular file.")
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read()
+            data = f.read(MAX_MANIFEST_BYTES + 1)  # bounded: one still growing is cut off here too
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise InvalidManifestError(f"Manifest {str(path)!r} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; "
+                                       "it is not one axon wrote.")
     except OSError as exc:
         raise InvalidManifestError(f"Cannot read manifest {str(path)!r}: {exc.strerror}.") from exc
     finally:

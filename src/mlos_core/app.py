@@ -30,7 +30,9 @@ from mlos_core.parse_helper import LargeBodies
 from mlos_core.registry import Registry
 from mlos_core.service import InferenceService
 from mlos_core.settings import PATH_KEYS, ServerSettings
-from mlos_core.telemetry import Metrics
+from mlos_core.telemetry import Metrics, MetricsSink
+from mlos_core.worker_metrics import ENV as METRICS_DIR_ENV
+from mlos_core.worker_metrics import SharedMetrics
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -48,8 +50,13 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)  # nobody is there to read it; uvicorn drops it
 
 
-def create_app(settings: ServerSettings) -> FastPath:
-    metrics = Metrics()
+def create_app(settings: ServerSettings, *, metrics_dir: Path | None = None,
+               metrics_sink: MetricsSink | None = None) -> FastPath:
+    """The server. *metrics_dir*: the directory this run's workers share their metrics in
+    (:mod:`mlos_core.worker_metrics`), so that any worker's ``/metrics`` counts them all.
+    *metrics_sink*: where every observation goes too (a Ray Serve replica: Ray's metrics)."""
+    metrics = Metrics(metrics_sink)
+    shared = SharedMetrics(metrics, metrics_dir) if metrics_dir is not None else None
     registry = Registry(settings, metrics)
     service = InferenceService(settings, registry, metrics, LargeBodies())
     admin = AdminAuth(settings)
@@ -68,15 +75,20 @@ def create_app(settings: ServerSettings) -> FastPath:
         log.info("MLOS Core %s: repository %s, %d model(s) restored", __version__, settings.repository,
                  len(registry.models))
         follow = settings.workers > 1 or settings.deployment is not None  # other workers, or the deployment file
-        watcher = asyncio.get_running_loop().create_task(registry.watch_state()) if follow else None
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(registry.watch_state()) if follow else None
+        publisher = loop.create_task(shared.run()) if shared is not None else None
         yield
-        if watcher is not None:
-            watcher.cancel()
+        for task in (watcher, publisher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await registry.close()  # SIGTERM: uvicorn stops accepting, in-flight requests finish, then this
         service.large_bodies.close()
 
     routes = [
-        *health_api.routes(settings, registry, metrics),
+        *health_api.routes(settings, registry, metrics, shared.render if shared is not None else metrics.render),
         *admin_api.routes(registry, admin),  # before native_api's /models/{rest:path}
         *native_api.routes(service, admin),
         *kserve.routes(service, admin),
@@ -116,4 +128,5 @@ def create_app_from_env() -> FastPath:
     for key in PATH_KEYS:
         if raw.get(key):
             raw[key] = Path(raw[key])
-    return create_app(ServerSettings(**raw))
+    metrics_dir = os.environ.get(METRICS_DIR_ENV)
+    return create_app(ServerSettings(**raw), metrics_dir=Path(metrics_dir) if metrics_dir else None)

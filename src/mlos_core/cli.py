@@ -228,9 +228,10 @@ def _serve_on_ray(settings: ServerSettings, address: str | None) -> None:
         sys.exit(1)
     click.echo(json.dumps(result))
     if result["status"] != "RUNNING":
-        click.echo(f"error: the rollout of {settings.deployment} did not complete ({result['status']}): "
-                   f"{result.get('error') or result['message']}\nhint: replicas of the earlier version, if any, "
-                   "keep serving; fix the file and run this again.", err=True)
+        why = result.get("reason") or result.get("error") or result["message"]
+        click.echo(f"error: the rollout of {settings.deployment} did not complete ({result['status']}): {why}\n"
+                   "hint: replicas of the earlier version, if any, keep serving; fix the file and run this again.",
+                   err=True)
         sys.exit(1)
     if address is None:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -284,7 +285,14 @@ def _serve_workers(settings: ServerSettings, port_file: Path | None) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from mlos_core.worker_metrics import check_metrics_directory, metrics_directory
+
     s = settings
+    try:
+        check_metrics_directory()
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     os.environ["MLOS_CORE_SETTINGS"] = json.dumps(
         {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items()})
     config = uvicorn.Config("mlos_core.app:create_app_from_env", factory=True, host=s.host, port=s.port,
@@ -296,7 +304,8 @@ def _serve_workers(settings: ServerSettings, port_file: Path | None) -> None:
         tmp.write_text(str(sock.getsockname()[1]))
         tmp.replace(port_file)
     supervisor = Multiprocess(config, sockets=[sock])
-    supervisor.run()
+    with metrics_directory():  # one /metrics for all the workers (mlos_core.worker_metrics)
+        supervisor.run()
     if any(p.exitcode == 3 for p in supervisor.processes):  # 3: uvicorn's code for a worker that could not start
         sys.exit(3)  # (it stopped the others); a refused start is not a clean exit
 

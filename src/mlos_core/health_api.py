@@ -4,6 +4,7 @@ registered model failed to load), ``GET /metrics`` (Prometheus text format)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -18,7 +19,8 @@ from mlos_core.wire import JSONResponse
 __all__ = ["routes"]
 
 
-def routes(settings: ServerSettings, registry: Registry, metrics: Metrics) -> list[Route]:
+def routes(settings: ServerSettings, registry: Registry, metrics: Metrics, render: Callable[[], str]) -> list[Route]:
+    """*render*: the Prometheus text ``/metrics`` answers (this worker's, or every worker's)."""
     started = time.time()
 
     async def health(request: Request) -> Response:
@@ -31,7 +33,7 @@ def routes(settings: ServerSettings, registry: Registry, metrics: Metrics) -> li
                             status_code=200 if ok else 503)
 
     async def metrics_route(request: Request) -> Response:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(render(), media_type="text/plain; version=0.0.4")
 
     metrics.gauges["mlos_queue_depth"] = lambda: {f'{{model="{k}"}}': m.batcher.depth
                                                   for k, m in registry.models.items()}

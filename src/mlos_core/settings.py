@@ -60,7 +60,7 @@ class ServerSettings:
     # repository, cache_dir and server settings apply beneath the command line's.
     deployment: Path | None = None
     deployment_doc: str | None = None  # the deployment itself (a Ray Serve replica: not followed, rolled out)
-    require_models: bool = False  # start only once every served model loaded (a Ray Serve replica)
+    require_models: bool = False  # start only once every served model loaded (the --model-dir runtime)
     # One model delivered into a directory (KServe's storage initializer: /mnt/models), served only
     # if its manifest is the pinned one (model_digest, sha256:), under model_name too (the
     # InferenceService's name, as KServe's v2 clients address it). mlos_core.model_dir.

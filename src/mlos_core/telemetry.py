@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
-__all__ = ["Metrics"]
+__all__ = ["BATCH_BUCKETS", "HISTOGRAMS", "LATENCY_BUCKETS", "Metrics", "MetricsSink"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+HISTOGRAMS = {"mlos_request_duration_seconds": "End-to-end latency of inference requests.",
+              "mlos_queue_duration_seconds": "Time requests waited for a batch.",
+              "mlos_compute_duration_seconds": "onnxruntime time per batch.",
+              "mlos_batch_size": "Rows per executed batch."}
+MAX_GAUGES = frozenset({"mlos_models_loaded"})  # the same models in every worker: not a sum
 
 
 class _Histogram:
@@ -25,8 +31,19 @@ class _Histogram:
         self.n += 1
 
 
+class MetricsSink(Protocol):
+    """Somewhere else every observation also goes (an engine's own metrics: Ray Serve's)."""
+
+    def request(self, model: str, outcome: str, reason: str | None, latency_s: float | None) -> None: ...
+
+    def batch(self, model: str, size: int, compute_s: float) -> None: ...
+
+    def queue_time(self, model: str, seconds: float) -> None: ...
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, sink: MetricsSink | None = None) -> None:
+        self.sink = sink
         self.requests: dict[tuple[str, str], int] = defaultdict(int)  # (model, outcome)
         self.failures: dict[tuple[str, str], int] = defaultdict(int)  # (model, reason)
         self.hist: dict[tuple[str, str], _Histogram] = {}
@@ -45,40 +62,75 @@ class Metrics:
             self.failures[(model, reason)] += 1
         if latency_s is not None:
             self._h("mlos_request_duration_seconds", model, LATENCY_BUCKETS).observe(latency_s)
+        if self.sink is not None:
+            self.sink.request(model, outcome, reason, latency_s)
 
     def batch(self, model: str, size: int, compute_s: float) -> None:
         self._h("mlos_batch_size", model, BATCH_BUCKETS).observe(size)
         self._h("mlos_compute_duration_seconds", model, LATENCY_BUCKETS).observe(compute_s)
+        if self.sink is not None:
+            self.sink.batch(model, size, compute_s)
 
     def queue_time(self, model: str, seconds: float) -> None:
         self._h("mlos_queue_duration_seconds", model, LATENCY_BUCKETS).observe(seconds)
+        if self.sink is not None:
+            self.sink.queue_time(model, seconds)
 
-    def render(self) -> str:
+    def snapshot(self) -> dict[str, Any]:
+        """Everything counted so far, as plain JSON-able data (what another worker merges in)."""
+        return {
+            "requests": [[m, o, v] for (m, o), v in self.requests.items()],
+            "failures": [[m, r, v] for (m, r), v in self.failures.items()],
+            "hist": [[name, model, list(h.buckets), h.counts, h.total, h.n] for (name, model), h in self.hist.items()],
+            "gauges": {name: fn() for name, fn in self.gauges.items()},
+        }
+
+    def render(self, others: Iterable[dict[str, Any]] = (), *, live: Iterable[dict[str, Any]] = ()) -> str:
+        """Prometheus text of this process's metrics plus *others*' snapshots (every worker of one
+        server, the Prometheus multiprocess way): counters and histograms summed, dead workers'
+        included so totals never go back; gauges from this process and the *live* snapshots only,
+        summed (``mlos_models_loaded``: the most any worker has)."""
+        others, live = list(others), list(live)
+        requests: dict[tuple[str, str], int] = defaultdict(int, self.requests)
+        failures: dict[tuple[str, str], int] = defaultdict(int, self.failures)
+        hist = {key: (list(h.counts), h.total, h.n, h.buckets) for key, h in self.hist.items()}
+        for snap in others:
+            for m, o, v in snap.get("requests", ()):
+                requests[(m, o)] += v
+            for m, r, v in snap.get("failures", ()):
+                failures[(m, r)] += v
+            for name, model, buckets, counts, total, n in snap.get("hist", ()):
+                mine = hist.get((name, model))
+                if mine is None:
+                    hist[(name, model)] = (list(counts), total, n, tuple(buckets))
+                elif list(mine[3]) == list(buckets):  # the same histogram (one version's buckets)
+                    hist[(name, model)] = ([a + b for a, b in zip(mine[0], counts, strict=True)], mine[1] + total,
+                                           mine[2] + n, mine[3])
+        gauges: dict[str, dict[str, float]] = {name: dict(fn()) for name, fn in self.gauges.items()}
+        for snap in live:
+            for name, values in snap.get("gauges", {}).items():
+                into = gauges.setdefault(name, {})
+                for label, v in values.items():
+                    into[label] = max(into.get(label, 0), v) if name in MAX_GAUGES else into.get(label, 0) + v
         out: list[str] = []
         out += ["# HELP mlos_requests_total Inference requests by model and outcome.",
                 "# TYPE mlos_requests_total counter"]
-        out += [f'mlos_requests_total{{model="{m}",outcome="{o}"}} {v}' for (m, o), v in sorted(self.requests.items())]
+        out += [f'mlos_requests_total{{model="{m}",outcome="{o}"}} {v}' for (m, o), v in sorted(requests.items())]
         out += ["# HELP mlos_request_failures_total Failed requests by model and reason.",
                 "# TYPE mlos_request_failures_total counter"]
         out += [f'mlos_request_failures_total{{model="{m}",reason="{r}"}} {v}'
-                for (m, r), v in sorted(self.failures.items())]
-        helps = {"mlos_request_duration_seconds": "End-to-end latency of inference requests.",
-                 "mlos_queue_duration_seconds": "Time requests waited for a batch.",
-                 "mlos_compute_duration_seconds": "onnxruntime time per batch.",
-                 "mlos_batch_size": "Rows per executed batch."}
-        for name in helps:
-            series = sorted((m, h) for (n, m), h in self.hist.items() if n == name)
-            out += [f"# HELP {name} {helps[name]}", f"# TYPE {name} histogram"]
-            for model, h in series:
+                for (m, r), v in sorted(failures.items())]
+        for name, help_text in HISTOGRAMS.items():
+            out += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+            for (_, model), (counts, total, n, buckets) in sorted((k, v) for k, v in hist.items() if k[0] == name):
                 acc = 0
-                for bound, count in zip(h.buckets, h.counts, strict=False):
+                for bound, count in zip(buckets, counts, strict=False):
                     acc += count
                     out.append(f'{name}_bucket{{model="{model}",le="{bound:g}"}} {acc}')
-                out.append(f'{name}_bucket{{model="{model}",le="+Inf"}} {h.n}')
-                out.append(f'{name}_sum{{model="{model}"}} {h.total:.6f}')
-                out.append(f'{name}_count{{model="{model}"}} {h.n}')
-        for name, fn in self.gauges.items():
+                out.append(f'{name}_bucket{{model="{model}",le="+Inf"}} {n}')
+                out.append(f'{name}_sum{{model="{model}"}} {total:.6f}')
+                out.append(f'{name}_count{{model="{model}"}} {n}')
+        for name, values in gauges.items():
             out += [f"# TYPE {name} gauge"]
-            values = fn()
             out += [f"{name}{label} {v:g}" for label, v in sorted(values.items())]
         return "\n".join(out) + "\n"

@@ -5,16 +5,19 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from axon.demo import sandbox_settings
 from axon.settings import Settings
@@ -150,14 +153,44 @@ def test_concurrency_is_thread_safe_under_reload(core: Core, published: tuple[Se
     assert status == 200 and codes and set(codes) == {200}
 
 
-def test_several_worker_processes_share_registrations(published: tuple[Settings, Path], tmp_path: Path) -> None:
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as resp:  # a new connection: any worker
+        return resp.read().decode()
+
+
+def test_several_worker_processes_share_registrations_and_metrics(published: tuple[Settings, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlos_core.telemetry import Metrics
+
     settings, _ = published
+    shared = tmp_path / "metrics"
+    shared.mkdir(mode=0o700)
+    (shared / "4242.json").write_text('{"requests": [["demo/mlp@1", "ok", 500]]}')  # an earlier run's
+    monkeypatch.setenv("MLOS_CORE_METRICS_DIR", str(shared))  # the operator's directory, as PROMETHEUS_MULTIPROC_DIR
     with core_server(settings.publish_dir, tmp_path, "--workers", "2") as c:
         assert c.call("POST", "/models/register", {"model_id": MLP})[0] in (200, 201)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:  # connections land on both workers
             codes = list(pool.map(lambda _: c.call("POST", f"/models/{MLP}/inference",
                                                    {"inputs": {"x": [[1, 2, 3, 4]]}})[0], range(60)))
         assert set(codes) == {200}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # each worker shares its own counts within a second
+            published_ok = {p.stem: sum(v for m, o, v in json.loads(p.read_text())["requests"] if o == "ok")
+                            for p in shared.glob("*.json")}
+            if len(published_ok) == 2 and sum(published_ok.values()) == 60:
+                break
+            time.sleep(0.2)
+        assert len(published_ok) == 2 and sum(published_ok.values()) == 60, published_ok  # the old run's is gone
+        gone = Metrics()  # what a worker that died left behind: its counts stay, its gauges do not
+        for _ in range(3):
+            gone.request(MLP, "ok", latency_s=0.002)
+        gone.gauges["mlos_models_loaded"] = lambda: {"": 7}
+        (shared / "999999999.json").write_text(json.dumps(gone.snapshot()))
+        for _ in range(10):  # whichever worker a scrape reaches, it counts every worker's requests
+            text = scrape(c.url)
+            assert f'mlos_requests_total{{model="{MLP}",outcome="ok"}} 63' in text, text
+            assert f'mlos_request_duration_seconds_count{{model="{MLP}"}} 63' in text, text
+            assert "mlos_models_loaded 1\n" in text  # the same model in both workers: the most, not a sum
         assert c.call("DELETE", f"/models/{MLP}")[0] == 200
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # every worker follows the registrations file
@@ -175,3 +208,14 @@ def test_bad_server_options_exit_2(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_a_metrics_directory_others_could_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone could plant counts there
+    proc = subprocess.run([sys.executable, "-m", "mlos_core", "serve", "--repository", str(tmp_path), "--workers", "2",
+                           "--port", "0", "--state-dir", str(tmp_path / "state")],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "MLOS_CORE_METRICS_DIR": str(shared)})
+    assert proc.returncode == 2 and "chmod go-w" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -39,14 +40,34 @@ def reference(seed: int) -> Any:
     return sess.run(None, {"x": np.asarray(X, np.float32)})[0]
 
 
+METRICS_PORT = 0  # the Ray node's metrics export port (Prometheus text), set by ray_url
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_metric(name: str) -> dict[frozenset[tuple[str, str]], float]:
+    """The samples of *name* on the node's Ray metrics endpoint, by their labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    return {frozenset(s.labels.items()): s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == name}
+
+
 @pytest.fixture(scope="module")
 def ray_url() -> Iterator[str]:
     from ray import serve
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    global METRICS_PORT
+    METRICS_PORT = free_port()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _metrics_export_port=METRICS_PORT,
+             _system_config={"metrics_report_interval_ms": 1000})  # Ray's default: every 10 s
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield f"http://127.0.0.1:{port}"
@@ -92,6 +113,21 @@ def test_replicas_serve_their_pinned_model_and_a_bad_rollout_changes_nothing(ray
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 400
+    for _ in range(20):
+        assert infer(ray_url)[0] == 200
+    ok_so_far = 23  # 22 native answers and the tritonclient one; the 400 is a failure, not ok
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # Ray exports each replica's metrics once a second here
+        ok = {labels: v for labels, v in ray_metric("ray_mlos_requests_total").items()
+              if ("outcome", "ok") in labels and ("model", MLP) in labels}
+        if sum(ok.values()) == ok_so_far:
+            break
+        time.sleep(0.5)
+    assert sum(ok.values()) == ok_so_far, ok
+    replicas = {dict(labels)["replica"] for labels in ok}  # one series per replica, labelled by Ray
+    assert replicas and all(("deployment", "mlos-core") in labels for labels in ok), ok
+    latency = ray_metric("ray_mlos_request_duration_seconds_count")
+    assert sum(v for labels, v in latency.items() if ("model", MLP) in labels) == ok_so_far
 
     statuses: list[int] = []
     stop = threading.Event()
@@ -109,7 +145,9 @@ def test_replicas_serve_their_pinned_model_and_a_bad_rollout_changes_nothing(ray
         bad = Deployment(str(settings.publish_dir), replicas=2).with_model(parse_spec(MLP), "sha256:" + "0" * 64)
         result = ray_serve.deploy(server, bad, num_cpus=0.5, timeout_s=300)
         assert result["status"] in ("DEPLOY_FAILED", "UNHEALTHY"), result
-        assert "failed to start" in result["message"], result  # the replica log has our reason
+        assert "failed to start" in result["message"], result
+        assert result["reason"].startswith("models failed to load: demo/mlp@1: ") and "sha256:0000" in \
+            result["reason"], result  # our one line, out of Ray's status: no need to find the replica's log
     finally:
         stop.set()
         thread.join()

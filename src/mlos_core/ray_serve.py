@@ -94,6 +94,15 @@ def application(settings: ServerSettings, deployment: Deployment, *, num_cpus: f
     @serve.deployment(name="mlos-core", **options)
     @serve.ingress(build)
     class MLOSCore:
+        def where(self) -> dict[str, Any]:
+            """Where this replica runs, as Ray placed it: its node, its id, the GPUs Ray gave it
+            (``serve.get_deployment_handle("mlos-core", "mlos-core").where.remote()``)."""
+            import ray
+
+            return {"node_id": ray.get_runtime_context().get_node_id(),
+                    "replica": serve.get_replica_context().replica_id.unique_id,
+                    "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+
         def check_health(self) -> None:
             app = _REPLICA.get("app")
             failed = getattr(getattr(app, "registry", None), "failed", None)

@@ -1,5 +1,6 @@
 """Fixtures of the server tests: per test module, a sandbox with the demo models published
-(``published``) and one real MLOS Core serving both (``core``); a module may override either."""
+(``published``) and one real MLOS Core serving both (``core``); a module may override either.
+For the whole session, one simulated multi-node Ray cluster with Ray Serve (``ray_fleet``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 
 from axon.settings import Settings
 from tests.support.core_server import Core, core_server
+from tests.support.ray_fleet import RayFleet
+from tests.support.ray_fleet import ray_fleet as start_ray_fleet
 from tests.support.served import MLP, TEXT, publish_demo_models
 
 
@@ -27,3 +30,10 @@ def core(published: tuple[Settings, Path]) -> Iterator[Core]:
             status, body, _ = c.call("POST", "/models/register", {"model_id": spec})
             assert status == 201, body
         yield c
+
+
+@pytest.fixture(scope="session")
+def ray_fleet() -> Iterator[RayFleet]:
+    pytest.importorskip("ray")
+    with start_ray_fleet() as fleet:
+        yield fleet

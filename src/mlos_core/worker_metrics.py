@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from axon.store.layout import pid_alive
 from mlos_core.telemetry import Metrics
 
 __all__ = ["ENV", "PUBLISH_EVERY_S", "SharedMetrics", "check_metrics_directory", "metrics_directory"]
@@ -103,7 +104,7 @@ class SharedMetrics:
         others, live = [], []
         for pid, snap in self._others():
             others.append(snap)
-            if _alive(pid):
+            if pid_alive(pid):
                 live.append(snap)
         return self.metrics.render(others, live=live)
 
@@ -140,13 +141,3 @@ class SharedMetrics:
             self._write(data)
         except OSError as exc:
             log.warning("could not share this worker's metrics in %s: %s", self.directory, exc)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

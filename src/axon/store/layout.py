@@ -22,8 +22,8 @@ from axon.store.fastio import is_within
 from axon.store.nofollow import remove_tree
 from axon.store.spec import ModelSpec
 
-__all__ = ["MANIFEST_NAME", "StagingName", "StoreLayout", "VersionEntry", "parse_staging_name", "staging_prefix",
-           "version_key"]
+__all__ = ["MANIFEST_NAME", "StagingName", "StoreLayout", "VersionEntry", "parse_staging_name", "pid_alive",
+           "staging_prefix", "version_key"]
 
 MANIFEST_NAME = "manifest.yaml"
 INTERNAL_DIR = ".axon"
@@ -56,7 +56,8 @@ def staging_prefix(spec: ModelSpec, *, replaces: str | None = None) -> str:
     return f"{version_key(spec)}.{os.getpid()}." + (f"x{replaces}." if replaces else "")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process *pid* exists (one of another user's counts: kill says EPERM)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -134,7 +135,7 @@ class StoreLayout:
             return removed
         for entry in self.staging.iterdir():
             name = parse_staging_name(entry.name)
-            if name.pid is not None and (name.pid == os.getpid() or _pid_alive(name.pid)):
+            if name.pid is not None and (name.pid == os.getpid() or pid_alive(name.pid)):
                 continue
             try:
                 if name.replaces and recover is not None and recover(entry, name.replaces):

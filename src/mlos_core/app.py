@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -79,16 +79,17 @@ def create_app(settings: ServerSettings, *, metrics_dir: Path | None = None,
         watcher = loop.create_task(registry.watch_state()) if follow else None
         publisher = loop.create_task(shared.run()) if shared is not None else None
         yield
-        for task in (watcher, publisher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        tasks = [t for t in (watcher, publisher) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
+            if isinstance(outcome, Exception):  # it died before the shutdown: say so, and shut down all the same
+                log.error("background task %s had stopped: %s: %s", task.get_coro(), type(outcome).__name__, outcome)
         await registry.close()  # SIGTERM: uvicorn stops accepting, in-flight requests finish, then this
         service.large_bodies.close()
 
     routes = [
-        *health_api.routes(settings, registry, metrics, shared.render if shared is not None else metrics.render),
+        *health_api.routes(settings, registry, metrics, shared.render if shared is not None else _rendered(metrics)),
         *admin_api.routes(registry, admin),  # before native_api's /models/{rest:path}
         *native_api.routes(service, admin),
         *kserve.routes(service, admin),
@@ -102,6 +103,13 @@ def create_app(settings: ServerSettings, *, metrics_dir: Path | None = None,
     fast = FastPath(_without_refusal_traceback(app, refused), fast_routes, settings.max_body_bytes)
     fast.registry = registry  # what an engine's health check asks (mlos_core.ray_serve)
     return fast
+
+
+def _rendered(metrics: Metrics) -> Callable[[], Awaitable[str]]:
+    async def render() -> str:
+        return metrics.render()
+
+    return render
 
 
 def _without_refusal_traceback(app: ASGIApp, refused: asyncio.Event) -> ASGIApp:

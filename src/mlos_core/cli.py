@@ -285,14 +285,9 @@ def _serve_workers(settings: ServerSettings, port_file: Path | None) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from mlos_core.worker_metrics import check_metrics_directory, metrics_directory
+    from mlos_core.worker_metrics import metrics_directory
 
     s = settings
-    try:
-        check_metrics_directory()
-    except ValueError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
     os.environ["MLOS_CORE_SETTINGS"] = json.dumps(
         {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items()})
     config = uvicorn.Config("mlos_core.app:create_app_from_env", factory=True, host=s.host, port=s.port,

@@ -4,7 +4,7 @@ registered model failed to load), ``GET /metrics`` (Prometheus text format)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -19,7 +19,8 @@ from mlos_core.wire import JSONResponse
 __all__ = ["routes"]
 
 
-def routes(settings: ServerSettings, registry: Registry, metrics: Metrics, render: Callable[[], str]) -> list[Route]:
+def routes(settings: ServerSettings, registry: Registry, metrics: Metrics,
+           render: Callable[[], Awaitable[str]]) -> list[Route]:
     """*render*: the Prometheus text ``/metrics`` answers (this worker's, or every worker's)."""
     started = time.time()
 
@@ -33,7 +34,7 @@ def routes(settings: ServerSettings, registry: Registry, metrics: Metrics, rende
                             status_code=200 if ok else 503)
 
     async def metrics_route(request: Request) -> Response:
-        return PlainTextResponse(render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(await render(), media_type="text/plain; version=0.0.4")
 
     metrics.gauges["mlos_queue_depth"] = lambda: {f'{{model="{k}"}}': m.batcher.depth
                                                   for k, m in registry.models.items()}

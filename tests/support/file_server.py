@@ -20,12 +20,17 @@ class FileServer:
     fail_status: dict[str, list[int]] = field(default_factory=dict)  # statuses to answer first, in order
     throttle_bps: int | None = None  # serve slowly (bytes per second), e.g. to kill a client mid-way
     ignore_range: bool = False
+    corrupt_at: dict[str, int] = field(default_factory=dict)  # once: a part starting here comes back flipped
+    drop_at: dict[str, int] = field(default_factory=dict)  # once: a part starting here loses its connection
+    redirect: dict[str, str] = field(default_factory=dict)  # name -> the path it redirects to (a CDN)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
 
     async def serve(self, request: Request) -> Response:
         name = request.path_params["name"]
         rng = request.headers.get("range")
         self.requests.append((name, rng))
+        if name in self.redirect:
+            return Response(b"", status_code=302, headers={"Location": self.redirect[name]})
         statuses = self.fail_status.get(name)
         if statuses:
             return Response(b"try later", status_code=statuses.pop(0))
@@ -34,16 +39,25 @@ class FileServer:
             return Response(b"not found", status_code=404)
         etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
         headers = {"ETag": etag, "Accept-Ranges": "bytes"}
-        start, status = 0, 200
-        if rng and rng.startswith("bytes=") and not self.ignore_range:
-            start = int(rng[6:].split("-")[0])
+        start, end, status = 0, len(data) - 1, 200
+        if_range = request.headers.get("if-range")
+        if rng and rng.startswith("bytes=") and not self.ignore_range and if_range in (None, etag):
+            first, _, last = rng[6:].partition("-")
+            start = int(first)
+            end = min(int(last), len(data) - 1) if last else len(data) - 1
             if start >= len(data):
                 return Response(b"", status_code=416, headers={"Content-Range": f"bytes */{len(data)}", **headers})
             status = 206
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        body = data[start:]
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        body = data[start:end + 1]
+        if status == 206 and self.corrupt_at.get(name) == start:
+            del self.corrupt_at[name]
+            body = bytes(b ^ 0xFF for b in body[:16]) + body[16:]
         headers["Content-Length"] = str(len(body))
-        drop = self.drop_after.pop(name, None)
+        drop = self.drop_after.pop(name, None) if len(body) > self.drop_after.get(name, len(body)) else None
+        if status == 206 and self.drop_at.get(name) == start:
+            del self.drop_at[name]
+            drop = min(64 * 1024, len(body) // 2)
         if drop is not None or self.throttle_bps:
             return StreamingResponse(self._stream(body, drop), status_code=status, headers=headers)
         return Response(body, status_code=status, headers=headers)

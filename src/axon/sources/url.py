@@ -1,4 +1,5 @@
-"""Install a single ``.onnx`` file from an http(s) URL: streaming, resumable, retried."""
+"""Install a single ``.onnx`` file from an http(s) URL: resumable, retried; a large file in
+parallel parts where the server serves ranges (:mod:`axon.sources.ranged`), else one stream."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from axon import __version__
 from axon.errors import InvalidModelError, SourceError, UsageError
 from axon.reporting import Reporter
 from axon.sources.base import FetchResult, HashingWriter, PartialDownload, check_digest, disk_full
+from axon.sources.ranged import DEFAULT_CONNECTIONS, RANGED_ABOVE, Probe, RangedFile, probe_answer
 
 __all__ = ["UrlSource"]
 
@@ -33,7 +35,8 @@ class UrlSource:
     kind = "url"
 
     def __init__(self, url: str, downloads_dir: Path, *, sha256: str | None = None,
-                 retries: int = RETRIES, backoff_s: float = 0.5) -> None:
+                 retries: int = RETRIES, backoff_s: float = 0.5, connections: int = DEFAULT_CONNECTIONS,
+                 part_bytes: int | None = None, ranged_above: int = RANGED_ABOVE) -> None:
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise UsageError(f"Unsupported URL {url!r}: only http:// and https:// are supported.")
@@ -43,6 +46,9 @@ class UrlSource:
         self.sha256 = sha256.lower() if sha256 else None
         self.retries = retries
         self.backoff_s = backoff_s
+        self.connections = connections
+        self.part_bytes = part_bytes  # None: about four parts per connection
+        self.ranged_above = ranged_above
         name = urllib.parse.unquote(PurePosixPath(parsed.path).name)
         if not name or "/" in name or name in (".", "..") or name.startswith("."):
             raise UsageError(f"Cannot tell a file name from URL {url!r}.",
@@ -78,6 +84,64 @@ class UrlSource:
             raise _Retryable(str(reason)) from exc
 
     def fetch(self, staging: Path, reporter: Reporter) -> FetchResult:
+        found = self._probe(reporter)
+        if found is not None and found.ranges and found.size is not None and found.size >= self.ranged_above \
+                and self.connections > 1:
+            return self._fetch_ranged(found, staging, reporter)
+        return self._fetch_stream(staging, reporter)
+
+    def _probe(self, reporter: Reporter) -> Probe | None:
+        """Whether the server serves parts (and the URL they come from): None when the probe
+        itself fails (the single stream then retries and reports as it always has)."""
+        try:
+            resp = self._open({"Range": "bytes=0-0", "Accept-Encoding": "identity"})  # a 404 is refused here
+        except _Retryable as exc:
+            reporter.stage(f"no ranged download ({exc}); one stream")
+            return None
+        except urllib.error.HTTPError as exc:  # 416: an empty file
+            exc.close()
+            return None
+        with resp:
+            return probe_answer(resp)
+
+    def _fetch_ranged(self, found: Probe, staging: Path, reporter: Reporter) -> FetchResult:
+        assert found.size is not None
+        validator = {"url": self.url, "parts_from": found.url, "size": found.size, "etag": found.etag}
+        state = self.partial.dir / f"{self.partial.part.stem}.parts.json"
+        with self.partial.open(validator) as (f, _):
+            ranged = RangedFile(found, f.fileno(), state, validator, connections=self.connections,
+                                part_bytes=self.part_bytes, retries=self.retries, backoff_s=self.backoff_s,
+                                advance=reporter.advance, warn=reporter.warn)
+            reporter.stage(f"downloading in {len(ranged.parts)} parts over {min(self.connections, len(ranged.parts))} "
+                           "connections")
+            reporter.start(self.filename, found.size)
+            try:
+                ranged.fetch()
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise disk_full(exc, self.partial.dir) from exc
+                raise
+            finally:
+                reporter.finish()
+            writer = HashingWriter(f)
+            writer.absorb_existing()  # in order, from the page cache the parts just went through
+            digest = writer.digest()
+        if self.sha256 is not None:
+            try:
+                check_digest(self.filename, "sha256", self.sha256, digest.sha256, self.url)
+            except Exception:
+                self.partial.discard()
+                ranged.discard_state()
+                raise
+        self.partial.finish_into(staging / self.filename)
+        ranged.discard_state()
+        return FetchResult(
+            source={"type": "url", "url": self.url, "etag": found.etag},
+            digests={self.filename: digest},
+            entrypoint=self.filename,
+        )
+
+    def _fetch_stream(self, staging: Path, reporter: Reporter) -> FetchResult:
         validator = {"url": self.url}
         attempt = 0
         etag = None

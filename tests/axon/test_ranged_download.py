@@ -1,0 +1,153 @@
+"""Parallel ranged downloads (issue #16, item 1) against a real HTTP file server on 127.0.0.1:
+a large file arrives as concurrent ``Range`` parts written where they belong, a dropped part is
+fetched again on its own, a run that stops keeps its finished parts for the next, a server that
+ignores ``Range`` gets one stream, a redirect is followed once, and wrong bytes install nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from axon.errors import IntegrityError, SourceError
+from axon.install import install
+from axon.reporting import Reporter
+from axon.settings import Settings
+from axon.sources.ranged import MIN_PART_BYTES, default_part_bytes
+from axon.sources.url import UrlSource
+from axon.store.spec import parse_spec
+from tests.support.file_server import FileServer
+
+MiB = 1 << 20
+DATA = os.urandom(6 * MiB + 12345)  # 7 parts of 1 MiB, the last one short
+PART = 1 * MiB
+
+
+class Recorder(Reporter):
+    """What the user would see: the stages and the one progress bar's total and bytes."""
+
+    def __init__(self) -> None:
+        self.stages: list[str] = []
+        self.warnings: list[str] = []
+        self.total: int | None = None
+        self.advanced = 0
+
+    def stage(self, message: str) -> None:
+        self.stages.append(message)
+
+    def start(self, label: str, total: int | None) -> None:
+        self.total = total
+
+    def advance(self, nbytes: int) -> None:
+        self.advanced += nbytes
+
+    def finish(self) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def source(url: str, tmp_path: Path, name: str = "m.onnx", **kwargs: object) -> UrlSource:
+    options: dict[str, object] = {"connections": 4, "part_bytes": PART, "ranged_above": MiB, "backoff_s": 0.01,
+                                  "sha256": hashlib.sha256(DATA).hexdigest(), **kwargs}
+    return UrlSource(f"{url}/files/{name}", tmp_path / "downloads", **options)  # type: ignore[arg-type]
+
+
+def parts_asked(fs: FileServer, name: str = "m.onnx") -> list[str]:
+    return [rng for n, rng in fs.requests if n == name and rng and rng != "bytes=0-0"]
+
+
+def fetched(src: UrlSource, tmp_path: Path, reporter: Reporter | None = None) -> bytes:
+    staging = tmp_path / "staging"
+    result = src.fetch(staging, reporter or Recorder())
+    data = (staging / "m.onnx").read_bytes()
+    assert result.digests["m.onnx"].sha256 == hashlib.sha256(data).hexdigest()
+    return data
+
+
+def test_a_large_file_arrives_in_concurrent_parts(file_server: tuple[FileServer, str], tmp_path: Path) -> None:
+    fs, url = file_server
+    fs.files["m.onnx"] = DATA
+    rec = Recorder()
+    assert fetched(source(url, tmp_path), tmp_path, rec) == DATA
+    expected = [f"bytes={a}-{min(a + PART, len(DATA)) - 1}" for a in range(0, len(DATA), PART)]
+    assert sorted(parts_asked(fs)) == sorted(expected)  # every part once, exactly its bytes
+    assert rec.total == len(DATA) and rec.advanced == len(DATA)  # one bar for the whole file
+    assert any("7 parts over 4 connections" in s for s in rec.stages), rec.stages
+    assert not list((tmp_path / "downloads").iterdir())  # nothing left behind
+
+
+def test_a_dropped_part_is_fetched_again_alone(file_server: tuple[FileServer, str], tmp_path: Path) -> None:
+    fs, url = file_server
+    fs.files["m.onnx"] = DATA
+    fs.drop_at["m.onnx"] = 3 * PART
+    rec = Recorder()
+    assert fetched(source(url, tmp_path), tmp_path, rec) == DATA
+    asked = parts_asked(fs)
+    assert asked.count(f"bytes={3 * PART}-{4 * PART - 1}") == 2 and len(asked) == 8  # only that part twice
+    assert len(rec.warnings) == 1 and "part 4/7" in rec.warnings[0]
+
+
+def test_a_stopped_run_keeps_its_finished_parts(file_server: tuple[FileServer, str], tmp_path: Path) -> None:
+    fs, url = file_server
+    fs.files["m.onnx"] = DATA
+    fs.drop_at["m.onnx"] = 4 * PART
+    with pytest.raises(SourceError, match="part 5/7 still failing"):
+        fetched(source(url, tmp_path, connections=2, retries=0), tmp_path)
+    (state,) = (tmp_path / "downloads").glob("*.parts.json")
+    done = json.loads(state.read_text())["done"]
+    assert {0, 1, 2, 3} <= set(done) and 4 not in done  # two connections in order: all before the drop
+    fs.requests.clear()
+    assert fetched(source(url, tmp_path), tmp_path) == DATA
+    assert sorted(parts_asked(fs)) == sorted(f"bytes={a}-{min(a + PART, len(DATA)) - 1}"
+                                             for i, a in enumerate(range(0, len(DATA), PART)) if i not in done)
+
+
+def test_a_server_that_ignores_range_gets_one_stream(file_server: tuple[FileServer, str], tmp_path: Path) -> None:
+    fs, url = file_server
+    fs.files["m.onnx"] = DATA
+    fs.ignore_range = True
+    assert fetched(source(url, tmp_path), tmp_path) == DATA
+    assert [rng for n, rng in fs.requests if n == "m.onnx"] == ["bytes=0-0", None]  # the probe, then one GET
+
+
+def test_the_parts_come_from_where_the_redirect_leads(file_server: tuple[FileServer, str], tmp_path: Path) -> None:
+    fs, url = file_server
+    fs.files["cdn/m.onnx"] = DATA
+    fs.redirect["m.onnx"] = "/files/cdn/m.onnx"
+    assert fetched(source(url, tmp_path), tmp_path) == DATA
+    assert [n for n, _ in fs.requests].count("m.onnx") == 1  # the probe followed it once
+    assert len(parts_asked(fs, "cdn/m.onnx")) == 7
+
+
+def test_wrong_bytes_in_a_part_install_nothing(file_server: tuple[FileServer, str], tmp_path: Path) -> None:
+    fs, url = file_server
+    fs.files["m.onnx"] = DATA
+    fs.corrupt_at["m.onnx"] = 2 * PART
+    with pytest.raises(IntegrityError, match="sha256"):
+        fetched(source(url, tmp_path), tmp_path)
+    assert not (tmp_path / "staging" / "m.onnx").exists()
+    assert not list((tmp_path / "downloads").iterdir())  # the next run starts clean
+    assert fetched(source(url, tmp_path), tmp_path) == DATA
+
+
+def test_install_fetches_a_large_url_file_in_parts(settings: Settings, file_server: tuple[FileServer, str]) -> None:
+    from tests.support.onnx_models import mlp_model
+
+    fs, url = file_server
+    data = mlp_model(features=4096, out=2600).SerializeToString()  # ~40 MiB: above the one-stream size
+    fs.files["big.onnx"] = data
+    r = install(parse_spec("acme/big@1"), settings, from_=f"{url}/files/big.onnx",
+                sha256=hashlib.sha256(data).hexdigest())
+    assert (r.path / "big.onnx").read_bytes() == data
+    assert len(parts_asked(fs, "big.onnx")) == -(-len(data) // default_part_bytes(len(data), 8)) >= 2
+
+
+def test_parts_are_sized_for_the_connections() -> None:
+    assert default_part_bytes(10 * MiB, 8) == MIN_PART_BYTES
+    assert default_part_bytes(2 << 30, 8) == 64 * MiB  # a 2 GiB file: 32 parts over 8 connections
+    assert default_part_bytes(1 << 30, 8) == 32 * MiB

@@ -16,10 +16,12 @@ from axon.errors import IntegrityError, SourceError
 from axon.install import install
 from axon.reporting import Reporter
 from axon.settings import Settings
+from axon.sources.hub import HubSource
 from axon.sources.ranged import MIN_PART_BYTES, default_part_bytes
 from axon.sources.url import UrlSource
 from axon.store.spec import parse_spec
 from tests.support.file_server import FileServer
+from tests.support.hub_server import FakeHub
 
 MiB = 1 << 20
 DATA = os.urandom(6 * MiB + 12345)  # 7 parts of 1 MiB, the last one short
@@ -33,6 +35,7 @@ class Recorder(Reporter):
         self.stages: list[str] = []
         self.warnings: list[str] = []
         self.total: int | None = None
+        self.totals: list[int | None] = []
         self.advanced = 0
 
     def stage(self, message: str) -> None:
@@ -40,6 +43,7 @@ class Recorder(Reporter):
 
     def start(self, label: str, total: int | None) -> None:
         self.total = total
+        self.totals.append(total)
 
     def advance(self, nbytes: int) -> None:
         self.advanced += nbytes
@@ -151,3 +155,38 @@ def test_parts_are_sized_for_the_connections() -> None:
     assert default_part_bytes(10 * MiB, 8) == MIN_PART_BYTES
     assert default_part_bytes(2 << 30, 8) == 64 * MiB  # a 2 GiB file: 32 parts over 8 connections
     assert default_part_bytes(1 << 30, 8) == 32 * MiB
+
+
+def test_a_large_hub_file_arrives_in_parts_from_the_cdn(hub: tuple[FakeHub, str], tmp_path: Path) -> None:
+    """The Hub's resolve URL redirects an LFS file to its CDN; the parts go there (with no token:
+    the signed URL is the credential), a dropped part is fetched again alone, and the file is
+    checked against the Hub's sha256."""
+    from tests.support.onnx_models import mlp_model
+
+    fake, url = hub
+    fake.cdn = True
+    model = mlp_model(features=1024, out=1536).SerializeToString()  # ~6 MiB: LFS
+    fake.add_commit("acme/enc", {"model.onnx": model, "config.json": b"{}"})
+    sha256 = hashlib.sha256(model).hexdigest()
+    fake.drop_part_at[sha256] = 2 * PART
+    (tmp_path / "downloads").mkdir()
+    src = HubSource("acme/enc", "main", tmp_path / "downloads", endpoint=url, token="hf_secret", connections=4,
+                    ranged_above=MiB, part_bytes=PART)
+    rec = Recorder()
+    result = src.fetch(tmp_path / "staging", rec)
+    assert (tmp_path / "staging" / "model.onnx").read_bytes() == model
+    assert result.digests["model.onnx"].sha256 == sha256
+    parts = [rng for method, path, rng in fake.requests if path == f"/cdn/{sha256}" and rng != "bytes=0-0"
+             and method == "GET"]
+    n = -(-len(model) // PART)
+    assert len(parts) == n + 1 and parts.count(f"bytes={2 * PART}-{3 * PART - 1}") == 2, parts
+    assert len(model) in rec.totals and len(rec.warnings) == 1 and "part 3/" in rec.warnings[0]
+
+
+def test_the_token_never_goes_to_the_cdn() -> None:
+    from axon.sources.hub import _headers_for
+
+    auth = {"authorization": "Bearer hf_secret", "user-agent": "axon"}
+    assert _headers_for("https://huggingface.co/a/b/resolve/c/m.onnx", None, auth) == auth
+    assert _headers_for("https://cdn-lfs.hf.co/repos/x?sig=1", None, auth) == {"user-agent": "axon"}
+    assert _headers_for("http://127.0.0.1:9/cdn/x", "http://127.0.0.1:9", auth) == auth

@@ -43,6 +43,9 @@ class FakeHub:
     corrupt: set[tuple[str, str]] = field(default_factory=set)  # (repo, path): flip a byte when serving
     drop_after: dict[tuple[str, str], int] = field(default_factory=dict)  # drop the connection once after N bytes
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
+    blobs: dict[str, bytes] = field(default_factory=dict)  # what the CDN serves, by sha256
+    cdn: bool = False  # LFS files redirect (302) to /cdn/<sha256>?sig=…, as the Hub's resolve URLs do
+    drop_part_at: dict[str, int] = field(default_factory=dict)  # sha256 -> a CDN part starting here drops, once
 
     def add_commit(self, repo_id: str, files: dict[str, bytes], *, ref: str = "main") -> str:
         repo = self.repos.setdefault(repo_id, FakeRepo())
@@ -141,18 +144,42 @@ class FakeHub:
             headers["ETag"] = f'"{git_blob_sha1(data)}"'
         if (repo_id, path) in self.corrupt:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
+        if self.cdn and is_lfs(path, data):
+            sha256 = hashlib.sha256(data).hexdigest()
+            self.blobs[sha256] = data
+            location = f"{request.base_url}cdn/{sha256}?sig={len(self.requests)}"  # signed anew every time
+            return Response(b"", status_code=302, headers={**headers, "Location": location})
         if request.method == "HEAD":
             return Response(b"", headers={**headers, "Content-Length": str(len(data))})
-        start = 0
-        status = 200
+        return self._body(data, rng, headers, self.drop_after.pop((repo_id, path), None))
+
+    async def cdn_blob(self, request: Request) -> Response:
+        sha256, rng = request.path_params["sha256"], request.headers.get("range")
+        self.requests.append((request.method, request.url.path, rng))
+        data = self.blobs.get(sha256)
+        if data is None:
+            return Response(b"no such blob", status_code=404)
+        headers = {"ETag": f'"{sha256}"', "Accept-Ranges": "bytes"}
+        if request.method == "HEAD":
+            return Response(b"", headers={**headers, "Content-Length": str(len(data))})
+        drop = None
+        if rng and self.drop_part_at.get(sha256) == int(rng[6:].split("-")[0]):
+            del self.drop_part_at[sha256]
+            drop = 64 * 1024
+        return self._body(data, rng, headers, drop)
+
+    @staticmethod
+    def _body(data: bytes, rng: str | None, headers: dict[str, str], drop: int | None) -> Response:
+        start, end, status = 0, len(data) - 1, 200
         if rng and rng.startswith("bytes="):
-            start = int(rng[6:].split("-")[0])
+            first, _, last = rng[6:].partition("-")
+            start = int(first)
+            end = min(int(last), len(data) - 1) if last else len(data) - 1
             if start >= len(data):
                 return Response(b"", status_code=416, headers={"Content-Range": f"bytes */{len(data)}"})
             status = 206
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        body = data[start:]
-        drop = self.drop_after.pop((repo_id, path), None)
+            headers = {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"}
+        body = data[start:end + 1]
         if drop is not None and drop < len(body):
             return StreamingResponse(_broken_stream(body, drop), status_code=status,
                                      headers={**headers, "Content-Length": str(len(body))})
@@ -163,6 +190,7 @@ class FakeHub:
             Route("/api/models/{repo:path}/revision/{rev}", self.model_info),
             Route("/api/models/{repo:path}/tree/{rev}/{path:path}", self.tree),
             Route("/api/models/{repo:path}/tree/{rev}", self.tree),
+            Route("/cdn/{sha256}", self.cdn_blob, methods=["GET", "HEAD"]),
             Route("/{repo:path}/resolve/{rev}/{file:path}", self.resolve, methods=["GET", "HEAD"]),
         ])
 

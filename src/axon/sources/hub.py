@@ -7,8 +7,11 @@ git blob id) against the Hub's metadata while the bytes stream in, and refuse a 
 from __future__ import annotations
 
 import errno
+import http.client
 import os
 import shutil
+import urllib.error
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -16,6 +19,8 @@ from typing import Any
 from axon.errors import DiskFullError, InvalidModelError, PermissionDeniedError, SourceError
 from axon.reporting import Reporter
 from axon.sources.base import AUX_FILES, FetchResult, HashingWriter, PartialDownload, check_digest, disk_full
+from axon.sources.ranged import DEFAULT_CONNECTIONS, RANGED_ABOVE, Probe, RangedFile, probe
+from axon.store.fastio import FileDigest
 
 __all__ = ["ONNX_CANDIDATES", "HubSource"]
 
@@ -34,7 +39,12 @@ class HubSource:
     kind = "hf"
 
     def __init__(self, repo_id: str, revision: str, downloads_dir: Path, *, endpoint: str | None,
-                 token: str | None, entrypoint: str | None = None, export: bool = False) -> None:
+                 token: str | None, entrypoint: str | None = None, export: bool = False,
+                 connections: int = DEFAULT_CONNECTIONS, ranged_above: int = RANGED_ABOVE,
+                 part_bytes: int | None = None) -> None:
+        self.connections = connections  # a large file's parts at once (1: one stream)
+        self.ranged_above = ranged_above
+        self.part_bytes = part_bytes  # None: about four parts per connection
         self.export = export  # fetch the safetensors checkpoint (to export), not an ONNX file
         self.repo_id = repo_id
         self.revision = revision
@@ -183,11 +193,9 @@ class HubSource:
     def _download(self, rf: _RemoteFile, commit: str, staging: Path, result: FetchResult,
                   reporter: Reporter) -> None:
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
-        from huggingface_hub.file_download import http_get
-        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # documented, not in __all__
 
         url = hf_hub_url(self.repo_id, rf.path, revision=commit, endpoint=self.endpoint)
-        headers = build_hf_headers(token=self.token)
+        headers = self._auth_headers()
         try:
             meta = get_hf_file_metadata(url, token=self.token, endpoint=self.endpoint, retry_on_errors=True)
         except Exception as exc:
@@ -204,6 +212,69 @@ class HubSource:
         key = key.replace("/", "_")
         partial = PartialDownload(self.downloads_dir, key)
         validator = {"url": url, "sha256": rf.sha256, "blob_id": rf.blob_id, "size": size}
+        found = self._parts_from(meta.location or url, headers, size, reporter)
+        if found is not None:
+            digest, writer = self._fetch_parts(found, partial, validator, rf, reporter)
+        else:
+            digest, writer = self._fetch_stream(url, headers, partial, validator, rf, size, reporter)
+        try:
+            if size is not None and digest.size != size:
+                check_digest(rf.path, "size", str(size), str(digest.size), self.describe())
+            if rf.sha256:
+                check_digest(rf.path, "sha256", rf.sha256, digest.sha256, self.describe())
+            elif rf.blob_id and writer.sha1 is not None:
+                check_digest(rf.path, "git blob id", rf.blob_id, writer.sha1.hexdigest(), self.describe())
+        except Exception:
+            partial.discard()
+            self._parts_state(partial).unlink(missing_ok=True)
+            raise
+        partial.finish_into(staging / rf.path)
+        self._parts_state(partial).unlink(missing_ok=True)
+        result.digests[rf.path] = digest
+
+    def _parts_from(self, location: str, headers: dict[str, str], size: int | None,
+                    reporter: Reporter) -> Probe | None:
+        """Where a large file's parts come from: the resolve URL's redirect target (the CDN),
+        if it serves ranges of the size the Hub announced; else None (one stream)."""
+        if size is None or size < self.ranged_above or self.connections < 2:
+            return None
+        try:
+            found = probe(location, _headers_for(location, self.endpoint, headers))
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
+            reporter.stage(f"no ranged download ({type(exc).__name__}); one stream")
+            return None
+        return found if found.ranges and found.size == size else None
+
+    @staticmethod
+    def _parts_state(partial: PartialDownload) -> Path:
+        return partial.dir / f"{partial.part.stem}.parts.json"
+
+    def _fetch_parts(self, found: Probe, partial: PartialDownload, validator: dict[str, Any], rf: _RemoteFile,
+                     reporter: Reporter) -> tuple[FileDigest, HashingWriter]:
+        validator = {**validator, "parts_from": found.url.split("?", 1)[0], "etag": found.etag}
+        with partial.open(validator) as (f, _):
+            ranged = RangedFile(found, f.fileno(), self._parts_state(partial), validator,
+                                headers=_headers_for(found.url, self.endpoint, self._auth_headers()),
+                                connections=self.connections, part_bytes=self.part_bytes, backoff_s=0.2,
+                                advance=reporter.advance, warn=reporter.warn)
+            reporter.start(rf.path, found.size)
+            try:
+                ranged.fetch()
+            finally:
+                reporter.finish()
+            writer = HashingWriter(f, git_blob_size=found.size if rf.sha256 is None and rf.blob_id else None)
+            writer.absorb_existing()  # in order, from the page cache the parts just went through
+            return writer.digest(), writer
+
+    def _auth_headers(self) -> dict[str, str]:
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # documented, not in __all__
+
+        return dict(build_hf_headers(token=self.token))
+
+    def _fetch_stream(self, url: str, headers: dict[str, str], partial: PartialDownload, validator: dict[str, Any],
+                      rf: _RemoteFile, size: int | None, reporter: Reporter) -> tuple[FileDigest, HashingWriter]:
+        from huggingface_hub.file_download import http_get
+
         with partial.open(validator) as (f, have):
             writer = HashingWriter(f, git_blob_size=size if rf.sha256 is None and rf.blob_id else None)
             if have:
@@ -223,19 +294,7 @@ class HubSource:
                 reporter.finish()
             writer.flush()
             os.fsync(writer.fileno())
-            digest = writer.digest()
-        try:
-            if size is not None and digest.size != size:
-                check_digest(rf.path, "size", str(size), str(digest.size), self.describe())
-            if rf.sha256:
-                check_digest(rf.path, "sha256", rf.sha256, digest.sha256, self.describe())
-            elif rf.blob_id and writer.sha1 is not None:
-                check_digest(rf.path, "git blob id", rf.blob_id, writer.sha1.hexdigest(), self.describe())
-        except Exception:
-            partial.discard()
-            raise
-        partial.finish_into(staging / rf.path)
-        result.digests[rf.path] = digest
+            return writer.digest(), writer
 
 
 _MODULE_FILE_SUFFIXES = (".json", ".safetensors", ".txt")
@@ -294,3 +353,12 @@ class _ReporterTqdm:
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+def _headers_for(url: str, endpoint: str | None, headers: dict[str, str]) -> dict[str, str]:
+    """*headers* for a request to *url*: the token only goes to the Hub itself, never to the CDN
+    host a resolve URL redirects to (its signed URL is the credential there)."""
+    hub = urllib.parse.urlsplit(endpoint or "https://huggingface.co").netloc
+    if urllib.parse.urlsplit(url).netloc == hub:
+        return dict(headers)
+    return {k: v for k, v in headers.items() if k.lower() != "authorization"}

@@ -9,6 +9,7 @@ connection mid-file, or gate a repo behind a token.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -44,14 +45,30 @@ class FakeHub:
     drop_after: dict[tuple[str, str], int] = field(default_factory=dict)  # drop the connection once after N bytes
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
     blobs: dict[str, bytes] = field(default_factory=dict)  # what the CDN serves, by sha256
+    throttle_bps: int | None = None  # each response (so each connection) at most this fast, as a CDN gives one
     cdn: bool = False  # LFS files redirect (302) to /cdn/<sha256>?sig=…, as the Hub's resolve URLs do
     drop_part_at: dict[str, int] = field(default_factory=dict)  # sha256 -> a CDN part starting here drops, once
+
+    # the real Hub knows its digests: hashing per request here would skew timings
+    _digests: dict[tuple[str, bytes], str] = field(default_factory=dict)
+
+    def _sha256(self, data: bytes) -> str:
+        key = ("sha256", data)  # a bytes key hashes once (Python caches it on the object)
+        if key not in self._digests:
+            self._digests[key] = hashlib.sha256(data).hexdigest()
+        return self._digests[key]
+
+    def _blob_id(self, data: bytes) -> str:
+        key = ("blob", data)
+        if key not in self._digests:
+            self._digests[key] = git_blob_sha1(data)
+        return self._digests[key]
 
     def add_commit(self, repo_id: str, files: dict[str, bytes], *, ref: str = "main") -> str:
         repo = self.repos.setdefault(repo_id, FakeRepo())
         h = hashlib.sha1(repo_id.encode(), usedforsecurity=False)
         for path in sorted(files):
-            h.update(path.encode() + b"\0" + hashlib.sha256(files[path]).digest())
+            h.update(path.encode() + b"\0" + bytes.fromhex(self._sha256(files[path])))
         h.update(str(len(repo.commits)).encode())
         sha = h.hexdigest()
         repo.commits[sha] = dict(files)
@@ -78,14 +95,13 @@ class FakeHub:
             return repo, None, self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         return repo, sha, None
 
-    @staticmethod
-    def _sibling(path: str, data: bytes, blobs: bool) -> dict[str, object]:
+    def _sibling(self, path: str, data: bytes, blobs: bool) -> dict[str, object]:
         entry: dict[str, object] = {"rfilename": path}
         if blobs:
             entry["size"] = len(data)
-            entry["blobId"] = git_blob_sha1(data)
+            entry["blobId"] = self._blob_id(data)
             if is_lfs(path, data):
-                entry["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                entry["lfs"] = {"sha256": self._sha256(data), "size": len(data), "pointerSize": 134}
         return entry
 
     # --- endpoints ---------------------------------------------------------------------
@@ -117,9 +133,9 @@ class FakeHub:
         for path, data in sorted(repo.commits[sha].items()):
             if prefix and not path.startswith(prefix + "/"):
                 continue
-            entry: dict[str, object] = {"type": "file", "oid": git_blob_sha1(data), "size": len(data), "path": path}
+            entry: dict[str, object] = {"type": "file", "oid": self._blob_id(data), "size": len(data), "path": path}
             if is_lfs(path, data):
-                entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                entry["lfs"] = {"oid": self._sha256(data), "size": len(data), "pointerSize": 134}
             out.append(entry)
         return JSONResponse(out)
 
@@ -138,16 +154,18 @@ class FakeHub:
         data = files[path]
         headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
         if is_lfs(path, data):
-            sha256 = hashlib.sha256(data).hexdigest()
+            sha256 = self._sha256(data)
             headers.update({"ETag": f'"{sha256}"', "X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(data))})
         else:
-            headers["ETag"] = f'"{git_blob_sha1(data)}"'
+            headers["ETag"] = f'"{self._blob_id(data)}"'
         if (repo_id, path) in self.corrupt:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         if self.cdn and is_lfs(path, data):
-            sha256 = hashlib.sha256(data).hexdigest()
+            sha256 = self._sha256(data)
             self.blobs[sha256] = data
-            location = f"{request.base_url}cdn/{sha256}?sig={len(self.requests)}"  # signed anew every time
+            # another host, as the Hub's CDN is (so clients treat it as one): localhost for 127.0.0.1
+            base = str(request.base_url).replace("//127.0.0.1:", "//localhost:")
+            location = f"{base}cdn/{sha256}?sig={len(self.requests)}"  # signed anew every time
             return Response(b"", status_code=302, headers={**headers, "Location": location})
         if request.method == "HEAD":
             return Response(b"", headers={**headers, "Content-Length": str(len(data))})
@@ -168,8 +186,7 @@ class FakeHub:
             drop = 64 * 1024
         return self._body(data, rng, headers, drop)
 
-    @staticmethod
-    def _body(data: bytes, rng: str | None, headers: dict[str, str], drop: int | None) -> Response:
+    def _body(self, data: bytes, rng: str | None, headers: dict[str, str], drop: int | None) -> Response:
         start, end, status = 0, len(data) - 1, 200
         if rng and rng.startswith("bytes="):
             first, _, last = rng[6:].partition("-")
@@ -182,6 +199,9 @@ class FakeHub:
         body = data[start:end + 1]
         if drop is not None and drop < len(body):
             return StreamingResponse(_broken_stream(body, drop), status_code=status,
+                                     headers={**headers, "Content-Length": str(len(body))})
+        if self.throttle_bps:
+            return StreamingResponse(_throttled(body, self.throttle_bps), status_code=status,
                                      headers={**headers, "Content-Length": str(len(body))})
         return Response(body, status_code=status, headers=headers)
 
@@ -198,3 +218,14 @@ class FakeHub:
 async def _broken_stream(body: bytes, n: int) -> AsyncIterator[bytes]:
     yield body[:n]
     raise ConnectionResetError("simulated network failure")
+
+
+async def _throttled(body: bytes, bps: int) -> AsyncIterator[bytes]:
+    import time
+
+    step, start = 256 * 1024, time.monotonic()
+    for i in range(0, len(body), step):
+        yield body[i : i + step]
+        ahead = (i + step) / bps - (time.monotonic() - start)
+        if ahead > 0:
+            await asyncio.sleep(ahead)

@@ -90,6 +90,11 @@ class HashingWriter:
             self._update(chunk)
         return self.size
 
+    def absorb(self, data: bytes | memoryview) -> None:
+        """Hash *data* as the next bytes of the file without writing them (they are already
+        there: a ranged download's parts, read back in order)."""
+        self._update(data)
+
     def _update(self, data: bytes | memoryview) -> None:
         self.sha256.update(data)
         self.xxh3.update(data)

@@ -258,12 +258,11 @@ class HubSource:
                                 connections=self.connections, part_bytes=self.part_bytes, backoff_s=0.2,
                                 advance=reporter.advance, warn=reporter.warn)
             reporter.start(rf.path, found.size)
+            writer = HashingWriter(f, git_blob_size=found.size if rf.sha256 is None and rf.blob_id else None)
             try:
-                ranged.fetch()
+                ranged.fetch(consume=writer.absorb)  # hashed in order while the parts arrive
             finally:
                 reporter.finish()
-            writer = HashingWriter(f, git_blob_size=found.size if rf.sha256 is None and rf.blob_id else None)
-            writer.absorb_existing()  # in order, from the page cache the parts just went through
             return writer.digest(), writer
 
     def _auth_headers(self) -> dict[str, str]:

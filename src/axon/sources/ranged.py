@@ -105,6 +105,7 @@ class RangedFile:
         self.validator = {**validator, "size": self.size, "etag": probe.etag, "part_bytes": self.part_bytes}
         self._report, self._warn = advance, warn
         self._lock = threading.Lock()
+        self._part_done = threading.Condition(self._lock)
         self._progress_lock = threading.Lock()
         self._stop = threading.Event()
         self.done: set[int] = set()
@@ -114,9 +115,13 @@ class RangedFile:
         """(first byte, last byte) of every part."""
         return [(a, min(a + self.part_bytes, self.size) - 1) for a in range(0, self.size, self.part_bytes)]
 
-    def fetch(self) -> int:
+    def fetch(self, consume: Callable[[bytes], None] | None = None) -> int:
         """Every part not done yet; returns the bytes fetched now. Raises SourceError when a part
-        still fails after its retries (the parts that finished stay done for the next run)."""
+        still fails after its retries (the parts that finished stay done for the next run).
+
+        *consume* gets the whole file, in order, while the parts still arrive: a thread reads
+        each part back (from the page cache it just went through) as soon as every part before it
+        is done, so hashing overlaps the download instead of following it."""
         self.done = self._load_done()
         if os.fstat(self.fd).st_size != self.size:  # the final size at once: parts are written where they belong
             try:
@@ -129,15 +134,20 @@ class RangedFile:
         self._advance(already)
         todo = [i for i in range(len(self.parts)) if i not in self.done]
         fetched = 0
-        with concurrent.futures.ThreadPoolExecutor(min(self.connections, max(1, len(todo))),
-                                                   thread_name_prefix="axon-part") as pool:
-            futures = [pool.submit(self._part_with_retries, i) for i in todo]
-            try:
-                for fut in concurrent.futures.as_completed(futures):
-                    fetched += fut.result()
-            except BaseException:
-                self._stop.set()  # the other parts stop at their next chunk; what finished stays done
-                raise
+        in_order = _InOrder(self, consume) if consume is not None else None
+        try:
+            with concurrent.futures.ThreadPoolExecutor(min(self.connections, max(1, len(todo))),
+                                                       thread_name_prefix="axon-part") as pool:
+                futures = [pool.submit(self._part_with_retries, i) for i in todo]
+                try:
+                    for fut in concurrent.futures.as_completed(futures):
+                        fetched += fut.result()
+                except BaseException:
+                    self._stop.set()  # the other parts stop at their next chunk; what finished stays done
+                    raise
+        finally:
+            if in_order is not None:
+                in_order.finish()
         os.fsync(self.fd)
         return fetched
 
@@ -224,7 +234,49 @@ class RangedFile:
             tmp = self.state.with_suffix(".tmp")
             tmp.write_text(json.dumps({"validator": self.validator, "done": sorted(self.done)}))
             os.replace(tmp, self.state)
+            self._part_done.notify_all()
 
     def discard_state(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.state.unlink()
+
+
+class _InOrder:
+    """The thread that hands a RangedFile's bytes to *consume* in file order, part by part, as
+    soon as each part and all before it are done."""
+
+    def __init__(self, ranged: RangedFile, consume: Callable[[bytes], None]) -> None:
+        self.ranged, self.consume = ranged, consume
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="axon-hash-in-order", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        r = self.ranged
+        try:
+            for index, (first, last) in enumerate(r.parts):
+                with r._part_done:
+                    while index not in r.done and not r._stop.is_set():
+                        r._part_done.wait()
+                    if index not in r.done:
+                        return  # the download stopped: nothing more comes in order
+                offset = first
+                while offset <= last:
+                    chunk = os.pread(r.fd, min(CHUNK * 4, last - offset + 1), offset)
+                    if not chunk:
+                        raise OSError(errno.EIO, "the partial file is shorter than its finished parts")
+                    self.consume(chunk)
+                    offset += len(chunk)
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self) -> None:
+        """Wait for the last byte (or, after a failure, stop waiting); re-raise what went wrong."""
+        r = self.ranged
+        if len(r.done) < len(r.parts):
+            with r._part_done:
+                r._stop.set()
+                r._part_done.notify_all()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error

@@ -18,6 +18,7 @@ from axon.errors import InvalidModelError, SourceError, UsageError
 from axon.reporting import Reporter
 from axon.sources.base import FetchResult, HashingWriter, PartialDownload, check_digest, disk_full
 from axon.sources.ranged import DEFAULT_CONNECTIONS, RANGED_ABOVE, Probe, RangedFile, probe_answer
+from axon.store.fastio import FileDigest
 
 __all__ = ["UrlSource"]
 
@@ -115,31 +116,17 @@ class UrlSource:
             reporter.stage(f"downloading in {len(ranged.parts)} parts over {min(self.connections, len(ranged.parts))} "
                            "connections")
             reporter.start(self.filename, found.size)
+            writer = HashingWriter(f)
             try:
-                ranged.fetch()
+                ranged.fetch(consume=writer.absorb)  # hashed in order while the parts arrive
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise disk_full(exc, self.partial.dir) from exc
                 raise
             finally:
                 reporter.finish()
-            writer = HashingWriter(f)
-            writer.absorb_existing()  # in order, from the page cache the parts just went through
             digest = writer.digest()
-        if self.sha256 is not None:
-            try:
-                check_digest(self.filename, "sha256", self.sha256, digest.sha256, self.url)
-            except Exception:
-                self.partial.discard()
-                ranged.discard_state()
-                raise
-        self.partial.finish_into(staging / self.filename)
-        ranged.discard_state()
-        return FetchResult(
-            source={"type": "url", "url": self.url, "etag": found.etag},
-            digests={self.filename: digest},
-            entrypoint=self.filename,
-        )
+        return self._finish(staging, digest, found.etag, ranged)
 
     def _fetch_stream(self, staging: Path, reporter: Reporter) -> FetchResult:
         validator = {"url": self.url}
@@ -169,18 +156,25 @@ class UrlSource:
                         raise disk_full(exc, self.partial.dir) from exc
                     raise
             digest = writer.digest()
-        if self.sha256 is not None:
-            try:
+        return self._finish(staging, digest, etag)
+
+    def _finish(self, staging: Path, digest: FileDigest, etag: str | None,
+                ranged: RangedFile | None = None) -> FetchResult:
+        """Check the file against --sha256 (nothing is kept if it fails: the next run starts
+        clean), then move it into *staging*."""
+        try:
+            if self.sha256 is not None:
                 check_digest(self.filename, "sha256", self.sha256, digest.sha256, self.url)
-            except Exception:
-                self.partial.discard()
-                raise
+        except Exception:
+            self.partial.discard()
+            if ranged is not None:
+                ranged.discard_state()
+            raise
         self.partial.finish_into(staging / self.filename)
-        return FetchResult(
-            source={"type": "url", "url": self.url, "etag": etag},
-            digests={self.filename: digest},
-            entrypoint=self.filename,
-        )
+        if ranged is not None:
+            ranged.discard_state()
+        return FetchResult(source={"type": "url", "url": self.url, "etag": etag}, digests={self.filename: digest},
+                           entrypoint=self.filename)
 
     def _download_once(self, writer: HashingWriter, reporter: Reporter) -> str | None:
         have = writer.size

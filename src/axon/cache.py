@@ -165,6 +165,7 @@ def gc(root: Path, *, dry_run: bool = False, keep_partial: bool = False) -> GcRe
             if not dry_run:
                 p.unlink(missing_ok=True)
                 p.with_suffix(".json").unlink(missing_ok=True)
+                p.with_suffix(".parts.json").unlink(missing_ok=True)  # a ranged download's finished parts
     return report
 
 

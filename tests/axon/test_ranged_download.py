@@ -111,6 +111,34 @@ def test_a_stopped_run_keeps_its_finished_parts(file_server: tuple[FileServer, s
                                              for i, a in enumerate(range(0, len(DATA), PART)) if i not in done)
 
 
+def test_finished_parts_count_only_for_the_part_file_they_were_written_to(
+        file_server: tuple[FileServer, str], tmp_path: Path) -> None:
+    """The partial file goes (axon cache gc, a stream run in between) while its record of finished
+    parts stays: the next run must fetch everything again, not trust the record (no --sha256 here
+    to catch it)."""
+    fs, url = file_server
+    fs.files["m.onnx"] = DATA
+    fs.drop_at["m.onnx"] = 4 * PART
+    with pytest.raises(SourceError):
+        fetched(source(url, tmp_path, connections=2, retries=0), tmp_path)
+    (part,) = (tmp_path / "downloads").glob("*.part")
+    part.unlink()  # what gc removes
+    fs.requests.clear()
+    assert fetched(source(url, tmp_path, sha256=None), tmp_path) == DATA
+    assert len(parts_asked(fs)) == 7
+
+
+def test_a_token_never_follows_a_redirect_to_another_host(file_server: tuple[FileServer, str]) -> None:
+    from axon.sources.ranged import probe
+
+    fs, url = file_server
+    fs.files["cdn/m.onnx"] = DATA
+    fs.redirect["m.onnx"] = url.replace("127.0.0.1", "localhost") + "/files/cdn/m.onnx"
+    found = probe(f"{url}/files/m.onnx", {"Authorization": "Bearer hf_secret"})
+    assert found.ranges and found.size == len(DATA) and "localhost" in found.url
+    assert fs.authorization == [("m.onnx", "Bearer hf_secret"), ("cdn/m.onnx", None)]
+
+
 def test_a_server_that_ignores_range_gets_one_stream(file_server: tuple[FileServer, str], tmp_path: Path) -> None:
     fs, url = file_server
     fs.files["m.onnx"] = DATA

@@ -24,11 +24,13 @@ class FileServer:
     drop_at: dict[str, int] = field(default_factory=dict)  # once: a part starting here loses its connection
     redirect: dict[str, str] = field(default_factory=dict)  # name -> the path it redirects to (a CDN)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    authorization: list[tuple[str, str | None]] = field(default_factory=list)  # (name, Authorization header)
 
     async def serve(self, request: Request) -> Response:
         name = request.path_params["name"]
         rng = request.headers.get("range")
         self.requests.append((name, rng))
+        self.authorization.append((name, request.headers.get("authorization")))
         if name in self.redirect:
             return Response(b"", status_code=302, headers={"Location": self.redirect[name]})
         statuses = self.fail_status.get(name)

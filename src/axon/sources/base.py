@@ -152,6 +152,9 @@ class PartialDownload:
         self.dir = downloads_dir
         self.part = downloads_dir / f"{key}.part"
         self.meta_path = downloads_dir / f"{key}.json"
+        # which parts of a ranged download are done: only ever about this very part file, so it
+        # goes wherever the part goes (never trusted for a part created afresh)
+        self.parts_state = downloads_dir / f"{key}.parts.json"
 
     @contextlib.contextmanager
     def open(self, validator: dict[str, Any]) -> Iterator[tuple[BinaryIO, int]]:
@@ -160,6 +163,8 @@ class PartialDownload:
         old = self._read_meta()
         if old != validator and self.part.exists():
             self.part.unlink()  # different content upstream: never splice two versions
+        if not self.part.exists():
+            self.parts_state.unlink(missing_ok=True)  # a fresh part has no finished parts
         fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         f = os.fdopen(fd, "r+b", buffering=0)
         try:
@@ -202,6 +207,7 @@ class PartialDownload:
     def discard_meta(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.meta_path.unlink()
+        self.parts_state.unlink(missing_ok=True)
 
 
 def check_digest(name: str, what: str, expected: str, actual: str, spec_hint: str) -> None:

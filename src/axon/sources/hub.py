@@ -226,10 +226,8 @@ class HubSource:
                 check_digest(rf.path, "git blob id", rf.blob_id, writer.sha1.hexdigest(), self.describe())
         except Exception:
             partial.discard()
-            self._parts_state(partial).unlink(missing_ok=True)
             raise
         partial.finish_into(staging / rf.path)
-        self._parts_state(partial).unlink(missing_ok=True)
         result.digests[rf.path] = digest
 
     def _parts_from(self, location: str, headers: dict[str, str], size: int | None,
@@ -245,15 +243,11 @@ class HubSource:
             return None
         return found if found.ranges and found.size == size else None
 
-    @staticmethod
-    def _parts_state(partial: PartialDownload) -> Path:
-        return partial.dir / f"{partial.part.stem}.parts.json"
-
     def _fetch_parts(self, found: Probe, partial: PartialDownload, validator: dict[str, Any], rf: _RemoteFile,
                      reporter: Reporter) -> tuple[FileDigest, HashingWriter]:
         validator = {**validator, "parts_from": found.url.split("?", 1)[0], "etag": found.etag}
         with partial.open(validator) as (f, _):
-            ranged = RangedFile(found, f.fileno(), self._parts_state(partial), validator,
+            ranged = RangedFile(found, f.fileno(), partial.parts_state, validator,
                                 headers=_headers_for(found.url, self.endpoint, self._auth_headers()),
                                 connections=self.connections, part_bytes=self.part_bytes, backoff_s=0.2,
                                 advance=reporter.advance, warn=reporter.warn)

@@ -23,9 +23,10 @@ import http.client
 import json
 import os
 import re
+import ssl
 import threading
-import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from axon import __version__
-from axon.errors import SourceError
+from axon.errors import DiskFullError, SourceError
 
 __all__ = ["DEFAULT_CONNECTIONS", "RANGED_ABOVE", "Probe", "RangedFile", "default_part_bytes", "probe",
            "probe_answer"]
@@ -46,6 +47,22 @@ CHUNK = 1 << 20
 TIMEOUT_S = 30.0
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class _NoCredentialsElsewhere(urllib.request.HTTPRedirectHandler):
+    """Redirects followed, but a token never goes to another host (a CDN's signed URL is its own
+    credential): what requests does, and urllib does not."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            for name in ("Authorization", "Cookie"):
+                new.remove_header(name)
+        return new
+
+
+_OPENER = urllib.request.build_opener(_NoCredentialsElsewhere)
 
 
 class PartFailed(Exception):
@@ -65,7 +82,7 @@ def probe(url: str, headers: dict[str, str]) -> Probe:
     a ``200`` means the server ignores ``Range`` (one stream, then)."""
     req = urllib.request.Request(url, headers={"User-Agent": f"axon/{__version__}", **headers,
                                                "Range": "bytes=0-0", "Accept-Encoding": "identity"})
-    with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+    with _OPENER.open(req, timeout=TIMEOUT_S) as resp:
         return probe_answer(resp)
 
 
@@ -123,13 +140,17 @@ class RangedFile:
         each part back (from the page cache it just went through) as soon as every part before it
         is done, so hashing overlaps the download instead of following it."""
         self.done = self._load_done()
-        if os.fstat(self.fd).st_size != self.size:  # the final size at once: parts are written where they belong
-            try:
-                os.posix_fallocate(self.fd, 0, self.size)  # and the space reserved: a full disk says so now
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                os.ftruncate(self.fd, self.size)
+        have = os.fstat(self.fd).st_size
+        if have != self.size:  # the final size at once: parts are written where they belong
+            self.done = set()  # and a file of another size holds no finished part of this one
+            free = os.statvfs(self.state.parent)
+            if self.size - have > free.f_bavail * free.f_frsize:
+                raise DiskFullError(f"Not enough disk space for {self.probe.url!r}: the server says "
+                                    f"{self.size} bytes, {free.f_bavail * free.f_frsize} are free.",
+                                    hint="Free some space (axon cache gc) or point AXON_CACHE_DIR at a bigger disk.")
+            os.ftruncate(self.fd, self.size)  # also cuts what a longer file held past the end
+            with contextlib.suppress(OSError):  # the space reserved where the file system can (sparse if not)
+                os.posix_fallocate(self.fd, 0, self.size)
         already = sum(b - a + 1 for i, (a, b) in enumerate(self.parts) if i in self.done)
         self._advance(already)
         todo = [i for i in range(len(self.parts)) if i not in self.done]
@@ -144,11 +165,18 @@ class RangedFile:
                         fetched += fut.result()
                 except BaseException:
                     self._stop.set()  # the other parts stop at their next chunk; what finished stays done
+                    pool.shutdown(wait=True, cancel_futures=True)  # and the ones not started never start
                     raise
-        finally:
+        except BaseException:
             if in_order is not None:
-                in_order.finish()
+                in_order.abandon()  # the download's own error is the one to report
+            raise
+        if in_order is not None:
+            in_order.finish()
         os.fsync(self.fd)
+        if os.fstat(self.fd).st_size != self.size:
+            raise SourceError(f"The partial download of {self.probe.url!r} changed size while it was written.",
+                              hint="Run the same command again; only one axon should download it at a time.")
         return fetched
 
     def _advance(self, n: int) -> None:
@@ -174,14 +202,17 @@ class RangedFile:
                 delay = self.backoff_s * 2 ** (attempt - 1)
                 self._warn(f"part {index + 1}/{len(self.parts)} interrupted ({exc}); retry {attempt}/{self.retries} "
                            f"in {delay:.1f}s")
-                time.sleep(delay)
+                if self._stop.wait(delay):
+                    raise SourceError("stopped") from None  # another part failed for good: that one is reported
 
     def _part(self, index: int) -> int:
         first, last = self.parts[index]
+        if self._stop.is_set():
+            raise PartFailed("stopped")
         req = urllib.request.Request(self.probe.url, headers={**self.headers, "Range": f"bytes={first}-{last}"})
         written = 0
         try:
-            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+            with _OPENER.open(req, timeout=TIMEOUT_S) as resp:
                 self._check_answer(resp.status, resp.headers.get("Content-Range", ""), first, last)
                 offset = first
                 while offset <= last:
@@ -202,7 +233,7 @@ class RangedFile:
                 raise PartFailed(f"HTTP {exc.code}") from None
             raise SourceError(f"Download of {self.probe.url!r} failed: HTTP {exc.code} for bytes {first}-{last}.",
                               hint="Check the URL (and any credentials it needs).") from None
-        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, ssl.SSLError) as exc:
             raise PartFailed(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
         os.fdatasync(self.fd)  # the part's bytes on disk before it is recorded as done
         return written
@@ -231,14 +262,11 @@ class RangedFile:
     def _mark_done(self, index: int) -> None:
         with self._lock:
             self.done.add(index)
-            tmp = self.state.with_suffix(".tmp")
+            tmp = self.state.with_name(f".{self.state.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps({"validator": self.validator, "done": sorted(self.done)}))
             os.replace(tmp, self.state)
             self._part_done.notify_all()
 
-    def discard_state(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.state.unlink()
 
 
 class _InOrder:
@@ -271,12 +299,15 @@ class _InOrder:
             self.error = exc
 
     def finish(self) -> None:
-        """Wait for the last byte (or, after a failure, stop waiting); re-raise what went wrong."""
-        r = self.ranged
-        if len(r.done) < len(r.parts):
-            with r._part_done:
-                r._stop.set()
-                r._part_done.notify_all()
+        """Wait for the last byte; re-raise what went wrong in the thread."""
         self.thread.join()
         if self.error is not None:
             raise self.error
+
+    def abandon(self) -> None:
+        """The download failed: stop waiting for parts that will not come."""
+        r = self.ranged
+        with r._part_done:
+            r._stop.set()
+            r._part_done.notify_all()
+        self.thread.join()

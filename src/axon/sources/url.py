@@ -107,10 +107,10 @@ class UrlSource:
 
     def _fetch_ranged(self, found: Probe, staging: Path, reporter: Reporter) -> FetchResult:
         assert found.size is not None
-        validator = {"url": self.url, "parts_from": found.url, "size": found.size, "etag": found.etag}
-        state = self.partial.dir / f"{self.partial.part.stem}.parts.json"
+        validator = {"url": self.url, "parts_from": found.url.split("?", 1)[0], "size": found.size,
+                     "etag": found.etag}  # not a signed URL's query: it changes every run
         with self.partial.open(validator) as (f, _):
-            ranged = RangedFile(found, f.fileno(), state, validator, connections=self.connections,
+            ranged = RangedFile(found, f.fileno(), self.partial.parts_state, validator, connections=self.connections,
                                 part_bytes=self.part_bytes, retries=self.retries, backoff_s=self.backoff_s,
                                 advance=reporter.advance, warn=reporter.warn)
             reporter.stage(f"downloading in {len(ranged.parts)} parts over {min(self.connections, len(ranged.parts))} "
@@ -126,7 +126,7 @@ class UrlSource:
             finally:
                 reporter.finish()
             digest = writer.digest()
-        return self._finish(staging, digest, found.etag, ranged)
+        return self._finish(staging, digest, found.etag)
 
     def _fetch_stream(self, staging: Path, reporter: Reporter) -> FetchResult:
         validator = {"url": self.url}
@@ -158,8 +158,7 @@ class UrlSource:
             digest = writer.digest()
         return self._finish(staging, digest, etag)
 
-    def _finish(self, staging: Path, digest: FileDigest, etag: str | None,
-                ranged: RangedFile | None = None) -> FetchResult:
+    def _finish(self, staging: Path, digest: FileDigest, etag: str | None) -> FetchResult:
         """Check the file against --sha256 (nothing is kept if it fails: the next run starts
         clean), then move it into *staging*."""
         try:
@@ -167,12 +166,8 @@ class UrlSource:
                 check_digest(self.filename, "sha256", self.sha256, digest.sha256, self.url)
         except Exception:
             self.partial.discard()
-            if ranged is not None:
-                ranged.discard_state()
             raise
         self.partial.finish_into(staging / self.filename)
-        if ranged is not None:
-            ranged.discard_state()
         return FetchResult(source={"type": "url", "url": self.url, "etag": etag}, digests={self.filename: digest},
                            entrypoint=self.filename)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from mlos_core import __version__
 
 if TYPE_CHECKING:
+    from axon.errors import AxonError
     from mlos_core.settings import ServerSettings
 
 
@@ -123,8 +124,7 @@ def serve(config_file: Path | None, port_file: Path | None, on_ray: bool, addres
         try:
             open_cache_dir(settings.repository)
         except UsageError as exc:
-            click.echo(f"error: {exc.message}\nhint: {exc.hint}", err=True)
-            sys.exit(2)
+            _fail(exc)
         except OSError as exc:
             click.echo(f"error: cannot make the cache directory {str(settings.repository)!r}: {exc.strerror}.",
                        err=True)
@@ -151,6 +151,12 @@ def serve(config_file: Path | None, port_file: Path | None, on_ray: bool, addres
     server.run()
     if not server.started:  # the lifespan refused to start (its log says why): not a clean exit
         sys.exit(3)
+
+
+def _fail(exc: AxonError) -> NoReturn:
+    """axon's error as the CLI says it: one line, the hint, its exit code."""
+    click.echo(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), err=True)
+    sys.exit(exc.exit_code)
 
 
 def _parse_set(items: tuple[str, ...]) -> dict[str, object]:
@@ -180,8 +186,7 @@ def _prepare_model_dir(settings: ServerSettings, on_ray: bool) -> ServerSettings
     try:
         prepared, spec = prepare(settings)
     except AxonError as exc:
-        click.echo(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), err=True)
-        sys.exit(exc.exit_code)
+        _fail(exc)
     except OSError as exc:
         click.echo(f"error: cannot read {str(settings.model_dir)!r}: {exc.strerror}.", err=True)
         sys.exit(1)
@@ -208,8 +213,7 @@ def _serve_on_ray(settings: ServerSettings, address: str | None) -> None:
         deployment = load_deployment(settings.deployment)
         serve = ray_serve.serve_module()
     except AxonError as exc:
-        click.echo(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), err=True)
-        sys.exit(exc.exit_code)
+        _fail(exc)
     import ray
 
     if deployment.ray.proxy == "haproxy":  # read when Ray starts: on an existing cluster, set it on `ray start`
@@ -352,8 +356,7 @@ def fetch(spec: str, repository: str, cache_dir: Path, digest: str | None) -> No
             raise UsageError(f"--digest {digest!r} is not a digest: give {PIN_FORMS}.")
         path = fetch_version(ObjectStore(S3Location.parse(repository)), parse_spec(spec), cache_dir, digest=digest)
     except AxonError as exc:
-        click.echo(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), err=True)
-        sys.exit(exc.exit_code)
+        _fail(exc)
     click.echo(f"Fetched {spec} into {path} (every file verified against its manifest)")
 
 

@@ -122,7 +122,7 @@ class RayServeMetrics:
     def __init__(self) -> None:
         from ray.serve import metrics
 
-        from mlos_core.telemetry import BATCH_BUCKETS, HISTOGRAMS, LATENCY_BUCKETS
+        from mlos_core.telemetry import HISTOGRAM_BUCKETS, HISTOGRAMS
 
         by_outcome: Any = ("model", "outcome")  # Ray annotates tag_keys as Tuple[str] (meaning any length)
         by_reason: Any = ("model", "reason")
@@ -130,8 +130,9 @@ class RayServeMetrics:
                                          "outcome.", tag_keys=by_outcome)
         self._failures = metrics.Counter("mlos_request_failures_total", description="Failed requests by model "
                                          "and reason.", tag_keys=by_reason)
-        self._hist = {name: metrics.Histogram(name, description=text, tag_keys=("model",), boundaries=list(
-            BATCH_BUCKETS if name == "mlos_batch_size" else LATENCY_BUCKETS)) for name, text in HISTOGRAMS.items()}
+        self._hist = {name: metrics.Histogram(name, description=text, tag_keys=("model",),
+                                              boundaries=list(HISTOGRAM_BUCKETS[name]))
+                      for name, text in HISTOGRAMS.items()}
 
     def request(self, model: str, outcome: str, reason: str | None, latency_s: float | None) -> None:
         self._requests.inc(1, tags={"model": model, "outcome": outcome})

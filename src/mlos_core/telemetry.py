@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-__all__ = ["BATCH_BUCKETS", "HISTOGRAMS", "LATENCY_BUCKETS", "Metrics", "MetricsSink"]
+__all__ = ["BATCH_BUCKETS", "HISTOGRAMS", "HISTOGRAM_BUCKETS", "LATENCY_BUCKETS", "Metrics", "MetricsSink"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)

@@ -7,7 +7,6 @@ git blob id) against the Hub's metadata while the bytes stream in, and refuse a 
 from __future__ import annotations
 
 import errno
-import http.client
 import os
 import shutil
 import urllib.error
@@ -19,7 +18,7 @@ from typing import Any
 from axon.errors import DiskFullError, InvalidModelError, PermissionDeniedError, SourceError
 from axon.reporting import Reporter
 from axon.sources.base import AUX_FILES, FetchResult, HashingWriter, PartialDownload, check_digest, disk_full
-from axon.sources.ranged import DEFAULT_CONNECTIONS, RANGED_ABOVE, Probe, RangedFile, probe
+from axon.sources.ranged import DEFAULT_CONNECTIONS, NETWORK_ERRORS, RANGED_ABOVE, Probe, fetch_ranged, probe
 from axon.store.fastio import FileDigest
 
 __all__ = ["ONNX_CANDIDATES", "HubSource"]
@@ -214,7 +213,10 @@ class HubSource:
         validator = {"url": url, "sha256": rf.sha256, "blob_id": rf.blob_id, "size": size}
         found = self._parts_from(meta.location or url, headers, size, reporter)
         if found is not None:
-            digest, writer = self._fetch_parts(found, partial, validator, rf, reporter)
+            digest, writer = fetch_ranged(found, partial, validator, rf.path, reporter,
+                                          headers=_headers_for(found.url, self.endpoint, headers),
+                                          connections=self.connections, part_bytes=self.part_bytes, backoff_s=0.2,
+                                          git_blob_size=size if rf.sha256 is None and rf.blob_id else None)
         else:
             digest, writer = self._fetch_stream(url, headers, partial, validator, rf, size, reporter)
         try:
@@ -238,26 +240,10 @@ class HubSource:
             return None
         try:
             found = probe(location, _headers_for(location, self.endpoint, headers))
-        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
+        except NETWORK_ERRORS as exc:
             reporter.stage(f"no ranged download ({type(exc).__name__}); one stream")
             return None
         return found if found.ranges and found.size == size else None
-
-    def _fetch_parts(self, found: Probe, partial: PartialDownload, validator: dict[str, Any], rf: _RemoteFile,
-                     reporter: Reporter) -> tuple[FileDigest, HashingWriter]:
-        validator = {**validator, "parts_from": found.url.split("?", 1)[0], "etag": found.etag}
-        with partial.open(validator) as (f, _):
-            ranged = RangedFile(found, f.fileno(), partial.parts_state, validator,
-                                headers=_headers_for(found.url, self.endpoint, self._auth_headers()),
-                                connections=self.connections, part_bytes=self.part_bytes, backoff_s=0.2,
-                                advance=reporter.advance, warn=reporter.warn)
-            reporter.start(rf.path, found.size)
-            writer = HashingWriter(f, git_blob_size=found.size if rf.sha256 is None and rf.blob_id else None)
-            try:
-                ranged.fetch(consume=writer.absorb)  # hashed in order while the parts arrive
-            finally:
-                reporter.finish()
-            return writer.digest(), writer
 
     def _auth_headers(self) -> dict[str, str]:
         from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # documented, not in __all__

@@ -35,9 +35,12 @@ from typing import Any
 
 from axon import __version__
 from axon.errors import DiskFullError, SourceError
+from axon.reporting import Reporter
+from axon.sources.base import HashingWriter, PartialDownload, disk_full
+from axon.store.fastio import FileDigest
 
-__all__ = ["DEFAULT_CONNECTIONS", "RANGED_ABOVE", "Probe", "RangedFile", "default_part_bytes", "probe",
-           "probe_answer"]
+__all__ = ["DEFAULT_CONNECTIONS", "NETWORK_ERRORS", "RANGED_ABOVE", "Probe", "RangedFile", "default_part_bytes",
+           "fetch_ranged", "probe", "probe_answer"]
 
 DEFAULT_CONNECTIONS = 8
 MIN_PART_BYTES = 8 << 20  # large enough that a request's round trip is noise
@@ -47,6 +50,10 @@ CHUNK = 1 << 20
 TIMEOUT_S = 30.0
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+# What a dropped, refused or broken connection raises (a part or a probe may succeed when asked again).
+NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, ssl.SSLError)
 
 
 class _NoCredentialsElsewhere(urllib.request.HTTPRedirectHandler):
@@ -233,7 +240,7 @@ class RangedFile:
                 raise PartFailed(f"HTTP {exc.code}") from None
             raise SourceError(f"Download of {self.probe.url!r} failed: HTTP {exc.code} for bytes {first}-{last}.",
                               hint="Check the URL (and any credentials it needs).") from None
-        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, ssl.SSLError) as exc:
+        except NETWORK_ERRORS as exc:
             raise PartFailed(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
         os.fdatasync(self.fd)  # the part's bytes on disk before it is recorded as done
         return written
@@ -311,3 +318,32 @@ class _InOrder:
             r._stop.set()
             r._part_done.notify_all()
         self.thread.join()
+
+
+def fetch_ranged(found: Probe, partial: PartialDownload, validator: dict[str, Any], label: str, reporter: Reporter,
+                 *, headers: dict[str, str] | None = None, connections: int = DEFAULT_CONNECTIONS,
+                 part_bytes: int | None = None, retries: int = 5, backoff_s: float = 0.5,
+                 git_blob_size: int | None = None) -> tuple[FileDigest, HashingWriter]:
+    """*found*'s object into *partial* in parts, hashed in order while they arrive: what a source
+    does with a large file. *validator* says which object this is (with where the parts come
+    from, less a signed URL's query, which changes every run); returns its digest and the writer
+    (a git blob id's sha1, when asked for with *git_blob_size*)."""
+    assert found.size is not None
+    validator = {**validator, "parts_from": found.url.split("?", 1)[0], "size": found.size, "etag": found.etag}
+    with partial.open(validator) as (f, _):
+        ranged = RangedFile(found, f.fileno(), partial.parts_state, validator, headers=headers,
+                            connections=connections, part_bytes=part_bytes, retries=retries, backoff_s=backoff_s,
+                            advance=reporter.advance, warn=reporter.warn)
+        reporter.stage(f"downloading {label} in {len(ranged.parts)} parts over "
+                       f"{min(connections, len(ranged.parts))} connections")
+        reporter.start(label, found.size)
+        writer = HashingWriter(f, git_blob_size=git_blob_size)
+        try:
+            ranged.fetch(consume=writer.absorb)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise disk_full(exc, partial.dir) from exc
+            raise
+        finally:
+            reporter.finish()
+        return writer.digest(), writer

@@ -17,7 +17,7 @@ from axon import __version__
 from axon.errors import InvalidModelError, SourceError, UsageError
 from axon.reporting import Reporter
 from axon.sources.base import FetchResult, HashingWriter, PartialDownload, check_digest, disk_full
-from axon.sources.ranged import DEFAULT_CONNECTIONS, RANGED_ABOVE, Probe, RangedFile, probe_answer
+from axon.sources.ranged import DEFAULT_CONNECTIONS, RANGED_ABOVE, Probe, fetch_ranged, probe_answer
 from axon.store.fastio import FileDigest
 
 __all__ = ["UrlSource"]
@@ -106,26 +106,9 @@ class UrlSource:
             return probe_answer(resp)
 
     def _fetch_ranged(self, found: Probe, staging: Path, reporter: Reporter) -> FetchResult:
-        assert found.size is not None
-        validator = {"url": self.url, "parts_from": found.url.split("?", 1)[0], "size": found.size,
-                     "etag": found.etag}  # not a signed URL's query: it changes every run
-        with self.partial.open(validator) as (f, _):
-            ranged = RangedFile(found, f.fileno(), self.partial.parts_state, validator, connections=self.connections,
-                                part_bytes=self.part_bytes, retries=self.retries, backoff_s=self.backoff_s,
-                                advance=reporter.advance, warn=reporter.warn)
-            reporter.stage(f"downloading in {len(ranged.parts)} parts over {min(self.connections, len(ranged.parts))} "
-                           "connections")
-            reporter.start(self.filename, found.size)
-            writer = HashingWriter(f)
-            try:
-                ranged.fetch(consume=writer.absorb)  # hashed in order while the parts arrive
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise disk_full(exc, self.partial.dir) from exc
-                raise
-            finally:
-                reporter.finish()
-            digest = writer.digest()
+        digest, _ = fetch_ranged(found, self.partial, {"url": self.url}, self.filename, reporter,
+                                 connections=self.connections, part_bytes=self.part_bytes, retries=self.retries,
+                                 backoff_s=self.backoff_s)
         return self._finish(staging, digest, found.etag)
 
     def _fetch_stream(self, staging: Path, reporter: Reporter) -> FetchResult:

@@ -42,12 +42,17 @@ class CachedModel:
         }
 
 
-def _dir_size(path: Path) -> int:
+def _dir_size(path: Path, seen: set[tuple[int, int]] | None = None) -> int:
+    """Blocks under *path*, each inode counted once (a version's files are links to blobs)."""
+    seen = set() if seen is None else seen
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for name in files:
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                st = os.lstat(os.path.join(dirpath, name))
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
     return total
 
 
@@ -88,11 +93,16 @@ def _prune_empty_parents(path: Path, stop: Path) -> None:
 
 
 def remove(root: Path, spec: ModelSpec) -> Path:
-    """Delete an installed version: renamed into trash first (atomic), then deleted."""
+    """Delete an installed version: renamed into trash first (atomic), then deleted; the blobs
+    only it used go too (another version's files are never touched)."""
     layout = StoreLayout(root)
     path = layout.version_dir(spec)
     if not path.is_dir():
         raise NotInstalledError(str(spec))
+    try:
+        own = {f.sha256 for f in load_manifest(path / MANIFEST_NAME).files}
+    except AxonError:
+        own = set()
     with layout.lock(spec):
         layout.trash.mkdir(parents=True, exist_ok=True)
         doomed = layout.trash / f"{version_key(spec)}.{os.getpid()}"
@@ -100,7 +110,14 @@ def remove(root: Path, spec: ModelSpec) -> Path:
         fsync_dir(path.parent)
         remove_tree(doomed)
         _prune_empty_parents(path, layout.root)
+    if own:
+        layout.blobs.collect(_used_blobs(root), only=own)  # busy (an install running): left for cache gc
     return path
+
+
+def _used_blobs(root: Path) -> set[str]:
+    """The sha256 of every file of every installed version."""
+    return {f.sha256 for m in list_installed(root) for f in m.manifest.files}
 
 
 @dataclass(slots=True)
@@ -108,9 +125,11 @@ class GcReport:
     removed: list[str] = field(default_factory=list)
     bytes_freed: int = 0
     dry_run: bool = False
+    blobs_busy: bool = False  # an install held the blob store: unused blobs are left for the next gc
 
     def to_dict(self) -> dict[str, Any]:
-        return {"removed": self.removed, "bytes_freed": self.bytes_freed, "dry_run": self.dry_run}
+        return {"removed": self.removed, "bytes_freed": self.bytes_freed, "dry_run": self.dry_run,
+                "blobs_busy": self.blobs_busy}
 
 
 def _part_in_use(path: Path) -> bool:
@@ -166,6 +185,10 @@ def gc(root: Path, *, dry_run: bool = False, keep_partial: bool = False) -> GcRe
                 p.unlink(missing_ok=True)
                 p.with_suffix(".json").unlink(missing_ok=True)
                 p.with_suffix(".parts.json").unlink(missing_ok=True)  # a ranged download's finished parts
+    collected = layout.blobs.collect(_used_blobs(root), dry_run=dry_run)
+    report.removed += collected.removed
+    report.bytes_freed += collected.bytes_freed
+    report.blobs_busy = collected.busy
     return report
 
 
@@ -190,10 +213,39 @@ def stats(root: Path) -> dict[str, Any]:
         "versions": len(models),
         "files": sum(len(m.manifest.files) for m in models),
         "size": sum(m.manifest.total_size for m in models),
+        **_physical(layout, models),
         "disk_usage": _dir_size(root) if root.exists() else 0,
         "partial_downloads_bytes": partial,
         "incomplete_versions": incomplete,
         "free_bytes": _free(root),
+    }
+
+
+def _physical(layout: StoreLayout, models: list[CachedModel]) -> dict[str, Any]:
+    """What the installed versions hold (logical) against what they take once stored by digest
+    (physical: every distinct inode of theirs, each blob once; a reflinked file shares its blob's
+    blocks, so it counts as its blob)."""
+    blobs = dict(layout.blobs.blobs())
+    seen: set[tuple[int, int]] = set()
+    physical = 0
+    for m in models:
+        for f in m.manifest.files:
+            try:
+                st = os.lstat(m.path / f.path)
+            except OSError:
+                continue
+            blob = blobs.get(f.sha256)
+            reflinked = blob is not None and blob.st_size == st.st_size and st.st_nlink == 1
+            if blob is not None and reflinked:
+                st = blob  # a reflink of the blob: the blocks are the blob's
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                physical += st.st_size
+    return {
+        "logical_bytes": sum(m.manifest.total_size for m in models),
+        "physical_bytes": physical,
+        "blobs": len(blobs),
+        "blob_bytes": sum(st.st_size for st in blobs.values()),
     }
 
 

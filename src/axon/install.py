@@ -15,8 +15,10 @@ from axon.errors import UsageError
 from axon.package import build_manifest
 from axon.reporting import NullReporter, Reporter
 from axon.settings import Settings
-from axon.sources import select_source
+from axon.sources import FetchResult, select_source
 from axon.store.atomic import fsync_tree, move_into_place, remove_tree
+from axon.store.blobs import BlobStore
+from axon.store.fastio import FileDigest
 from axon.store.layout import StoreLayout
 from axon.store.manifest import Manifest, read_version_manifest, write_manifest
 from axon.store.spec import ModelSpec
@@ -64,9 +66,10 @@ def install(
     layout.ensure_internal()
     if export and entrypoint:
         raise UsageError("--entrypoint and --export exclude each other: --export makes model.onnx.")
+    blobs = layout.blobs
     source = select_source(spec, settings, layout.downloads, from_=from_, revision=revision, sha256=sha256,
-                           entrypoint=entrypoint, export=export)
-    with layout.lock(spec):
+                           entrypoint=entrypoint, export=export, blobs=blobs)
+    with layout.lock(spec), blobs.in_use():
         layout.cleanup_stale_staging()
         existing = read_version_manifest(layout, spec)
         if only_if_changed and existing is not None and existing.source.get("type") == "hf":
@@ -87,8 +90,10 @@ def install(
             manifest = build_manifest(spec, staging, fetched, entrypoint=entrypoint)
             if existing is not None and existing.digest == manifest.digest and only_if_changed:
                 return InstallResult(spec, target, existing, "unchanged")
+            _store_once(blobs, staging, manifest, fetched, reporter)
             write_manifest(staging, manifest)  # last file written: its presence means complete
             fsync_tree(staging)
+            blobs.sync()
             target.parent.mkdir(parents=True, exist_ok=True)
             replace = target.exists()
             move_into_place(staging, target, replace=replace)  # the replaced copy, if any, is deleted below
@@ -98,3 +103,19 @@ def install(
             with contextlib.suppress(OSError):
                 remove_tree(staging)
 
+
+
+def _store_once(blobs: BlobStore, staging: Path, manifest: Manifest, fetched: FetchResult,
+                reporter: Reporter) -> None:
+    """Every package file into the blob store: one already there (the same sha256) becomes a
+    link to it, a new one becomes its blob; the version directory keeps a plain file at each name."""
+    shared = 0
+    for entry in manifest.files:
+        path = staging / entry.path
+        if entry.path in fetched.reused:
+            continue  # placed from the store by the source
+        digest = FileDigest(entry.size, entry.sha256, entry.xxh3_128)
+        if blobs.adopt(path, digest, git_sha1=fetched.git_ids.get(entry.path)):
+            shared += entry.size
+    if shared:
+        reporter.stage(f"{shared} bytes were already in the cache under another version: stored once")

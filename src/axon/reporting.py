@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["NullReporter", "Reporter"]
+__all__ = ["NullReporter", "Reporter", "WholeTask"]
 
 
 class Reporter(Protocol):
@@ -39,3 +39,39 @@ class NullReporter:
 
     def warn(self, message: str) -> None:
         pass
+
+
+class WholeTask:
+    """One byte-counted task made of many: the files of an install, fetched one after another or
+    several at once, advance one bar (their own start/finish are absorbed). Thread-safe."""
+
+    def __init__(self, inner: Reporter, label: str, total: int | None) -> None:
+        import threading
+
+        self._inner = inner
+        self._lock = threading.Lock()
+        self.done = 0
+        inner.start(label, total)
+
+    def stage(self, message: str) -> None:
+        with self._lock:
+            self._inner.stage(message)
+
+    def start(self, label: str, total: int | None) -> None:
+        pass
+
+    def advance(self, nbytes: int) -> None:
+        with self._lock:
+            self.done += nbytes
+            self._inner.advance(nbytes)
+
+    def finish(self) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        with self._lock:
+            self._inner.warn(message)
+
+    def close(self) -> None:
+        with self._lock:
+            self._inner.finish()

@@ -148,7 +148,8 @@ def stats_cmd(as_json: bool) -> None:
     def human() -> str:
         lines = [f"cache:      {s['cache_dir']}",
                  f"models:     {s['models']} ({s['versions']} versions, {s['files']} files)",
-                 f"size:       {human_bytes(s['size'])} (on disk {human_bytes(s['disk_usage'])})",
+                 f"size:       {human_bytes(s['logical_bytes'])} logical, {human_bytes(s['physical_bytes'])} "
+                 f"physical (each file stored once: {s['blobs']} blobs), on disk {human_bytes(s['disk_usage'])}",
                  f"partial:    {human_bytes(s['partial_downloads_bytes'])} of interrupted downloads",
                  f"free:       {human_bytes(s['free_bytes'])}"]
         if s["incomplete_versions"]:
@@ -163,7 +164,8 @@ def stats_cmd(as_json: bool) -> None:
 @click.option("--keep-partial", is_flag=True, help="Keep partial downloads (they let installs resume).")
 @json_option
 def gc_cmd(dry_run: bool, keep_partial: bool, as_json: bool) -> None:
-    """Remove leftovers: versions without a valid manifest, stale staging, partial downloads.
+    """Remove leftovers: versions without a valid manifest, stale staging, partial downloads,
+    and stored files (blobs) that no installed version uses.
 
     \b
     Examples:
@@ -174,9 +176,11 @@ def gc_cmd(dry_run: bool, keep_partial: bool, as_json: bool) -> None:
     verb = "Would remove" if dry_run else "Removed"
 
     def human() -> str:
+        busy = ["Unused blobs were left: an install is using the store (run cache gc again later)."] \
+            if report.blobs_busy else []
         if not report.removed:
-            return "Nothing to clean."
+            return "\n".join(["Nothing to clean.", *busy])
         return "\n".join([*(f"  {p}" for p in report.removed),
-                          f"{verb} {len(report.removed)} entries, {human_bytes(report.bytes_freed)}."])
+                          f"{verb} {len(report.removed)} entries, {human_bytes(report.bytes_freed)}.", *busy])
 
     Output(json_mode=as_json).result(report.to_dict(), human)

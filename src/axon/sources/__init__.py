@@ -7,6 +7,7 @@ from pathlib import Path
 from axon.errors import UsageError
 from axon.settings import Settings
 from axon.sources.base import FetchResult, Source
+from axon.store.blobs import BlobStore
 from axon.store.spec import DEFAULT_VERSION, ModelSpec
 
 __all__ = ["FetchResult", "Source", "hub_revision", "select_source"]
@@ -20,8 +21,9 @@ def hub_revision(spec: ModelSpec, revision: str | None) -> str:
 
 def select_source(spec: ModelSpec, settings: Settings, downloads_dir: Path, *, from_: str | None = None,
                   revision: str | None = None, sha256: str | None = None,
-                  entrypoint: str | None = None, export: bool = False) -> Source:
-    """Build the Source that can fetch *spec*.
+                  entrypoint: str | None = None, export: bool = False, blobs: BlobStore | None = None) -> Source:
+    """Build the Source that can fetch *spec*; with *blobs*, files whose digest is known before
+    the download (the Hub's metadata, ``--sha256``) and already stored are placed, not fetched.
 
     Raises:
         UsageError: when no source applies or options conflict.
@@ -36,7 +38,7 @@ def select_source(spec: ModelSpec, settings: Settings, downloads_dir: Path, *, f
                 raise UsageError("--entrypoint does not apply to a URL: the URL names the one .onnx file.")
             if export:
                 raise UsageError("--export applies to Hub repos and local directories, not to a URL.")
-            return UrlSource(from_, downloads_dir, sha256=sha256)
+            return UrlSource(from_, downloads_dir, sha256=sha256, blobs=blobs)
         if "://" in from_:
             raise UsageError(f"Unsupported --from {from_!r}: use a local path or an http(s):// URL.")
         if sha256:
@@ -51,7 +53,7 @@ def select_source(spec: ModelSpec, settings: Settings, downloads_dir: Path, *, f
 
         return HubSource(spec.name, hub_revision(spec, revision), downloads_dir,
                          endpoint=settings.hf_endpoint, token=settings.hf_token, entrypoint=entrypoint,
-                         export=export)
+                         export=export, blobs=blobs)
     raise UsageError(
         f"No source for {str(spec)!r}: only hf/ORG/REPO specs download by name.",
         hint=f"Give one with: axon install {spec} --from ./model-dir (or --from https://…/model.onnx)",

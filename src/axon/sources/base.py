@@ -43,6 +43,8 @@ class FetchResult:
     description: str | None = None
     license: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. a bundled manifest's pre/postprocessing
+    git_ids: dict[str, str] = field(default_factory=dict)  # path -> git blob id (Hub files kept in git)
+    reused: dict[str, FileDigest] = field(default_factory=dict)  # placed from the blob store, not fetched
 
 
 class Source(Protocol):

@@ -11,19 +11,22 @@ import os
 import shutil
 import urllib.error
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from axon.errors import DiskFullError, InvalidModelError, PermissionDeniedError, SourceError
-from axon.reporting import Reporter
+from axon.reporting import Reporter, WholeTask
 from axon.sources.base import AUX_FILES, FetchResult, HashingWriter, PartialDownload, check_digest, disk_full
 from axon.sources.ranged import DEFAULT_CONNECTIONS, NETWORK_ERRORS, RANGED_ABOVE, Probe, fetch_ranged, probe
+from axon.store.blobs import BlobStore
 from axon.store.fastio import FileDigest
 
 __all__ = ["ONNX_CANDIDATES", "HubSource"]
 
 ONNX_CANDIDATES = ("model.onnx", "onnx/model.onnx")
+SMALL_AT_ONCE = 8  # small files fetched concurrently (each is mostly a round trip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +43,8 @@ class HubSource:
     def __init__(self, repo_id: str, revision: str, downloads_dir: Path, *, endpoint: str | None,
                  token: str | None, entrypoint: str | None = None, export: bool = False,
                  connections: int = DEFAULT_CONNECTIONS, ranged_above: int = RANGED_ABOVE,
-                 part_bytes: int | None = None) -> None:
+                 part_bytes: int | None = None, blobs: BlobStore | None = None) -> None:
+        self.blobs = blobs  # files already stored by sha256 (or git blob id) are placed, not fetched
         self.connections = connections  # a large file's parts at once (1: one stream)
         self.ranged_above = ranged_above
         self.part_bytes = part_bytes  # None: about four parts per connection
@@ -91,11 +95,7 @@ class HubSource:
     # --- listing ---------------------------------------------------------------------------
 
     def _plan(self, siblings: list[Any]) -> tuple[str, list[_RemoteFile]]:
-        files = {
-            s.rfilename: _RemoteFile(s.rfilename, s.size if s.lfs is None else s.lfs.size,
-                                     s.lfs.sha256 if s.lfs else None, s.blob_id)
-            for s in siblings
-        }
+        files = {s.rfilename: _remote(s) for s in siblings}
         onnx_files = sorted(p for p in files if p.endswith(".onnx"))
         if self.export:
             from axon.export import is_weight_file
@@ -147,7 +147,7 @@ class HubSource:
         info = self._model_info()
         commit = info.sha
         entry, planned = self._plan(list(info.siblings or []))
-        known = sum(rf.size or 0 for rf in planned)
+        known = self._to_fetch(planned)
         free = shutil.disk_usage(self.downloads_dir).free
         if known > free:
             raise DiskFullError(
@@ -160,38 +160,82 @@ class HubSource:
             entrypoint=entry,
             license=_card_license(info),
         )
-        for rf in planned:
-            self._download(rf, commit, staging, result, reporter)
-        for rel in _module_files(staging, by_path):  # sentence-transformers modules: 1_Pooling/, 2_Dense/, …
-            if rel not in result.digests:
-                s = by_path[rel]
-                rf = _RemoteFile(rel, s.size if s.lfs is None else s.lfs.size, s.lfs.sha256 if s.lfs else None,
-                                 s.blob_id)
-                self._download(rf, commit, staging, result, reporter)
-        if not entry:  # --export: the ONNX file is made from the checkpoint after the download
-            result.entrypoint = None
-            return result
-        from axon.model.onnx_signature import read_signature
+        bar = WholeTask(reporter, f"{self.repo_id}@{commit[:8]}",
+                        self._to_fetch(planned + _likely_external_data(entry, by_path, planned)))
+        try:
+            self._download_all(planned, commit, staging, result, bar)
+            modules = [_remote(by_path[rel]) for rel in _module_files(staging, by_path) if rel not in result.digests]
+            self._download_all(modules, commit, staging, result, bar)  # sentence-transformers: 1_Pooling/, 2_Dense/, …
+            if not entry:  # --export: the ONNX file is made from the checkpoint after the download
+                result.entrypoint = None
+                return result
+            from axon.model.onnx_signature import read_signature
 
-        sig = read_signature(staging / entry)
-        base = PurePosixPath(entry).parent
-        for loc in sig.external_data:
-            rel = str(base / loc) if str(base) != "." else loc
-            if rel in result.digests:
-                continue
-            s = by_path.get(rel)
-            if s is None:
-                raise InvalidModelError(f"{entry!r} in {self.repo_id!r} needs external data {rel!r}, "
-                                        "which the repo does not have.")
-            rf = _RemoteFile(rel, s.size if s.lfs is None else s.lfs.size, s.lfs.sha256 if s.lfs else None, s.blob_id)
-            self._download(rf, commit, staging, result, reporter)
+            sig = read_signature(staging / entry)
+            base = PurePosixPath(entry).parent
+            external: list[_RemoteFile] = []
+            for loc in sig.external_data:
+                rel = str(base / loc) if str(base) != "." else loc
+                if rel in result.digests or any(rf.path == rel for rf in external):
+                    continue
+                s = by_path.get(rel)
+                if s is None:
+                    raise InvalidModelError(f"{entry!r} in {self.repo_id!r} needs external data {rel!r}, "
+                                            "which the repo does not have.")
+                external.append(_remote(s))
+            self._download_all(external, commit, staging, result, bar)
+        finally:
+            bar.close()
+        if result.reused:
+            reporter.stage(f"{len(result.reused)} file(s), {sum(d.size for d in result.reused.values())} bytes, "
+                           "already in the cache: not downloaded again")
         return result
+
+    def _to_fetch(self, files: list[_RemoteFile]) -> int:
+        return sum(rf.size or 0 for rf in files if self._stored(rf) is None)
+
+    def _stored(self, rf: _RemoteFile) -> FileDigest | None:
+        """The blob store's copy of *rf* (by the Hub's sha256, or git blob id for small files)."""
+        if self.blobs is None:
+            return None
+        if rf.sha256:
+            return self.blobs.find(rf.sha256, rf.size)
+        return self.blobs.find_git(rf.blob_id, rf.size)
+
+    def _download_all(self, files: list[_RemoteFile], commit: str, staging: Path, result: FetchResult,
+                      reporter: Reporter) -> None:
+        """Large files one after another (each in parallel parts), small ones several at once."""
+        small = [rf for rf in files if (rf.size or 0) < self.ranged_above or self.connections < 2]
+        for rf in files:
+            if rf not in small:
+                self._download(rf, commit, staging, result, reporter)
+        if len(small) <= 1 or self.connections < 2:
+            for rf in small:
+                self._download(rf, commit, staging, result, reporter)
+            return
+        with ThreadPoolExecutor(min(SMALL_AT_ONCE, len(small)), thread_name_prefix="axon-hub") as pool:
+            futures = [pool.submit(self._download, rf, commit, staging, result, reporter) for rf in small]
+            try:
+                for f in futures:
+                    f.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
 
     # --- one file ------------------------------------------------------------------------
 
     def _download(self, rf: _RemoteFile, commit: str, staging: Path, result: FetchResult,
                   reporter: Reporter) -> None:
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        if rf.sha256 is None and rf.blob_id:
+            result.git_ids[rf.path] = rf.blob_id
+        stored = self._stored(rf)
+        if stored is not None and self.blobs is not None:
+            self.blobs.place(stored, staging / rf.path)
+            result.digests[rf.path] = result.reused[rf.path] = stored
+            return
 
         url = hf_hub_url(self.repo_id, rf.path, revision=commit, endpoint=self.endpoint)
         headers = self._auth_headers()
@@ -277,6 +321,20 @@ class HubSource:
 
 
 _MODULE_FILE_SUFFIXES = (".json", ".safetensors", ".txt")
+
+
+def _remote(s: Any) -> _RemoteFile:
+    """A listed sibling (``files_metadata=True``) as a file to fetch."""
+    return _RemoteFile(s.rfilename, s.size if s.lfs is None else s.lfs.size, s.lfs.sha256 if s.lfs else None,
+                       s.blob_id)
+
+
+def _likely_external_data(entry: str, by_path: dict[str, Any], planned: list[_RemoteFile]) -> list[_RemoteFile]:
+    """Siblings named after the entrypoint (``model.onnx_data``, ``model.onnx.data``): the external
+    data the graph will name once read, counted in the progress bar's total from the start."""
+    have = {rf.path for rf in planned}
+    return [_remote(s) for name, s in by_path.items()
+            if entry and name != entry and name.startswith(entry) and name not in have]
 
 
 def _module_files(staging: Path, siblings: dict[str, Any]) -> list[str]:

@@ -18,6 +18,7 @@ from axon.errors import InvalidModelError, SourceError, UsageError
 from axon.reporting import Reporter
 from axon.sources.base import FetchResult, HashingWriter, PartialDownload, check_digest, disk_full
 from axon.sources.ranged import DEFAULT_CONNECTIONS, RANGED_ABOVE, Probe, fetch_ranged, probe_answer
+from axon.store.blobs import BlobStore
 from axon.store.fastio import FileDigest
 
 __all__ = ["UrlSource"]
@@ -37,13 +38,15 @@ class UrlSource:
 
     def __init__(self, url: str, downloads_dir: Path, *, sha256: str | None = None,
                  retries: int = RETRIES, backoff_s: float = 0.5, connections: int = DEFAULT_CONNECTIONS,
-                 part_bytes: int | None = None, ranged_above: int = RANGED_ABOVE) -> None:
+                 part_bytes: int | None = None, ranged_above: int = RANGED_ABOVE,
+                 blobs: BlobStore | None = None) -> None:
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise UsageError(f"Unsupported URL {url!r}: only http:// and https:// are supported.")
         if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256)):
             raise UsageError(f"--sha256 {sha256!r} is not a 64-character hex digest.")
         self.url = url
+        self.blobs = blobs  # with --sha256, a file already stored is placed, not downloaded
         self.sha256 = sha256.lower() if sha256 else None
         self.retries = retries
         self.backoff_s = backoff_s
@@ -85,6 +88,14 @@ class UrlSource:
             raise _Retryable(str(reason)) from exc
 
     def fetch(self, staging: Path, reporter: Reporter) -> FetchResult:
+        stored = self.blobs.find(self.sha256) if self.blobs is not None and self.sha256 else None
+        if stored is not None and self.blobs is not None:
+            reporter.stage(f"{self.filename} ({stored.size} bytes, sha256 {stored.sha256[:12]}…) is already in the "
+                           "cache: not downloaded again")
+            self.blobs.place(stored, staging / self.filename)
+            return FetchResult(source={"type": "url", "url": self.url, "etag": None},
+                               digests={self.filename: stored}, entrypoint=self.filename,
+                               reused={self.filename: stored})
         found = self._probe(reporter)
         if found is not None and found.ranges and found.size is not None and found.size >= self.ranged_above \
                 and self.connections > 1:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from axon.errors import AxonError, BusyError
+from axon.store.blobs import BlobStore
 from axon.store.fastio import is_within
 from axon.store.nofollow import remove_tree
 from axon.store.spec import ModelSpec
@@ -112,6 +113,11 @@ class StoreLayout:
     @property
     def locks(self) -> Path:
         return self.internal / "locks"
+
+    @property
+    def blobs(self) -> BlobStore:
+        """The content-addressed store of the dev cache (``.axon/blobs``)."""
+        return BlobStore(self.internal)
 
     def version_dir(self, spec: ModelSpec) -> Path:
         return self.root / spec.relpath

@@ -48,6 +48,9 @@ class FakeHub:
     throttle_bps: int | None = None  # each response (so each connection) at most this fast, as a CDN gives one
     cdn: bool = False  # LFS files redirect (302) to /cdn/<sha256>?sig=…, as the Hub's resolve URLs do
     drop_part_at: dict[str, int] = field(default_factory=dict)  # sha256 -> a CDN part starting here drops, once
+    hold_small_s: float = 0.0  # a small file's GET waits this long first (so overlapping ones show)
+    in_flight: int = 0
+    max_in_flight: int = 0  # the most small-file GETs being answered at once
 
     # the real Hub knows its digests: hashing per request here would skew timings
     _digests: dict[tuple[str, bytes], str] = field(default_factory=dict)
@@ -169,6 +172,13 @@ class FakeHub:
             return Response(b"", status_code=302, headers={**headers, "Location": location})
         if request.method == "HEAD":
             return Response(b"", headers={**headers, "Content-Length": str(len(data))})
+        if self.hold_small_s and not is_lfs(path, data):
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                await asyncio.sleep(self.hold_small_s)
+            finally:
+                self.in_flight -= 1
         return self._body(data, rng, headers, self.drop_after.pop((repo_id, path), None))
 
     async def cdn_blob(self, request: Request) -> Response:

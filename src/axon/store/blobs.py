@@ -98,7 +98,7 @@ class BlobStore:
             return None
         try:
             sha256 = self._git_path(sha1.lower()).read_text().strip()
-        except OSError:
+        except (OSError, ValueError):  # unreadable, or not text
             return None
         return self.find(sha256, size)
 
@@ -259,6 +259,8 @@ class BlobStore:
             for p in shard.iterdir() if shard.is_dir() else ():
                 try:
                     target = p.read_text().strip()
+                except ValueError:
+                    target = ""
                 except OSError:
                     continue
                 if p.name.startswith(".") or not _HEX64.match(target) or not self.path(target).exists():

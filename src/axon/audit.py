@@ -41,6 +41,8 @@ class AuditRecord:
     digest_new: str | None = None
     source: str | None = None
     message: str | None = None
+    bytes_copied: int | None = None  # publish: the bytes written anew
+    bytes_linked: int | None = None  # publish: the bytes shared (hard links) with other published versions
     time: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
     user: str = ""
     uid: int = -1

@@ -36,6 +36,7 @@ from axon.permissions import (
     require_publisher,
 )
 from axon.production import read_repository_group
+from axon.publish_links import Linkable, find_linkable, unshare_owned
 from axon.reporting import NullReporter, Reporter
 from axon.repository import PublishResult, Repository
 from axon.settings import Settings
@@ -43,7 +44,7 @@ from axon.store.atomic import atomic_write_bytes, fsync_dir, move_into_place, re
 from axon.store.fastio import copy_files
 from axon.store.integrity import Problem, VerifyReport, verify_version_dir
 from axon.store.layout import MANIFEST_NAME, StoreLayout, version_key
-from axon.store.manifest import Manifest, load_manifest, read_version_manifest
+from axon.store.manifest import FileEntry, Manifest, load_manifest, read_version_manifest
 from axon.store.modes import DIR_MODE, HISTORY_KEY_MODE, SHARED_DIR_MODE
 from axon.store.nofollow import fd_path, open_dir, read_regular
 from axon.store.spec import ModelSpec, parse_spec
@@ -281,6 +282,13 @@ def _require_owner(path: Path, who: Caller) -> int:
     return st.st_uid
 
 
+def _take_over(version_dir: Path, gid: int | None, owner: int) -> None:
+    """Root makes a member's version its own: the files the member shares with another of their
+    versions get their own copies first, so that the chown changes nothing of the other's."""
+    unshare_owned(version_dir, owner)
+    apply_published_modes(version_dir, gid, uid=0)
+
+
 def _seal(path: Path) -> None:
     with open_dir(path) as fd:
         os.fchmod(fd, DIR_MODE)
@@ -296,8 +304,8 @@ def _same_directory(path: Path, was: os.stat_result) -> bool:
     return (st.st_dev, st.st_ino) == (was.st_dev, was.st_ino)
 
 
-def _check_copy(spec: ModelSpec, manifest: Manifest, results: list[Any]) -> None:
-    for entry, got in zip(manifest.files, results, strict=True):
+def _check_copy(spec: ModelSpec, entries: list[FileEntry], results: list[Any]) -> None:
+    for entry, got in zip(entries, results, strict=True):
         if got.size != entry.size or got.sha256 != entry.sha256 or got.xxh3_128 != entry.xxh3_128:
             # No digest of what was read: the caller may not have been able to read that file.
             raise IntegrityError(
@@ -307,27 +315,35 @@ def _check_copy(spec: ModelSpec, manifest: Manifest, results: list[Any]) -> None
                 hint=f"Verify the cached copy (axon verify {spec}) and reinstall it if it is damaged.")
 
 
-def _copy_into_staging(source: CachedVersion, staging: Path, reporter: Reporter) -> None:
+def _copy_into_staging(source: CachedVersion, staging: Path, reporter: Reporter, links: Linkable) -> int:
+    """Every listed file into *staging*: linked when another published version of the model holds
+    the same bytes (*links*), else copied from the cache and checked; returns the bytes linked."""
     manifest = source.manifest
     for entry in manifest.files:
         (staging / entry.path).parent.mkdir(parents=True, exist_ok=True)
+    linked = [e for e in manifest.files if e.path in links.paths]
+    for entry in linked:
+        links.link_into(staging, entry)
+    crash_point("publish:after-links")
+    to_copy = [e for e in manifest.files if e.path not in links.paths]
     fds: list[int] = []
     try:
-        for entry in manifest.files:
+        for entry in to_copy:
             fds.append(source.open_file(entry))
         pairs: list[tuple[str | os.PathLike[str], str | os.PathLike[str]]] = [
-            (fd_path(fd), staging / e.path) for fd, e in zip(fds, manifest.files, strict=True)]
-        reporter.start(f"publish {source.spec}", manifest.total_size)
+            (fd_path(fd), staging / e.path) for fd, e in zip(fds, to_copy, strict=True)]
+        reporter.start(f"publish {source.spec}", sum(e.size for e in to_copy))
         try:
-            results = copy_files(pairs, verify=True, durable=True, progress=reporter.advance)
+            results = copy_files(pairs, verify=True, durable=True, progress=reporter.advance) if pairs else []
         finally:
             reporter.finish()
     finally:
         for fd in fds:
             os.close(fd)
-    _check_copy(source.spec, manifest, results)
+    _check_copy(source.spec, to_copy, results)
     check_model_references(staging, manifest)
     atomic_write_bytes(staging / MANIFEST_NAME, source.manifest_bytes, mode=0o444)  # exactly what was parsed
+    return sum(e.size for e in linked)
 
 
 def check_model_references(version_dir: Path, manifest: Manifest) -> None:
@@ -456,16 +472,19 @@ def _publish(spec: ModelSpec, repo: ProductionRepo, source: CachedVersion, who: 
         staging = layout.new_staging(spec, replaces=replaces)
         new_copy = os.lstat(staging)  # after an exchange the name staging holds the replaced copy instead
         try:
-            reporter.stage(f"copying {len(manifest.files)} files into {repo.root}")
-            _copy_into_staging(source, staging, reporter)
+            with find_linkable(target, spec, manifest, gid) as links:
+                reporter.stage(f"copying {len(manifest.files) - len(links.paths)} files into {repo.root}"
+                               + (f", linking {len(links.paths)} that other published versions hold"
+                                  if links.paths else ""))
+                bytes_linked = _copy_into_staging(source, staging, reporter, links)
             apply_published_modes(staging, gid)
             crash_point("publish:before-rename")
             if before_rename is not None:
                 before_rename(staging)
             history = None
             if exists:
-                if who.is_root and target_owner != 0:
-                    apply_published_modes(target, gid, uid=0)  # root takes the copy it replaces over
+                if who.is_root and target_owner is not None and target_owner != 0:
+                    _take_over(target, gid, target_owner)  # root takes the copy it replaces over
                 _make_movable(target)
                 move_into_place(staging, target, replace=True)
                 crash_point("publish:after-exchange")
@@ -488,10 +507,13 @@ def _publish(spec: ModelSpec, repo: ProductionRepo, source: CachedVersion, who: 
                     repo.record("publish", spec, "failed", digest_old=old_digest, digest_new=manifest.digest,
                                 source=str(source.path), message=str(exc)[:500])
             raise
+        bytes_copied = manifest.total_size - bytes_linked
         repo.record("publish", spec, "ok" if status == "published" else "replaced", digest_old=old_digest,
-                    digest_new=manifest.digest, source=str(source.path))
+                    digest_new=manifest.digest, source=str(source.path), bytes_copied=bytes_copied,
+                    bytes_linked=bytes_linked)
     return PublishResult(spec, target, status, manifest.digest, old_digest, manifest.total_size, len(manifest.files),
-                         time.perf_counter() - t0, history, manifest_digest=manifest.manifest_digest)
+                         time.perf_counter() - t0, history, manifest_digest=manifest.manifest_digest,
+                         bytes_copied=bytes_copied, bytes_linked=bytes_linked)
 
 
 def _open_for_change(settings: Settings) -> tuple[ProductionRepo, Caller, int | None]:
@@ -558,8 +580,8 @@ def _rollback(spec: ModelSpec, settings: Settings) -> PublishResult:
         current = repo.current(spec)
         moved_to = None
         if exists:
-            if who.is_root and target_owner != 0:
-                apply_published_modes(target, gid, uid=0)
+            if who.is_root and target_owner is not None and target_owner != 0:
+                _take_over(target, gid, target_owner)
             _make_movable(target)
             move_into_place(newest, target, replace=True)
             crash_point("rollback:after-exchange")
@@ -598,7 +620,7 @@ def _unpublish(spec: ModelSpec, settings: Settings, *, purge: bool = False) -> d
         history_dir, _ = repo.history_dir_for(spec, who, gid)
         digest = current.digest if current else None
         if who.is_root and target_owner != 0:
-            apply_published_modes(target, gid, uid=0)
+            _take_over(target, gid, target_owner)
         _make_movable(target)
         moved = history_dir / _stamp(digest)
         os.rename(target, moved)  # one atomic step: the version disappears whole

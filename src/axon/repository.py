@@ -42,6 +42,8 @@ class PublishResult:
     seconds: float = 0.0
     history: Path | None = None
     manifest_digest: str = ""  # of the manifest now published (what `axon register --digest` pins)
+    bytes_copied: int | None = None  # what a publish wrote anew ...
+    bytes_linked: int | None = None  # ... and what it shares with the model's other published versions
 
 
 class Repository(Protocol):

@@ -46,6 +46,7 @@ def publish_cmd(spec: ModelSpec, validate: bool, notify: bool, force: bool, dry_
     payload = {"spec": str(spec), "status": result.status, "path": str(result.path), "digest": result.digest,
                "digest_old": result.digest_old, "manifest_digest": result.manifest_digest or None,
                "size": result.size, "files": result.files,
+               "bytes_copied": result.bytes_copied, "bytes_linked": result.bytes_linked,
                "seconds": round(result.seconds, 3), "history": str(result.history) if result.history else None,
                "notified": notified}
 
@@ -62,6 +63,9 @@ def publish_cmd(spec: ModelSpec, validate: bool, notify: bool, force: bool, dry_
                  f"  location: {result.path}", f"  digest:   {result.digest}",
                  f"  manifest: {result.manifest_digest}",
                  f"  size:     {human_bytes(result.size)} in {result.files} files, {result.seconds:.2f}s"]
+        if result.bytes_linked:
+            lines.append(f"  stored:   {human_bytes(result.bytes_copied)} copied, {human_bytes(result.bytes_linked)} "
+                         "linked (the same bytes as other published versions)")
         if notified:
             lines.append("  MLOS Core notified: the model is registered")
         elif not notify:

@@ -150,9 +150,13 @@ def tree_entries(fd: int, prefix: str = "") -> Iterator[tuple[str, int, os.stat_
 
 def set_tree_modes(fd: int, *, file_mode: int, dir_mode: int, gid: int | None, uid: int | None = None) -> None:
     """chown (when *uid*/*gid* are given) and chmod every entry below directory *fd* through its own
-    fd; the directory itself is left to the caller."""
+    fd; the directory itself is left to the caller. A file with other hard links is refused
+    unless it needs no change (nothing done here may reach a file elsewhere)."""
     for rel, child, st in tree_entries(fd):
         if stat.S_ISREG(st.st_mode) and st.st_nlink != 1:
+            if stat.S_IMODE(st.st_mode) == file_mode and (uid is None or st.st_uid == uid) \
+                    and (gid is None or st.st_gid == gid):
+                continue  # a published file shared with another version, already as it should be
             # A hard link would make this chown/chmod land on a file elsewhere too.
             raise OSError(errno.EMLINK, "has other hard links; refusing to change its owner or mode", rel)
         if (uid is not None and st.st_uid != uid) or (gid is not None and st.st_gid != gid):

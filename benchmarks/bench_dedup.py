@@ -25,19 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _du(root: Path) -> int:
-    seen, total = set(), 0
-    for dirpath, _, files in os.walk(root):
-        if "/.axon" in dirpath:
-            continue
-        for name in files:
-            st = os.lstat(os.path.join(dirpath, name))
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-    return total
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=512)
@@ -45,6 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     from tests.support.hub_server import FakeHub
     from tests.support.onnx_models import mlp_model
+    from tests.support.publishing import distinct_bytes
     from tests.support.servers import serve_in_thread
 
     from axon.install import install
@@ -101,11 +89,11 @@ def main() -> None:
         t0 = time.perf_counter()
         publish(parse_spec("bench/p@1"), settings)
         full = time.perf_counter() - t0
-        before = _du(work / "prod")
+        before = distinct_bytes(work / "prod")
         t0 = time.perf_counter()
         second = publish(parse_spec("bench/p@2"), settings)
         dedup = time.perf_counter() - t0
-        grew = _du(work / "prod") - before
+        grew = distinct_bytes(work / "prod") - before
         print(f"publish (full, {args.size_mib} MiB):            {full:6.2f} s")
         print(f"publish (95% shared with the published one): {dedup:6.2f} s, repository grew {grew} bytes "
               f"(copied {second.bytes_copied}, linked {second.bytes_linked})")

@@ -19,7 +19,7 @@ from axon.settings import Settings, set_config_value
 from axon.store.layout import StoreLayout
 from axon.store.spec import parse_spec
 from tests.support.onnx_models import write_mlp
-from tests.support.publishing import visible_versions_verify
+from tests.support.publishing import distinct_bytes, visible_versions_verify
 from tests.support.users import need_root, temp_group
 
 WEIGHTS = os.urandom(3 << 20)
@@ -47,24 +47,11 @@ def _install(settings: Settings, spec: str, vocab: str, tmp: Path) -> None:
     install(parse_spec(spec), settings, from_=str(src), force=True)
 
 
-def _physical(root: Path) -> int:
-    seen, total = set(), 0
-    for dirpath, _, files in os.walk(root):
-        if "/.axon" in dirpath:
-            continue
-        for name in files:
-            st = os.lstat(os.path.join(dirpath, name))
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-    return total
-
-
 def test_a_shared_file_is_linked_and_audited(prod: Settings, tmp_path: Path) -> None:
     _install(prod, V1, "a", tmp_path)
     first = publish(parse_spec(V1), prod)
     assert first.bytes_linked == 0 and first.bytes_copied == first.size
-    before = _physical(prod.publish_dir)
+    before = distinct_bytes(prod.publish_dir)
     _install(prod, V2, "bb", tmp_path)
     second = publish(parse_spec(V2), prod)
     assert second.bytes_linked == len(WEIGHTS) + (first.size - len(WEIGHTS) - 1)  # weights and model.onnx
@@ -72,7 +59,7 @@ def test_a_shared_file_is_linked_and_audited(prod: Settings, tmp_path: Path) -> 
     root = prod.publish_dir
     w1, w2 = root / "acme/shared/1/weights.bin", root / "acme/shared/2/weights.bin"
     assert os.stat(w1).st_ino == os.stat(w2).st_ino
-    assert _physical(root) - before == second.bytes_copied + (root / "acme/shared/2/manifest.yaml").stat().st_size
+    assert distinct_bytes(root) - before == second.bytes_copied + (root / "acme/shared/2/manifest.yaml").stat().st_size
     records, _ = ProductionRepo(prod).audit.read(V2)
     assert records[-1]["bytes_linked"] == second.bytes_linked and records[-1]["bytes_copied"] == 2
     assert len(visible_versions_verify(prod)) == 2

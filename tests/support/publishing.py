@@ -50,3 +50,17 @@ def prepare_user(base: Path, user: object, prod_root: Path, gname: str, tmp_path
     install_package(settings, tmp_path)
     subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(base / user.name)], check=True)  # type: ignore[attr-defined]
     return env
+
+
+def distinct_bytes(root: Path) -> int:
+    """The bytes of the versions under a store root, each inode once (hard links count once)."""
+    seen, total = set(), 0
+    for dirpath, _, files in os.walk(root):
+        if "/.axon" in dirpath:
+            continue
+        for name in files:
+            st = os.lstat(os.path.join(dirpath, name))
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total

@@ -23,14 +23,12 @@ from pathlib import Path
 from axon.errors import AxonError
 from axon.store.fastio import open_beneath
 from axon.store.layout import MANIFEST_NAME
-from axon.store.manifest import FileEntry, Manifest, parse_manifest
+from axon.store.manifest import MAX_MANIFEST_BYTES, FileEntry, Manifest, parse_manifest
 from axon.store.modes import FILE_MODE
 from axon.store.nofollow import fd_path, read_regular
 from axon.store.spec import ModelSpec
 
 __all__ = ["Linkable", "find_linkable", "unshare_owned"]
-
-MAX_MANIFEST_BYTES = 16 << 20
 
 
 @dataclass(slots=True)
@@ -38,7 +36,6 @@ class Linkable:
     """Open descriptors of published files, by the package path of the new version they serve."""
 
     fds: dict[str, int] = field(default_factory=dict)
-    where: dict[str, str] = field(default_factory=dict)  # package path -> "<version>/<path>" it is linked from
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -127,7 +124,6 @@ def _scan_version(parent: int, name: str, spec: ModelSpec, uid: int, gid: int | 
                 if fd is None:
                     break
                 found.fds[path] = fd
-                found.where[path] = f"{other.version}/{f.path}"
     finally:
         os.close(vfd)
 

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from axon.store.atomic import atomic_write_bytes, fsync_dir
 from axon.store.fastio import FileDigest
 
 __all__ = ["BlobStore", "CollectReport"]
@@ -142,36 +143,37 @@ class BlobStore:
             if stored.xxh3_128 != digest.xxh3_128:
                 return False  # the two digests disagree about the same bytes: keep the version's own copy
             if not _same_file(path, blob):
-                tmp = path.with_name(f".{path.name}.axon-blob")
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                self.place(stored, tmp)
-                os.replace(tmp, path)
+                self._place_over(stored, path)
             self._index_git(git_sha1, digest.sha256)
             return True
         os.chmod(path, BLOB_MODE, follow_symlinks=False)
         blob.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self._meta_path(digest.sha256),
+        atomic_write_bytes(self._meta_path(digest.sha256),
                       json.dumps({"size": digest.size, "xxh3_128": digest.xxh3_128}).encode())
         try:
             os.link(path, blob, follow_symlinks=False)
         except FileExistsError:  # another install stored the same bytes a moment ago
             return self.adopt(path, digest, git_sha1=git_sha1)
         if self._reflinks is not False:
-            # the version gets its own inode where the file system can share blocks
-            tmp = path.with_name(f".{path.name}.axon-blob")
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            if self._clone(blob, tmp):
-                os.replace(tmp, path)
+            self._place_over(digest, path)  # the version gets its own inode where blocks can be shared
         self._index_git(git_sha1, digest.sha256)
         return False
+
+    def _place_over(self, digest: FileDigest, path: Path) -> None:
+        """Replace the file at *path* by a placement of blob *digest*, in one rename."""
+        tmp = path.with_name(f".{path.name}.axon-blob")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        self.place(digest, tmp)
+        os.replace(tmp, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # rename does nothing when both names are links of one file already
 
     def _index_git(self, sha1: str | None, sha256: str) -> None:
         if sha1 and _HEX40.match(sha1.lower()):
             p = self._git_path(sha1.lower())
             p.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(p, sha256.encode())
+            atomic_write_bytes(p, sha256.encode())
 
     def sync(self) -> None:
         """fsync the store's directories, so that links made since are durable."""
@@ -180,11 +182,7 @@ class BlobStore:
             if not base.is_dir():
                 continue
             for d in [base, *(p for p in base.iterdir() if p.is_dir())]:
-                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_dir(d)
 
     # --- locking ---------------------------------------------------------------------------
 
@@ -273,14 +271,3 @@ def _same_file(a: Path, b: Path) -> bool:
     except OSError:
         return False
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

@@ -15,7 +15,7 @@ class Reporter(Protocol):
         """A byte-counted task starts."""
 
     def advance(self, nbytes: int) -> None:
-        """*nbytes* more bytes done in the current task."""
+        """*nbytes* more bytes done in the current task (negative: bytes of a failed part, to come again)."""
 
     def finish(self) -> None:
         """The current byte-counted task ended."""

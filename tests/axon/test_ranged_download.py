@@ -94,6 +94,23 @@ def test_a_dropped_part_is_fetched_again_alone(file_server: tuple[FileServer, st
     asked = parts_asked(fs)
     assert asked.count(f"bytes={3 * PART}-{4 * PART - 1}") == 2 and len(asked) == 8  # only that part twice
     assert len(rec.warnings) == 1 and "part 4/7" in rec.warnings[0]
+    assert rec.advanced == len(DATA)  # the bar gave back the lost part's bytes
+
+
+def test_a_part_that_does_not_match_its_content_digest_is_fetched_again_alone(
+        file_server: tuple[FileServer, str], tmp_path: Path) -> None:
+    """The server gives each part's digest (RFC 9530 Content-Digest); a part flipped on its way
+    is refused on its own and fetched again, and the file passes its sha256 the first time."""
+    fs, url = file_server
+    fs.files["m.onnx"] = DATA
+    fs.content_digest = True
+    fs.corrupt_at["m.onnx"] = 2 * PART
+    rec = Recorder()
+    assert fetched(source(url, tmp_path), tmp_path, rec) == DATA
+    asked = parts_asked(fs)
+    assert asked.count(f"bytes={2 * PART}-{3 * PART - 1}") == 2 and len(asked) == 8, asked
+    assert len(rec.warnings) == 1 and "part 3/7" in rec.warnings[0] and "Content-Digest" in rec.warnings[0]
+    assert rec.advanced == len(DATA)
 
 
 def test_a_stopped_run_keeps_its_finished_parts(file_server: tuple[FileServer, str], tmp_path: Path) -> None:
@@ -157,6 +174,7 @@ def test_the_parts_come_from_where_the_redirect_leads(file_server: tuple[FileSer
 
 
 def test_wrong_bytes_in_a_part_install_nothing(file_server: tuple[FileServer, str], tmp_path: Path) -> None:
+    """Without a Content-Digest per part only the file's sha256 can tell: the whole file is refused."""
     fs, url = file_server
     fs.files["m.onnx"] = DATA
     fs.corrupt_at["m.onnx"] = 2 * PART
@@ -210,6 +228,30 @@ def test_a_large_hub_file_arrives_in_parts_from_the_cdn(hub: tuple[FakeHub, str]
     assert len(parts) == n + 1 and parts.count(f"bytes={2 * PART}-{3 * PART - 1}") == 2, parts
     # one bar for the whole install (the model and config.json), whatever was fetched twice
     assert rec.totals == [len(model) + 2] and len(rec.warnings) == 1 and "part 3/" in rec.warnings[0]
+    assert rec.advanced == len(model) + 2
+
+
+def test_a_hub_part_flipped_on_its_way_from_the_cdn_is_fetched_again_alone(
+        hub: tuple[FakeHub, str], tmp_path: Path) -> None:
+    from tests.support.onnx_models import mlp_model
+
+    fake, url = hub
+    fake.cdn, fake.content_digest = True, True
+    model = mlp_model(features=1024, out=1536).SerializeToString()
+    fake.add_commit("acme/enc", {"model.onnx": model, "config.json": b"{}"})
+    sha256 = hashlib.sha256(model).hexdigest()
+    fake.corrupt_part_at[sha256] = 4 * PART
+    (tmp_path / "downloads").mkdir()
+    src = HubSource("acme/enc", "main", tmp_path / "downloads", endpoint=url, token=None, connections=4,
+                    ranged_above=MiB, part_bytes=PART)
+    rec = Recorder()
+    result = src.fetch(tmp_path / "staging", rec)
+    assert (tmp_path / "staging" / "model.onnx").read_bytes() == model
+    assert result.digests["model.onnx"].sha256 == sha256
+    parts = [rng for method, path, rng in fake.requests if path == f"/cdn/{sha256}" and rng != "bytes=0-0"
+             and method == "GET"]
+    assert len(parts) == -(-len(model) // PART) + 1 and parts.count(f"bytes={4 * PART}-{5 * PART - 1}") == 2
+    assert len(rec.warnings) == 1 and "Content-Digest" in rec.warnings[0]
 
 
 def test_the_token_never_goes_to_the_cdn() -> None:

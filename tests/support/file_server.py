@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -11,6 +12,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+
+def content_digest(body: bytes) -> str:
+    """The ``Content-Digest`` field of an answer carrying *body* (RFC 9530)."""
+    return f"sha-256=:{base64.b64encode(hashlib.sha256(body).digest()).decode()}:"
 
 
 @dataclass
@@ -22,6 +28,7 @@ class FileServer:
     ignore_range: bool = False
     corrupt_at: dict[str, int] = field(default_factory=dict)  # once: a part starting here comes back flipped
     drop_at: dict[str, int] = field(default_factory=dict)  # once: a part starting here loses its connection
+    content_digest: bool = False  # each answer carries its bytes' Content-Digest (RFC 9530), before any corruption
     redirect: dict[str, str] = field(default_factory=dict)  # name -> the path it redirects to (a CDN)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     authorization: list[tuple[str, str | None]] = field(default_factory=list)  # (name, Authorization header)
@@ -52,6 +59,8 @@ class FileServer:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
         body = data[start:end + 1]
+        if self.content_digest:
+            headers["Content-Digest"] = content_digest(body)
         if status == 206 and self.corrupt_at.get(name) == start:
             del self.corrupt_at[name]
             body = bytes(b ^ 0xFF for b in body[:16]) + body[16:]

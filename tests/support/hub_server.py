@@ -4,7 +4,8 @@ Endpoints: ``/api/models/{repo}/revision/{rev}`` (with ``?blobs=true`` metadata)
 ``/api/models/{repo}/tree/{rev}[/{path}]``, and ``HEAD``/``GET /{repo}/resolve/{rev}/{file}`` with
 ``X-Repo-Commit``, ``ETag``/``X-Linked-Etag``, ``X-Linked-Size``, Range -> 206, and 4xx answers
 carrying ``X-Error-Code`` as the real Hub does. Tests can make it serve corrupted bytes, drop a
-connection mid-file, or gate a repo behind a token.
+connection mid-file, flip one CDN part in transit (with or without ``Content-Digest``), or gate a
+repo behind a token.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.support.file_server import content_digest
 
 LFS_SUFFIXES = (".onnx", ".onnx_data", ".bin", ".safetensors", ".data")
 
@@ -48,6 +51,8 @@ class FakeHub:
     throttle_bps: int | None = None  # each response (so each connection) at most this fast, as a CDN gives one
     cdn: bool = False  # LFS files redirect (302) to /cdn/<sha256>?sig=…, as the Hub's resolve URLs do
     drop_part_at: dict[str, int] = field(default_factory=dict)  # sha256 -> a CDN part starting here drops, once
+    corrupt_part_at: dict[str, int] = field(default_factory=dict)  # sha256 -> a CDN part starting here is flipped, once
+    content_digest: bool = False  # the CDN's parts carry their Content-Digest (RFC 9530), taken before corruption
     hold_small_s: float = 0.0  # a small file's GET waits this long first (so overlapping ones show)
     in_flight: int = 0
     max_in_flight: int = 0  # the most small-file GETs being answered at once
@@ -190,13 +195,17 @@ class FakeHub:
         headers = {"ETag": f'"{sha256}"', "Accept-Ranges": "bytes"}
         if request.method == "HEAD":
             return Response(b"", headers={**headers, "Content-Length": str(len(data))})
-        drop = None
-        if rng and self.drop_part_at.get(sha256) == int(rng[6:].split("-")[0]):
+        drop, start = None, int(rng[6:].split("-")[0]) if rng and rng.startswith("bytes=") else None
+        if start is not None and self.drop_part_at.get(sha256) == start:
             del self.drop_part_at[sha256]
             drop = 64 * 1024
-        return self._body(data, rng, headers, drop)
+        corrupt = start is not None and self.corrupt_part_at.get(sha256) == start
+        if corrupt:
+            del self.corrupt_part_at[sha256]
+        return self._body(data, rng, headers, drop, corrupt=corrupt)
 
-    def _body(self, data: bytes, rng: str | None, headers: dict[str, str], drop: int | None) -> Response:
+    def _body(self, data: bytes, rng: str | None, headers: dict[str, str], drop: int | None, *,
+              corrupt: bool = False) -> Response:
         start, end, status = 0, len(data) - 1, 200
         if rng and rng.startswith("bytes="):
             first, _, last = rng[6:].partition("-")
@@ -207,6 +216,10 @@ class FakeHub:
             status = 206
             headers = {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"}
         body = data[start:end + 1]
+        if self.content_digest:
+            headers = {**headers, "Content-Digest": content_digest(body)}
+        if corrupt:  # in transit: after the digest was taken
+            body = bytes(b ^ 0xFF for b in body[:16]) + body[16:]
         if drop is not None and drop < len(body):
             return StreamingResponse(_broken_stream(body, drop), status_code=status,
                                      headers={**headers, "Content-Length": str(len(body))})

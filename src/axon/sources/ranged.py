@@ -10,6 +10,11 @@ mid-way fetches only the parts that were not done. Every answer must be a ``206`
 ``Content-Range`` is exactly the part asked for, from the same object (``If-Range`` with the
 ETag the probe saw); a part that fails is retried with backoff, on its own.
 
+Where the server gives a part's own digest (``Content-Digest``, RFC 9530, asked for with
+``Want-Content-Digest``), a part whose bytes do not match it is a failed part like a dropped one:
+fetched again alone, never recorded as done. Without one, a wrong part is only found by the
+file's digest, and the whole file is refused.
+
 Nothing here is trusted: the caller hashes the finished file in order and checks it against the
 digest it expects (the Hub's LFS sha256, a ``--sha256``), as for a single stream.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import errno
+import hashlib
 import http.client
 import json
 import os
@@ -37,6 +43,7 @@ from axon import __version__
 from axon.errors import DiskFullError, SourceError
 from axon.reporting import Reporter
 from axon.sources.base import HashingWriter, PartialDownload, disk_full
+from axon.sources.content_digest import WANT_CONTENT_DIGEST, parse_content_digest
 from axon.store.fastio import FileDigest
 
 __all__ = ["DEFAULT_CONNECTIONS", "NETWORK_ERRORS", "RANGED_ABOVE", "Probe", "RangedFile", "default_part_bytes",
@@ -120,7 +127,8 @@ class RangedFile:
         assert probe.ranges and probe.size is not None
         self.probe, self.fd, self.state = probe, fd, state
         self.size = probe.size
-        self.headers = {"User-Agent": f"axon/{__version__}", "Accept-Encoding": "identity", **(headers or {})}
+        self.headers = {"User-Agent": f"axon/{__version__}", "Accept-Encoding": "identity",
+                        "Want-Content-Digest": WANT_CONTENT_DIGEST, **(headers or {})}
         if probe.etag and not probe.etag.startswith("W/"):
             self.headers["If-Range"] = probe.etag  # another object meanwhile: a 200, refused below
         self.connections = max(1, connections)
@@ -133,6 +141,7 @@ class RangedFile:
         self._progress_lock = threading.Lock()
         self._stop = threading.Event()
         self.done: set[int] = set()
+        self.checked_parts = 0  # parts whose bytes matched the server's Content-Digest for them
 
     @property
     def parts(self) -> list[tuple[int, int]]:
@@ -221,6 +230,8 @@ class RangedFile:
         try:
             with _OPENER.open(req, timeout=TIMEOUT_S) as resp:
                 self._check_answer(resp.status, resp.headers.get("Content-Range", ""), first, last)
+                expected = parse_content_digest(resp.headers.get("Content-Digest"))
+                hasher = hashlib.new(expected[0]) if expected is not None else None
                 offset = first
                 while offset <= last:
                     if self._stop.is_set():
@@ -229,21 +240,35 @@ class RangedFile:
                     if not chunk:
                         raise PartFailed(f"short body: {offset - first} of {last - first + 1} bytes")
                     os.pwrite(self.fd, chunk, offset)
+                    if hasher is not None:
+                        hasher.update(chunk)
                     offset += len(chunk)
                     written += len(chunk)
                     self._advance(len(chunk))
                 if resp.read(1):
                     raise PartFailed("the server sent more than the part")
+                if expected is not None and hasher is not None and hasher.digest() != expected[1]:
+                    raise PartFailed(f"bytes {first}-{last} do not match the {expected[0]} the server's "
+                                     "Content-Digest gives for them")
+                if expected is not None:
+                    self.checked_parts += 1
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code in RETRY_STATUSES:
-                raise PartFailed(f"HTTP {exc.code}") from None
+                raise self._undo(written, PartFailed(f"HTTP {exc.code}")) from None
             raise SourceError(f"Download of {self.probe.url!r} failed: HTTP {exc.code} for bytes {first}-{last}.",
                               hint="Check the URL (and any credentials it needs).") from None
         except NETWORK_ERRORS as exc:
-            raise PartFailed(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
+            raise self._undo(written, PartFailed(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}")) from None
+        except PartFailed as exc:
+            raise self._undo(written, exc) from None
         os.fdatasync(self.fd)  # the part's bytes on disk before it is recorded as done
         return written
+
+    def _undo(self, written: int, exc: PartFailed) -> PartFailed:
+        """A failed part's bytes come again: the progress bar gives them back meanwhile."""
+        self._advance(-written)
+        return exc
 
     def _check_answer(self, status: int, content_range: str, first: int, last: int) -> None:
         if status != 206:  # If-Range: the object changed since the probe (or the server stopped honouring Range)

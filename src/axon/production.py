@@ -57,15 +57,23 @@ def _own(path: Path, gid: int, mode: int) -> None:
                         hint=f"Remove it (rm {path}) and run setup-production again.")
     if stat.S_ISDIR(st.st_mode):
         with open_dir(path) as fd:
-            os.fchown(fd, 0, gid)
-            os.fchmod(fd, mode)
+            _own_fd(fd, gid, mode)
         return
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        os.fchown(fd, 0, gid)
-        os.fchmod(fd, mode)
+        _own_fd(fd, gid, mode)
     finally:
         os.close(fd)
+
+
+def _own_fd(fd: int, gid: int, mode: int) -> None:
+    """Only what differs is changed: an append-only file (the audit log after the first set-up)
+    refuses even root's chown, so a second set-up must not need one."""
+    st = os.fstat(fd)
+    if (st.st_uid, st.st_gid) != (0, gid):
+        os.fchown(fd, 0, gid)
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
 
 
 def read_repository_group(root: Path) -> str | None:
@@ -168,7 +176,13 @@ def setup_production(root: Path, group: str) -> dict[str, Any]:
     audit = internal / "audit.log"
     fd = os.open(audit, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, AUDIT_LOG_MODE)
     os.close(fd)
-    _own(audit, gid, AUDIT_LOG_MODE)
+    try:
+        _own(audit, gid, AUDIT_LOG_MODE)
+    except PermissionError:  # append-only with the wrong owner or mode (say, a new group): lifted for the change
+        if not shutil.which("chattr"):
+            raise
+        subprocess.run(["chattr", "-a", str(audit)], capture_output=True, check=False)
+        _own(audit, gid, AUDIT_LOG_MODE)
     append_only = False
     if shutil.which("chattr"):
         # Kernel-enforced append-only: not even a group member can rewrite history.

@@ -60,6 +60,24 @@ def test_setup_production_modes_and_group_record(repo: tuple[Path, str, int]) ->
     assert f"group: {gname}" in record
 
 
+def test_setup_production_runs_again_over_its_append_only_audit_log(repo: tuple[Path, str, int]) -> None:
+    """Its own hints send the administrator back to setup-production: a second run (and one with
+    another group) must succeed over the audit log that the first made append-only."""
+    root, gname, gid = repo
+    audit = root / ".axon" / "audit.log"
+    first = setup_production(root, gname)
+    with temp_group() as (other, other_gid):
+        again = setup_production(root, other)
+        st = os.lstat(audit)
+        assert (st.st_uid, st.st_gid) == (0, other_gid) and again["record"]
+        if first["audit_append_only"]:
+            assert again["audit_append_only"]
+            with pytest.raises(PermissionError):
+                os.open(audit, os.O_WRONLY | os.O_TRUNC)  # still append-only, even for root
+        setup_production(root, gname)  # back to the first group before it goes
+    assert os.lstat(audit).st_gid == gid
+
+
 def test_member_of_the_recorded_group_publishes_without_configuration(repo: tuple[Path, str, int],
                                                                        shared_base: Path, tmp_path: Path) -> None:
     root, gname, gid = repo

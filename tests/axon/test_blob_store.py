@@ -201,3 +201,37 @@ def test_whatever_the_records_hold_a_lookup_never_fails(tmp_path_factory: pytest
     git.write_bytes(index)
     for found in (store.find(sha), store.find_git("ab" + "0" * 38)):
         assert found is None or (found.size == 10 and found.sha256 == sha and len(found.xxh3_128) == 32)
+
+
+def test_on_a_reflink_file_system_versions_share_blocks_not_inodes(tmp_path: Path) -> None:
+    """XFS with reflink: each version's file is its own inode (not a hard link) sharing the blob's
+    blocks, so the second version costs no space, and root writing into one version's file leaves
+    the other's bytes alone (copy on write)."""
+    from tests.support.mounts import physical_extents, xfs_reflink
+
+    with xfs_reflink(tmp_path / "xfs", size="320M") as mnt:
+        settings = Settings.from_env({"HOME": str(mnt / "home"), "AXON_HOME": str(mnt / "home" / ".axon"),
+                                      "AXON_CACHE_DIR": str(mnt / "cache")})
+        weights = os.urandom(48 << 20)
+        for i in (1, 2):
+            src = tmp_path / f"src{i}"
+            src.mkdir()
+            (src / "model.onnx").write_bytes(mlp_model(seed=1).SerializeToString())
+            (src / "weights.bin").write_bytes(weights)
+            (src / "vocab.txt").write_text("v" * i)
+        install(parse_spec("acme/m@1"), settings, from_=str(tmp_path / "src1"))
+        v2 = install(parse_spec("acme/m@2"), settings, from_=str(tmp_path / "src2"))
+        store = StoreLayout(settings.cache_dir).blobs
+        w1, w2 = (settings.cache_dir / "acme/m" / v / "weights.bin" for v in ("1", "2"))
+        blob = store.path(hashlib.sha256(weights).hexdigest())
+        assert len({_inode(w1), _inode(w2), _inode(blob)}) == 3 and os.lstat(w1).st_nlink == 1
+        extents = physical_extents(blob)
+        assert extents and physical_extents(w1) == extents == physical_extents(w2)  # the same blocks, once
+        stats = cache.stats(settings.cache_dir)
+        assert stats["logical_bytes"] - stats["physical_bytes"] >= len(weights)  # the weights counted once
+        os.chmod(w2, 0o644)
+        with open(w2, "r+b") as f:
+            f.write(b"\0" * 16)
+        assert w1.read_bytes() == weights and blob.read_bytes() == weights  # copy on write
+        cache.remove(settings.cache_dir, parse_spec("acme/m@1"))
+        assert v2.path.exists() and (v2.path / "vocab.txt").read_text() == "vv"

@@ -5,8 +5,10 @@ Both need root (CI runs as root); otherwise the test is skipped with the reason.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import struct
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,3 +57,20 @@ def xfs_reflink(where: Path, size: str = "600M") -> Iterator[Path]:
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
         image.unlink(missing_ok=True)
+
+
+FS_IOC_FIEMAP = 0xC020660B
+FIEMAP_FLAG_SYNC = 0x1
+_EXTENT = struct.Struct("=QQQ2QI3I")  # struct fiemap_extent: logical, physical, length, reserved, flags, reserved
+
+
+def physical_extents(path: Path, max_extents: int = 64) -> list[tuple[int, int]]:
+    """(physical offset, length) of every extent of *path* (FIEMAP): two files sharing blocks
+    (reflinks) list the same ones."""
+    header = struct.pack("=QQIIII", 0, 2**64 - 1, FIEMAP_FLAG_SYNC, 0, max_extents, 0)
+    buf = bytearray(header + bytes(_EXTENT.size * max_extents))
+    with open(path, "rb") as f:
+        fcntl.ioctl(f.fileno(), FS_IOC_FIEMAP, buf)
+    mapped = struct.unpack_from("=I", buf, 20)[0]
+    extents = [_EXTENT.unpack_from(buf, 32 + i * _EXTENT.size) for i in range(mapped)]
+    return [(e[1], e[2]) for e in extents]

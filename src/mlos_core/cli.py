@@ -52,8 +52,11 @@ def cli() -> None:
 @click.option("--max-batch-tokens", type=int, help="Text: estimated tokens per batch (default 0 = no budget).")
 @click.option("--max-queue-size", type=int, help="Waiting requests per model before 503 (default 256).")
 @click.option("--instances", type=int, help="Batches run at once per model (default 1).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), help="fp16: transformer-optimized fp16 graph "
-              "(needs --device cuda).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="fp16: transformer-optimized fp16 "
+              "graph (needs --device cuda). int8: int8 weights made at load from the verified graph (needs --device "
+              "cpu), served only if its outputs keep --int8-min-cosine to fp32's, else fp32 (GET /models says).")
+@click.option("--int8-min-cosine", type=float, help="The lowest cosine to fp32 an int8 variant may have to be served "
+              "(default 0.99).")
 @click.option("--fuse-postprocessing/--no-fuse-postprocessing", default=None,
               help="Run mean pooling inside the graph (default on).")
 @click.option("--workers", type=int, help="HTTP worker processes sharing the port (default 1); each loads "
@@ -278,7 +281,8 @@ def _raise_open_files_limit(max_connections: int) -> None:
 
 
 def _serve_workers(settings: ServerSettings, port_file: Path | None) -> None:
-    """N processes on one listening socket (bound here, before forking), like uvicorn --workers.
+    """N processes on one port, each listening on a socket of its own (``SO_REUSEPORT``: the
+    kernel spreads connections over them; mlos_core.reuseport says why not one shared socket).
 
     The token was created by the caller, so every worker reads the same one; registrations are
     shared through the state directory (each worker follows the registrations file)."""
@@ -289,6 +293,7 @@ def _serve_workers(settings: ServerSettings, port_file: Path | None) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from mlos_core.reuseport import PortReservation
     from mlos_core.worker_metrics import metrics_directory
 
     s = settings
@@ -296,17 +301,35 @@ def _serve_workers(settings: ServerSettings, port_file: Path | None) -> None:
         {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items()})
     config = uvicorn.Config("mlos_core.app:create_app_from_env", factory=True, host=s.host, port=s.port,
                             workers=s.workers, **_uvicorn_options(s))
-    sock = config.bind_socket()
-    sock.listen(config.backlog)  # accept into the backlog at once; workers pick connections up when ready
+    try:
+        sock = PortReservation.bind_port(s.host, s.port, config.backlog)
+    except OSError as exc:
+        click.echo(f"error: cannot listen on {s.host}:{s.port}: {exc.strerror or exc}.", err=True)
+        sys.exit(1)
     if port_file is not None:
-        tmp = port_file.with_suffix(".tmp")
-        tmp.write_text(str(sock.getsockname()[1]))
-        tmp.replace(port_file)
+        _write_port_when_listening(port_file, sock.getsockname()[1], s.workers)
     supervisor = Multiprocess(config, sockets=[sock])
     with metrics_directory():  # one /metrics for all the workers (mlos_core.worker_metrics)
         supervisor.run()
     if any(p.exitcode == 3 for p in supervisor.processes):  # 3: uvicorn's code for a worker that could not start
         sys.exit(3)  # (it stopped the others); a refused start is not a clean exit
+
+
+def _write_port_when_listening(port_file: Path, port: int, workers: int) -> None:
+    """The port file once every worker listens (connections made before would all go to the first)."""
+    import threading
+    import time
+
+    from mlos_core.reuseport import listeners
+
+    def wait() -> None:
+        while (n := listeners(port)) is not None and n < workers:
+            time.sleep(0.05)
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(port_file)
+
+    threading.Thread(target=wait, daemon=True, name="mlos-port-file").start()
 
 
 def _write_port_when_started(server: object, port_file: Path) -> None:

@@ -39,4 +39,10 @@ def routes(settings: ServerSettings, registry: Registry, metrics: Metrics,
     metrics.gauges["mlos_queue_depth"] = lambda: {f'{{model="{k}"}}': m.batcher.depth
                                                   for k, m in registry.models.items()}
     metrics.gauges["mlos_models_loaded"] = lambda: {"": len(registry.models)}
+    metrics.gauges["mlos_model_int8"] = lambda: {f'{{model="{k}"}}': float(m.precision.served == "int8")
+                                                 for k, m in registry.models.items()
+                                                 if m.precision.requested == "int8"}
+    metrics.gauges["mlos_model_int8_cosine"] = lambda: {f'{{model="{k}"}}': m.precision.cosine
+                                                        for k, m in registry.models.items()
+                                                        if m.precision.cosine is not None}
     return [Route("/health", health), Route("/ready", ready), Route("/metrics", metrics_route)]

@@ -25,6 +25,7 @@ from axon.store.modes import CORE_FILE_MODE
 from axon.store.pin import is_manifest_pin, pin_matches, published_as
 from mlos_core.batching import Batcher, Pending
 from mlos_core.errors import ApiError
+from mlos_core.precision import PrecisionReport, int8_variant
 from mlos_core.preprocessing import TextPipeline, postprocess
 from mlos_core.repository import (
     Located,
@@ -72,6 +73,7 @@ class LoadedModel:
     dense: tuple[DenseLayer, ...] = ()  # verified Dense weights (numpy pooling; fused graphs carry their own)
     max_request_inputs: int = 2048  # texts one request may send (split into batches of max_batch_size)
     sha256_verified: bool = False  # every file checked against its sha256 too (a manifest-digest pin)
+    precision: PrecisionReport = field(default_factory=lambda: PrecisionReport("fp32", "fp32"))
 
     def __post_init__(self) -> None:
         self.output_names = [o.name for o in self.session.session.get_outputs()]
@@ -106,6 +108,7 @@ class LoadedModel:
             "verification": "sha256+xxh3_128" if self.sha256_verified else "xxh3_128",
             "path": str(self.located.version_dir),
             "provider": self.session.provider, "runtime_notes": self.session.note or None,
+            "precision": self.precision.to_dict(),
             "inputs": [t.to_dict() for t in m.inputs], "outputs": [t.to_dict() for t in m.outputs],
             "text_input": self.text is not None,
             "postprocessing": (m.postprocessing or {}).get("type"),
@@ -299,7 +302,8 @@ class Registry:
         verified, self_notes = self._rewrite(verified, located.manifest, dense)
         info = create_session(verified, self.settings.device, intra_op_threads=self.settings.intra_op_threads,
                               intra_op_spinning=self.settings.intra_op_spinning)
-        del verified  # onnxruntime copied what it needs: one copy of the weights, not two
+        if self.settings.precision != "int8":
+            del verified  # onnxruntime copied what it needs: one copy of the weights, not two
         try:
             check_against_graph(located.manifest.postprocessing,
                                 {o.name: o.shape for o in info.session.get_outputs()})
@@ -309,6 +313,10 @@ class Registry:
         text = None
         if located.manifest.preprocessing and located.manifest.preprocessing.get("type") == "tokenizer":
             text = TextPipeline(located.version_dir, located.manifest, sha256=sha256)
+        precision = PrecisionReport(self.settings.precision, self.settings.precision)
+        if self.settings.precision == "int8":
+            info, precision = int8_variant(verified, info, located, text, dense, self.settings, sha256=sha256)
+            del verified
         warm_up(info, located.manifest)
         model_id = str(located.spec)
 
@@ -320,7 +328,8 @@ class Registry:
 
         s = self.settings
         loaded = LoadedModel(located, info, text, None, dense=dense,  # type: ignore[arg-type]  # batcher: below
-                             max_request_inputs=self.settings.max_request_inputs, sha256_verified=sha256)
+                             max_request_inputs=self.settings.max_request_inputs, sha256_verified=sha256,
+                             precision=precision)
         loaded.batcher = Batcher(model_id, loaded.run_batch, max_batch_size=s.max_batch_size,
                                  max_queue_delay_s=s.max_queue_delay_ms / 1000, max_queue_size=s.max_queue_size,
                                  instances=s.instances, observe=observe, max_batch_tokens=s.max_batch_tokens)

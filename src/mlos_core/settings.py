@@ -37,7 +37,8 @@ class ServerSettings:
     max_queue_size: int = 256
     instances: int = 1
     workers: int = 1  # HTTP worker processes, each with its own sessions and batchers
-    precision: str = "fp32"  # fp32 | fp16 (CUDA only: transformer-optimized fp16 graph)
+    precision: str = "fp32"  # fp32 | fp16 (CUDA only: transformer-optimized fp16 graph) | int8 (CPU, gated)
+    int8_min_cosine: float = 0.99  # int8 is served only if its outputs keep at least this cosine to fp32's
     fuse_postprocessing: bool = True  # mean pooling inside the graph
     intra_op_threads: int = 0
     intra_op_spinning: bool = True
@@ -81,10 +82,15 @@ class ServerSettings:
             S3Location.parse(self.store)  # a UsageError (a ValueError) names what is wrong with it
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
-        if self.precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be fp32 or fp16, not {self.precision!r}")
+        if self.precision not in ("fp32", "fp16", "int8"):
+            raise ValueError(f"precision must be fp32, fp16 or int8, not {self.precision!r}")
         if self.precision == "fp16" and self.device != "cuda":
             raise ValueError("precision fp16 needs --device cuda (onnxruntime's CPU kernels are fp32)")
+        if self.precision == "int8" and self.device != "cpu":
+            raise ValueError("precision int8 needs --device cpu (dynamic int8 is a CPU recipe; on CUDA use fp16)")
+        cos = self.int8_min_cosine
+        if isinstance(cos, bool) or not isinstance(cos, int | float) or not 0 < cos <= 1:
+            raise ValueError(f"int8_min_cosine must be a number in (0, 1], not {cos!r}")
         for name in ("request_timeout_s", "header_timeout_s", "body_timeout_s", "idle_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:

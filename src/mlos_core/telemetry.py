@@ -18,7 +18,8 @@ HISTOGRAMS = {"mlos_request_duration_seconds": "End-to-end latency of inference 
               "mlos_compute_duration_seconds": "onnxruntime time per batch.",
               "mlos_batch_size": "Rows per executed batch."}
 HISTOGRAM_BUCKETS = {name: BATCH_BUCKETS if name == "mlos_batch_size" else LATENCY_BUCKETS for name in HISTOGRAMS}
-MAX_GAUGES = frozenset({"mlos_models_loaded"})  # the same models in every worker: not a sum
+# the same models in every worker: not a sum
+MAX_GAUGES = frozenset({"mlos_models_loaded", "mlos_model_int8", "mlos_model_int8_cosine"})
 log = logging.getLogger("mlos_core.telemetry")
 _GAUGE_LABELS = re.compile(r'(\{model="[^"\\\n]*"\})?')  # what our gauges' label sets look like
 

@@ -213,6 +213,54 @@ def test_several_worker_processes_share_registrations_and_metrics(published: tup
         assert set(codes) == {404}
 
 
+def test_keep_alive_clients_spread_over_the_workers(published: tuple[Settings, Path], tmp_path: Path) -> None:
+    """32 keep-alive clients connecting at once: every worker holds some of them (each worker
+    listens on its own SO_REUSEPORT socket). One shared socket let the first worker awake accept
+    the whole burst."""
+    import urllib.parse
+
+    import psutil
+
+    settings, _ = published
+    with core_server(settings.publish_dir, tmp_path, "--workers", "2") as c:
+        assert c.call("POST", "/models/register", {"model_id": MLP})[0] in (200, 201)
+        url = urllib.parse.urlsplit(c.url)
+
+        def on_port(worker: psutil.Process, status: str) -> int:
+            try:
+                return sum(1 for k in worker.net_connections("tcp") if k.status == status and k.laddr.port == url.port)
+            except psutil.NoSuchProcess:
+                return 0
+
+        def workers() -> list[psutil.Process]:
+            return [p for p in psutil.Process(c.proc.pid).children(recursive=True) if on_port(p, psutil.CONN_LISTEN)]
+
+        deadline = time.monotonic() + 30
+        while len(workers()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        body = json.dumps({"inputs": {"x": [[1, 2, 3, 4]]}})
+        headers = {"Authorization": f"Bearer {c.token}", "Content-Type": "application/json"}
+        barrier = threading.Barrier(32)
+
+        def client(_: int) -> http.client.HTTPConnection:
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+            barrier.wait()
+            conn.request("POST", f"/models/{MLP}/inference", body, headers)
+            resp = conn.getresponse()
+            assert resp.status == 200, resp.read()
+            resp.read()
+            return conn  # kept open: its worker keeps it
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            conns = list(pool.map(client, range(32)))
+        try:
+            held = {w.pid: on_port(w, psutil.CONN_ESTABLISHED) for w in workers()}
+            assert len(held) == 2 and sum(held.values()) == 32 and all(held.values()), held
+        finally:
+            for conn in conns:
+                conn.close()
+
+
 def test_bad_server_options_exit_2(tmp_path: Path) -> None:
     for args in (["--precision", "fp16", "--device", "cpu"], ["--device", "tpu"]):
         proc = subprocess.run([sys.executable, "-m", "mlos_core", "serve", "--repository", str(tmp_path), *args],

@@ -219,3 +219,25 @@ def mlp_outputs(x: np.ndarray, **kwargs: int) -> np.ndarray:
     init = {t.name: numpy_helper.to_array(t) for t in mlp_model(**kwargs).graph.initializer}
     y: np.ndarray = np.maximum(np.asarray(x, np.float32) @ init["W"] + init["b"], 0)
     return y
+
+
+def int8_collapsing_model(*, features: int = 8, out: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """y = (x * m) @ W, where m zeroes feature 0 and W's row 0 is huge: int8 per output channel
+    scales every column by that row, so the small weights that make the answer round to zero
+    (and y with them), while fp32 computes it. A model the int8 gate must refuse."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((features, out)) * 1e-2).astype(np.float32)
+    w[0, :] = 1e4
+    m = np.ones(features, np.float32)
+    m[0] = 0.0
+    nodes = [helper.make_node("Mul", ["x", "m"], ["xm"]), helper.make_node("MatMul", ["xm", "W"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "collapsing",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", out])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(m, "m")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from axon.model.quantize import REFERENCE_PATHS
 from axon.store.manifest import Manifest
 
 __all__ = ["REFERENCE_PATHS", "SAMPLE_TEXT", "package_reference", "sample_inputs"]
 
-REFERENCE_PATHS = ("samples/reference.json", "reference.json")
 SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog."
 
 

@@ -61,7 +61,8 @@ def cli() -> None:
               help="Run mean pooling inside the graph (default on).")
 @click.option("--workers", type=int, help="HTTP worker processes sharing the port (default 1); each loads "
               "every registered model.")
-@click.option("--intra-op-threads", type=int, help="onnxruntime threads per batch (default: all cores).")
+@click.option("--intra-op-threads", type=int, help="onnxruntime threads per batch (default: the cores divided "
+              "among the workers).")
 @click.option("--intra-op-spinning/--no-intra-op-spinning", default=None,
               help="Let onnxruntime's threads spin briefly between operators (default on: lower latency; off: "
               "idle cores go back to other processes sooner).")

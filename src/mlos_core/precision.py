@@ -93,7 +93,7 @@ def int8_variant(model: VerifiedModel, fp32: SessionInfo, located: Located, text
             inline_external_data(model)
         proto = quantize_int8(model.proto)
         int8 = create_session(proto.SerializeToString(), settings.device,
-                              intra_op_threads=settings.intra_op_threads,
+                              intra_op_threads=settings.session_threads,
                               intra_op_spinning=settings.intra_op_spinning)
         del proto
         feeds = _gate_feeds(located, text, sha256)

@@ -300,7 +300,7 @@ class Registry:
         except AxonError as exc:
             raise model_refusal(exc, located.manifest.spec_text) from None
         verified, self_notes = self._rewrite(verified, located.manifest, dense)
-        info = create_session(verified, self.settings.device, intra_op_threads=self.settings.intra_op_threads,
+        info = create_session(verified, self.settings.device, intra_op_threads=self.settings.session_threads,
                               intra_op_spinning=self.settings.intra_op_spinning)
         if self.settings.precision != "int8":
             del verified  # onnxruntime copied what it needs: one copy of the weights, not two

@@ -40,7 +40,7 @@ class ServerSettings:
     precision: str = "fp32"  # fp32 | fp16 (CUDA only: transformer-optimized fp16 graph) | int8 (CPU, gated)
     int8_min_cosine: float = 0.99  # int8 is served only if its outputs keep at least this cosine to fp32's
     fuse_postprocessing: bool = True  # mean pooling inside the graph
-    intra_op_threads: int = 0
+    intra_op_threads: int = 0  # 0: this process's share of the cores (all of them, divided among the workers)
     intra_op_spinning: bool = True
     request_timeout_s: float = 30.0
     max_body_bytes: int = 64 << 20
@@ -120,6 +120,19 @@ class ServerSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+    @property
+    def session_threads(self) -> int:
+        """onnxruntime's intra-op threads per session: as set, else the cores this process may run
+        on divided among the workers (N workers each with every core oversubscribe the machine:
+        measured 0.5x of one worker with two on two cores)."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        return max(1, cores // self.workers)
 
     @classmethod
     def load(cls, config_file: Path | None = None, settings: Mapping[str, Any] | None = None,

@@ -268,3 +268,13 @@ def test_bad_server_options_exit_2(tmp_path: Path) -> None:
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr
 
+
+
+def test_workers_share_the_cores_between_their_sessions() -> None:
+    from mlos_core.settings import ServerSettings
+
+    cores = len(os.sched_getaffinity(0))
+    assert ServerSettings(workers=1).session_threads == cores
+    assert ServerSettings(workers=2).session_threads == max(1, cores // 2)
+    assert ServerSettings(workers=64).session_threads == 1
+    assert ServerSettings(workers=2, intra_op_threads=3).session_threads == 3  # as set, whatever the workers
